@@ -1,0 +1,557 @@
+"""A fake OAuth 2.0 authorization server on loopback, for tests.
+
+Built on the standard library's :mod:`http.server` in a thread of its own, so that it
+answers while the test's event loop is busy, and so that real mail servers (Dovecot's
+oauth2 passdb) can introspect tokens against it.
+
+Endpoints (all under :attr:`FakeOAuthServer.base_url`):
+
+- ``POST /token``: grants ``refresh_token``, ``password``, ``client_credentials`` (secret
+  or ``client_assertion``), ``urn:ietf:params:oauth:grant-type:jwt-bearer``,
+  ``urn:ietf:params:oauth:grant-type:device_code`` and ``authorization_code`` (PKCE).
+- ``POST /devicecode``: device authorization (RFC 8628).
+- ``GET /authorize``: authorization endpoint; redirects at once with a code (PKCE).
+- ``POST /introspect``: RFC 7662; a bad token is HTTP 200 ``{"active": false}``.
+- ``POST /revoke``: RFC 7009.
+
+Tokens are opaque random strings; their lifetime is :attr:`access_token_lifetime`
+(per server, or per token via :meth:`issue_access_token`). Failures can be scripted
+(:meth:`script`) and every request is counted (:attr:`stats`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+import urllib.parse
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["FakeOAuthServer", "ScriptedResponse", "TokenRecord"]
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@dataclass
+class TokenRecord:
+    """What the server knows about an access token it issued."""
+
+    username: str
+    scope: str
+    client_id: str
+    expires_at: float
+    revoked: bool = False
+
+
+@dataclass
+class _RefreshRecord:
+    username: str
+    scope: str
+    client_id: str
+    revoked: bool = False
+
+
+@dataclass
+class _DeviceRecord:
+    user_code: str
+    client_id: str
+    scope: str
+    username: str | None = None
+    denied: bool = False
+    last_poll: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScriptedResponse:
+    """A response the token endpoint gives instead of the real one.
+
+    ``status`` and ``body`` (a dict is sent as JSON, a str as text/html) are what the
+    client receives after ``delay`` seconds. A ``status`` of 0 means: answer normally,
+    only late.
+    """
+
+    status: int = 500
+    body: dict[str, Any] | str = field(default_factory=lambda: {"error": "server_error"})
+    delay: float = 0.0
+
+
+@dataclass
+class ServerStats:
+    """Counters for assertions. ``token_requests`` counts every POST to /token."""
+
+    token_requests: int = 0
+    grants: Counter[str] = field(default_factory=Counter)
+    introspections: int = 0
+    device_polls: int = 0
+
+
+class FakeOAuthServer:
+    """An OAuth 2.0 server for tests, on ``127.0.0.1`` and a free port.
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. Users, clients and
+    tokens are set up with the ``add_*`` / ``issue_*`` methods; all are thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_token_lifetime: float = 3600.0,
+        rotate_refresh_tokens: bool = False,
+        default_scope: str = "mail",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.access_token_lifetime = access_token_lifetime
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.default_scope = default_scope
+        self.stats = ServerStats()
+        self.device_interval = 1
+        self._host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self._tokens: dict[str, TokenRecord] = {}
+        self._refresh: dict[str, _RefreshRecord] = {}
+        self._passwords: dict[str, str] = {}
+        self._clients: dict[str, str | None] = {}
+        self._devices: dict[str, _DeviceRecord] = {}
+        self._codes: dict[str, tuple[str, str, str, str | None]] = {}
+        self._script: deque[ScriptedResponse] = deque()
+        self._slow_down_next = 0
+        self.authorize_username = "user@example.test"
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> FakeOAuthServer:
+        """Start serving in a daemon thread; returns ``self``."""
+        handler = _make_handler(self)
+        self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="fake-oauth", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeOAuthServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("FakeOAuthServer is not running; call start() first")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/token"
+
+    @property
+    def introspection_url(self) -> str:
+        return f"{self.base_url}/introspect"
+
+    @property
+    def device_authorization_url(self) -> str:
+        return f"{self.base_url}/devicecode"
+
+    @property
+    def authorization_url(self) -> str:
+        return f"{self.base_url}/authorize"
+
+    @property
+    def revocation_url(self) -> str:
+        return f"{self.base_url}/revoke"
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def add_client(self, client_id: str, client_secret: str | None = None) -> None:
+        """Register a client. Unregistered client ids are accepted too (lenient mode)
+        until the first client is registered; from then on, only registered ones."""
+        with self._lock:
+            self._clients[client_id] = client_secret
+
+    def add_user(self, username: str, password: str) -> None:
+        """Register a user for the password (ROPC) grant."""
+        with self._lock:
+            self._passwords[username] = password
+
+    def issue_access_token(
+        self,
+        username: str,
+        *,
+        lifetime: float | None = None,
+        scope: str | None = None,
+        client_id: str = "test-client",
+    ) -> str:
+        """Mint an access token for ``username`` valid for ``lifetime`` seconds."""
+        token = "at-" + secrets.token_urlsafe(24)
+        life = self.access_token_lifetime if lifetime is None else lifetime
+        with self._lock:
+            self._tokens[token] = TokenRecord(
+                username, scope or self.default_scope, client_id, time.time() + life
+            )
+        return token
+
+    def issue_refresh_token(
+        self, username: str, *, scope: str | None = None, client_id: str = "test-client"
+    ) -> str:
+        """Mint a refresh token for ``username``."""
+        token = "rt-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh[token] = _RefreshRecord(username, scope or self.default_scope, client_id)
+        return token
+
+    def revoke(self, token: str) -> None:
+        """Revoke an access or refresh token; introspection reports it inactive."""
+        with self._lock:
+            if token in self._tokens:
+                self._tokens[token].revoked = True
+            if token in self._refresh:
+                self._refresh[token].revoked = True
+
+    def revoke_user(self, username: str) -> None:
+        """Revoke every access and refresh token of ``username`` (a dead grant)."""
+        with self._lock:
+            for rec in self._tokens.values():
+                if rec.username == username:
+                    rec.revoked = True
+            for rrec in self._refresh.values():
+                if rrec.username == username:
+                    rrec.revoked = True
+
+    def expire(self, token: str) -> None:
+        """Make an access token expired now."""
+        with self._lock:
+            self._tokens[token].expires_at = time.time() - 1
+
+    def token_info(self, token: str) -> TokenRecord | None:
+        """The record of an issued access token, or None."""
+        with self._lock:
+            return self._tokens.get(token)
+
+    def is_active(self, token: str) -> bool:
+        """Whether introspection would call ``token`` active now."""
+        with self._lock:
+            rec = self._tokens.get(token)
+            return rec is not None and not rec.revoked and rec.expires_at > time.time()
+
+    def script(self, *responses: ScriptedResponse) -> None:
+        """Queue responses the token endpoint gives, in order, before normal ones."""
+        with self._lock:
+            self._script.extend(responses)
+
+    def slow_down_next(self, count: int = 1) -> None:
+        """Answer the next ``count`` device-code polls with ``slow_down``."""
+        with self._lock:
+            self._slow_down_next += count
+
+    def approve_device(self, user_code: str, username: str) -> None:
+        """Approve a pending device authorization as ``username``."""
+        with self._lock:
+            for rec in self._devices.values():
+                if rec.user_code == user_code:
+                    rec.username = username
+                    return
+        raise KeyError(f"no pending device authorization with user code {user_code!r}")
+
+    def deny_device(self, user_code: str) -> None:
+        """Deny a pending device authorization (the poller then gets access_denied)."""
+        with self._lock:
+            for rec in self._devices.values():
+                if rec.user_code == user_code:
+                    rec.denied = True
+                    return
+        raise KeyError(f"no pending device authorization with user code {user_code!r}")
+
+    # -- request handling (called from server threads) -------------------------------
+
+    def _next_scripted(self) -> ScriptedResponse | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def _check_client(self, form: dict[str, str], auth_header: str | None) -> str | None:
+        """Return an error code, or None when the client is acceptable."""
+        client_id = form.get("client_id")
+        secret = form.get("client_secret")
+        if auth_header and auth_header.lower().startswith("basic "):
+            decoded = base64.b64decode(auth_header[6:]).decode()
+            cid, _, csec = decoded.partition(":")
+            client_id, secret = urllib.parse.unquote(cid), urllib.parse.unquote(csec)
+        with self._lock:
+            if not self._clients:
+                return None
+            if client_id not in self._clients:
+                return "invalid_client"
+            expected = self._clients[client_id]
+        if expected is None:
+            return None
+        if form.get("client_assertion"):
+            return None
+        return None if secret == expected else "invalid_client"
+
+    def _mint(self, username: str, scope: str, client_id: str, *, refresh: str | None) -> Any:
+        access = self.issue_access_token(username, scope=scope, client_id=client_id)
+        with self._lock:
+            lifetime = self.access_token_lifetime
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": int(lifetime) if lifetime >= 1 else lifetime,
+            "scope": scope,
+        }
+        if refresh is not None:
+            body["refresh_token"] = refresh
+        return body
+
+    def handle_token(self, form: dict[str, str], auth_header: str | None) -> tuple[int, Any]:
+        with self._lock:
+            self.stats.token_requests += 1
+            self.stats.grants[form.get("grant_type", "")] += 1
+        client_error = self._check_client(form, auth_header)
+        if client_error:
+            return 401, {"error": client_error, "error_description": "client authentication failed"}
+        grant = form.get("grant_type", "")
+        client_id = form.get("client_id", "test-client")
+        if grant == "refresh_token":
+            old = form.get("refresh_token", "")
+            with self._lock:
+                rec = self._refresh.get(old)
+                if rec is None or rec.revoked:
+                    return 400, {
+                        "error": "invalid_grant",
+                        "error_description": "Token has been expired or revoked.",
+                    }
+                new_refresh: str | None = None
+                if self.rotate_refresh_tokens:
+                    rec.revoked = True
+                    new_refresh = "rt-" + secrets.token_urlsafe(24)
+                    self._refresh[new_refresh] = _RefreshRecord(
+                        rec.username, rec.scope, rec.client_id
+                    )
+            scope = form.get("scope") or rec.scope
+            return 200, self._mint(rec.username, scope, client_id, refresh=new_refresh)
+        if grant == "password":
+            username, password = form.get("username", ""), form.get("password", "")
+            with self._lock:
+                ok = self._passwords.get(username) == password and username in self._passwords
+            if not ok:
+                return 400, {
+                    "error": "invalid_grant",
+                    "error_description": "AADSTS50126: Error validating credentials.",
+                }
+            scope = form.get("scope") or self.default_scope
+            refresh = (
+                self.issue_refresh_token(username, scope=scope, client_id=client_id)
+                if "offline_access" in scope.split()
+                else None
+            )
+            return 200, self._mint(username, scope, client_id, refresh=refresh)
+        if grant == "client_credentials":
+            scope = form.get("scope") or self.default_scope
+            return 200, self._mint(client_id, scope, client_id, refresh=None)
+        if grant == JWT_BEARER_GRANT:
+            claims = _jwt_claims(form.get("assertion", ""))
+            if claims is None:
+                return 400, {"error": "invalid_grant", "error_description": "bad assertion"}
+            subject = str(claims.get("sub") or claims.get("iss") or "")
+            scope = str(claims.get("scope") or self.default_scope)
+            return 200, self._mint(subject, scope, str(claims.get("iss", client_id)), refresh=None)
+        if grant == DEVICE_CODE_GRANT:
+            return self._poll_device(form.get("device_code", ""))
+        if grant == "authorization_code":
+            return self._redeem_code(form)
+        return 400, {"error": "unsupported_grant_type", "error_description": grant}
+
+    def _poll_device(self, device_code: str) -> tuple[int, Any]:
+        with self._lock:
+            self.stats.device_polls += 1
+            rec = self._devices.get(device_code)
+            if rec is None:
+                return 400, {"error": "expired_token"}
+            if self._slow_down_next > 0:
+                self._slow_down_next -= 1
+                return 400, {"error": "slow_down"}
+            if rec.denied:
+                return 400, {"error": "access_denied"}
+            if rec.username is None:
+                return 400, {"error": "authorization_pending"}
+            del self._devices[device_code]
+        refresh = self.issue_refresh_token(rec.username, scope=rec.scope, client_id=rec.client_id)
+        return 200, self._mint(rec.username, rec.scope, rec.client_id, refresh=refresh)
+
+    def handle_device_authorization(self, form: dict[str, str]) -> tuple[int, Any]:
+        device_code = secrets.token_urlsafe(24)
+        user_code = "".join(secrets.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(8))
+        with self._lock:
+            self._devices[device_code] = _DeviceRecord(
+                user_code, form.get("client_id", ""), form.get("scope") or self.default_scope
+            )
+        return 200, {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": f"{self.base_url}/device",
+            "expires_in": 900,
+            "interval": self.device_interval,
+            "message": f"To sign in, open {self.base_url}/device and enter {user_code}.",
+        }
+
+    def handle_authorize(self, query: dict[str, str]) -> tuple[int, str]:
+        """Approve at once as :attr:`authorize_username`; returns (302, location)."""
+        redirect = query.get("redirect_uri", "")
+        code = secrets.token_urlsafe(16)
+        with self._lock:
+            self._codes[code] = (
+                self.authorize_username,
+                query.get("scope") or self.default_scope,
+                redirect,
+                query.get("code_challenge"),
+            )
+        params = {"code": code}
+        if "state" in query:
+            params["state"] = query["state"]
+        sep = "&" if "?" in redirect else "?"
+        return 302, redirect + sep + urllib.parse.urlencode(params)
+
+    def _redeem_code(self, form: dict[str, str]) -> tuple[int, Any]:
+        with self._lock:
+            entry = self._codes.pop(form.get("code", ""), None)
+        if entry is None:
+            return 400, {"error": "invalid_grant", "error_description": "unknown code"}
+        username, scope, redirect, challenge = entry
+        if form.get("redirect_uri", "") != redirect:
+            return 400, {"error": "invalid_grant", "error_description": "redirect_uri mismatch"}
+        if challenge is not None:
+            verifier = form.get("code_verifier", "")
+            digest = hashlib.sha256(verifier.encode()).digest()
+            expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+            if expected != challenge:
+                return 400, {"error": "invalid_grant", "error_description": "PKCE failed"}
+        client_id = form.get("client_id", "test-client")
+        refresh = self.issue_refresh_token(username, scope=scope, client_id=client_id)
+        return 200, self._mint(username, scope, client_id, refresh=refresh)
+
+    def handle_introspect(self, form: dict[str, str]) -> tuple[int, Any]:
+        token = form.get("token", "")
+        with self._lock:
+            self.stats.introspections += 1
+            rec = self._tokens.get(token)
+            now = time.time()
+            if rec is None or rec.revoked or rec.expires_at <= now:
+                return 200, {"active": False}
+            return 200, {
+                "active": True,
+                "username": rec.username,
+                "scope": rec.scope,
+                "client_id": rec.client_id,
+                "exp": int(rec.expires_at),
+                # Dovecot reads expires_in as unsigned: never negative (REAL_SERVERS.md).
+                "expires_in": max(1, int(rec.expires_at - now)),
+            }
+
+    def handle_revoke(self, form: dict[str, str]) -> tuple[int, Any]:
+        self.revoke(form.get("token", ""))
+        return 200, {}
+
+
+def _jwt_claims(assertion: str) -> dict[str, Any] | None:
+    """Decode a JWT's claims without checking the signature (a test server's leniency)."""
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # tokens travel in request bodies and URLs: never log them
+
+        def _form(self) -> dict[str, str]:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode() if length else ""
+            return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+
+        def _send(self, status: int, body: dict[str, Any] | str) -> None:
+            if isinstance(body, str):
+                data, ctype = body.encode(), "text/html; charset=utf-8"
+            else:
+                data, ctype = json.dumps(body).encode(), "application/json"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            path = urllib.parse.urlsplit(self.path).path
+            form = self._form()
+            if path == "/token":
+                scripted = server._next_scripted()
+                if scripted is not None:
+                    with server._lock:
+                        server.stats.token_requests += 1
+                        server.stats.grants[form.get("grant_type", "")] += 1
+                    time.sleep(scripted.delay)
+                    if scripted.status != 0:
+                        self._send(scripted.status, scripted.body)
+                        return
+                    with server._lock:
+                        server.stats.token_requests -= 1
+                        server.stats.grants[form.get("grant_type", "")] -= 1
+                status, body = server.handle_token(form, self.headers.get("Authorization"))
+            elif path == "/introspect":
+                status, body = server.handle_introspect(form)
+            elif path == "/devicecode":
+                status, body = server.handle_device_authorization(form)
+            elif path == "/revoke":
+                status, body = server.handle_revoke(form)
+            else:
+                status, body = 404, {"error": "not_found"}
+            self._send(status, body)
+
+        def do_GET(self) -> None:
+            parts = urllib.parse.urlsplit(self.path)
+            if parts.path == "/authorize":
+                query = dict(urllib.parse.parse_qsl(parts.query))
+                status, location = server.handle_authorize(query)
+                self.send_response(status)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self._send(404, {"error": "not_found"})
+
+    return Handler
