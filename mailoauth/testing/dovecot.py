@@ -1,0 +1,429 @@
+"""A real Dovecot on loopback, checking bearer tokens against a test OAuth server.
+
+``DovecotServer`` writes its own configuration into a temporary directory and runs
+``dovecot -F -c FILE`` in the foreground, so the master's pid is ours to stop. It never
+reads the system configuration nor talks to system services.
+
+What it serves, all on free ports:
+
+- IMAP and POP3, each on an implicit-TLS port and on a plain port that offers STARTTLS;
+- optionally IMAP and POP3 on ports that do not offer STARTTLS at all. Dovecot decides
+  STARTTLS per local address, not per listener, so these listen on a second loopback
+  address (``127.0.0.2`` by default) with ``local 127.0.0.2 { ssl = no }``;
+- LMTP and SASL auth on unix sockets, for Postfix to deliver and authenticate through.
+
+Every user exists (static userdb, ``allow_all_users``) and authenticates with XOAUTH2
+or OAUTHBEARER only; tokens are checked by RFC 7662 introspection on every login
+(no auth cache, no failure delay, no per-IP penalty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from types import TracebackType
+
+from mailoauth.testing.certs import CertFiles
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_NO_STARTTLS_HOST = "127.0.0.2"
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL_LINES = 40
+# Dovecot refuses to run mail processes as root; ``mail`` exists on every Debian system.
+DEFAULT_MAIL_USER = "mail"
+DEFAULT_MAX_SESSIONS = 100
+
+
+class ServerStartError(RuntimeError):
+    """A test server did not come up; the message carries the tail of its log."""
+
+
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """``count`` distinct free TCP ports on ``host``, found by binding to port 0.
+
+    All sockets are held open together so that the ports differ; another process may
+    still take one before the server binds it, which is an accepted test-only race.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file, or a note that it is missing."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<no log at {path}: {exc}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until_ready(
+    endpoints: list[tuple[str, int]],
+    sockets: list[Path],
+    proc: subprocess.Popen[bytes] | None,
+    deadline: float,
+) -> str | None:
+    """Poll until every TCP endpoint accepts and every unix socket exists.
+
+    Returns ``None`` when ready, else why not (timeout or the process exited).
+    """
+    pending_tcp = list(endpoints)
+    pending_unix = list(sockets)
+    while pending_tcp or pending_unix:
+        if proc is not None and proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        if time.monotonic() > deadline:
+            waiting = [f"{h}:{p}" for h, p in pending_tcp] + [str(p) for p in pending_unix]
+            return f"not ready in time; still waiting for {', '.join(waiting)}"
+        pending_unix = [p for p in pending_unix if not p.exists()]
+        still: list[tuple[str, int]] = []
+        for host, port in pending_tcp:
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    pass
+            except OSError:
+                still.append((host, port))
+        pending_tcp = still
+        if pending_tcp or pending_unix:
+            time.sleep(0.02)
+    return None
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM ``proc``, wait, then SIGKILL its process group (it was started in its own)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class MailUser:
+    """The system account that owns the maildirs and runs Dovecot's mail processes."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def lookup(cls, name: str) -> MailUser:
+        entry = pwd.getpwnam(name)
+        return cls(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+class DovecotServer:
+    """Dovecot with an oauth2 passdb, in a temporary directory, on free loopback ports.
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. Attributes after
+    construction: ``host``, ``imap_port`` (plain, offers STARTTLS), ``imaps_port``,
+    ``pop3_port``, ``pop3s_port``, ``no_starttls_host`` with ``imap_no_starttls_port`` /
+    ``pop3_no_starttls_port`` (``None`` when disabled), ``lmtp_socket``, ``auth_socket``
+    (for ``smtpd_sasl_path``), ``config_path``, ``log_path`` and, once started, ``pid``.
+    """
+
+    def __init__(
+        self,
+        introspection_url: str,
+        certs: CertFiles,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        no_starttls_host: str | None = DEFAULT_NO_STARTTLS_HOST,
+        mail_user: str = DEFAULT_MAIL_USER,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        binary: str = "dovecot",
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be positive")
+        self.introspection_url = introspection_url
+        self.certs = certs
+        self.max_sessions = max_sessions
+        self.startup_timeout = startup_timeout
+        self.binary = binary
+        self.mail_user = MailUser.lookup(mail_user)
+        self._own_directory = directory is None
+        # Short paths: unix socket paths must fit in 108 bytes.
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="mo-dc-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o755)  # dovecot, dovenull, postfix must traverse it
+        self.host = DEFAULT_HOST
+        self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = free_ports(4)
+        self.no_starttls_host = no_starttls_host
+        self.imap_no_starttls_port: int | None = None
+        self.pop3_no_starttls_port: int | None = None
+        if no_starttls_host is not None:
+            self.imap_no_starttls_port, self.pop3_no_starttls_port = free_ports(2, no_starttls_host)
+        self.base_dir = self.directory / "run"
+        self.mail_root = self.directory / "mail"
+        self.config_path = self.directory / "dovecot.conf"
+        self.oauth2_path = self.directory / "oauth2.conf.ext"
+        self.log_path = self.directory / "dovecot.log"
+        self.lmtp_socket = self.base_dir / "lmtp"
+        self.auth_socket = self.base_dir / "auth-postfix"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._deliveries = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The master process id while running."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def tcp_endpoints(self) -> list[tuple[str, int]]:
+        """Every TCP (host, port) this server listens on."""
+        endpoints = [
+            (self.host, self.imap_port),
+            (self.host, self.imaps_port),
+            (self.host, self.pop3_port),
+            (self.host, self.pop3s_port),
+        ]
+        if self.no_starttls_host is not None:
+            assert self.imap_no_starttls_port is not None
+            assert self.pop3_no_starttls_port is not None
+            endpoints += [
+                (self.no_starttls_host, self.imap_no_starttls_port),
+                (self.no_starttls_host, self.pop3_no_starttls_port),
+            ]
+        return endpoints
+
+    def render_config(self) -> str:
+        """The complete dovecot.conf for this instance."""
+        n = self.max_sessions
+        u = self.mail_user
+        no_tls = ""
+        extra_imap = extra_pop3 = ""
+        if self.no_starttls_host is not None:
+            # Dovecot offers STARTTLS per local address; this address gets none.
+            no_tls = f"local {self.no_starttls_host} {{\n  ssl = no\n}}\n"
+            extra_imap = (
+                f"  inet_listener imap_no_starttls {{\n"
+                f"    address = {self.no_starttls_host}\n"
+                f"    port = {self.imap_no_starttls_port}\n  }}\n"
+            )
+            extra_pop3 = (
+                f"  inet_listener pop3_no_starttls {{\n"
+                f"    address = {self.no_starttls_host}\n"
+                f"    port = {self.pop3_no_starttls_port}\n  }}\n"
+            )
+        return f"""\
+# Written by mailoauth.testing.dovecot; a test instance, not the system one.
+instance_name = {self.directory.name}
+base_dir = {self.base_dir}
+state_dir = {self.directory / "state"}
+log_path = {self.log_path}
+protocols = imap pop3 lmtp
+listen = {self.host}
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = {u.uid}
+first_valid_gid = {u.gid}
+
+ssl = yes
+ssl_cert = <{self.certs.cert}
+ssl_key = <{self.certs.key}
+{no_tls}
+# Loopback counts as secure anyway; this also allows AUTH on the no-STARTTLS ports.
+disable_plaintext_auth = no
+auth_mechanisms = xoauth2 oauthbearer
+auth_cache_size = 0
+auth_failure_delay = 0
+auth_verbose = yes
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.oauth2_path}
+}}
+# oauth2 cannot look users up; LMTP delivery needs every user to exist.
+userdb {{
+  driver = static
+  args = uid={u.uid} gid={u.gid} home={self.mail_root}/%u allow_all_users=yes
+}}
+mail_location = maildir:~/Maildir
+
+default_process_limit = {n}
+default_client_limit = {max(1000, 2 * n)}
+service imap {{
+  process_limit = {n}
+}}
+service pop3 {{
+  process_limit = {n}
+}}
+protocol imap {{
+  mail_max_userip_connections = {n}
+}}
+protocol pop3 {{
+  mail_max_userip_connections = {n}
+}}
+
+service imap-login {{
+  inet_listener imap {{
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = {self.imaps_port}
+    ssl = yes
+  }}
+{extra_imap}}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = {self.pop3s_port}
+    ssl = yes
+  }}
+{extra_pop3}}}
+service lmtp {{
+  unix_listener {self.lmtp_socket.name} {{
+    mode = 0666
+  }}
+}}
+service auth {{
+  unix_listener {self.auth_socket.name} {{
+    mode = 0666
+  }}
+}}
+# Failed logins from 127.0.0.1 would otherwise delay later ones by up to 15 s.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+
+    def render_oauth2_config(self) -> str:
+        return f"""\
+introspection_mode = post
+introspection_url = {self.introspection_url}
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 5000
+"""
+
+    def start(self) -> None:
+        """Write the configuration, start Dovecot and wait until every listener is up.
+
+        Raises ``ServerStartError`` (with the log tail) if it exits or is not ready
+        within ``startup_timeout`` seconds; the process is stopped in that case.
+        """
+        if self._proc is not None:
+            raise RuntimeError("already started")
+        binary = shutil.which(self.binary) or shutil.which(self.binary, path="/usr/sbin")
+        if binary is None:
+            raise FileNotFoundError(f"{self.binary} not found")
+        self.config_path.write_text(self.render_config())
+        self.oauth2_path.write_text(self.render_oauth2_config())
+        self.mail_root.mkdir(exist_ok=True)
+        os.chown(self.mail_root, self.mail_user.uid, self.mail_user.gid)
+        # The master keeps its stderr open; never let it inherit the caller's.
+        with (self.directory / "dovecot.stderr").open("ab") as err:
+            self._proc = subprocess.Popen(
+                [binary, "-F", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        problem = wait_until_ready(
+            self.tcp_endpoints(),
+            [self.lmtp_socket, self.auth_socket],
+            self._proc,
+            time.monotonic() + self.startup_timeout,
+        )
+        if problem is not None:
+            self.stop(cleanup=False)
+            raise ServerStartError(
+                f"dovecot {problem} (config {self.config_path})\n"
+                f"--- {self.log_path} ---\n{tail(self.log_path)}\n"
+                f"--- stderr ---\n{tail(self.directory / 'dovecot.stderr')}"
+            )
+
+    def stop(self, *, cleanup: bool = True) -> None:
+        """Stop the master by its pid (SIGTERM, then SIGKILL) and, if we created the
+        directory and ``cleanup`` is true, remove it."""
+        if self._proc is not None:
+            stop_process(self._proc)
+            self._proc = None
+        if cleanup and self._own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> DovecotServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return tail(self.log_path, lines)
+
+    def maildir(self, user: str) -> Path:
+        """The Maildir of ``user`` (as Dovecot names it: lower-cased), existing or not."""
+        return self.mail_root / user.lower() / "Maildir"
+
+    def deliver(self, user: str, message: bytes | str | Message, *, seen: bool = False) -> Path:
+        """Put ``message`` straight into the INBOX of ``user``, bypassing SMTP and LMTP.
+
+        Written to ``tmp/`` then renamed into ``new/`` (or ``cur/`` with the ``S`` flag
+        if ``seen``), as the Maildir convention requires, and owned by the mail user.
+        Returns the path of the message file.
+        """
+        if isinstance(message, Message):
+            data = message.as_bytes()
+        elif isinstance(message, str):
+            data = message.encode()
+        else:
+            data = message
+        data = data.replace(b"\r\n", b"\n")  # maildir files use bare LF
+        maildir = self.maildir(user)
+        created = [maildir.parent, maildir] + [maildir / sub for sub in ("cur", "new", "tmp")]
+        for path in created:
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chown(path, self.mail_user.uid, self.mail_user.gid)
+        self._deliveries += 1
+        now = time.time()
+        host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+        base = (
+            f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}Q{self._deliveries}"
+            f".{host},S={len(data)}"
+        )
+        tmp = maildir / "tmp" / base
+        tmp.write_bytes(data)
+        os.chown(tmp, self.mail_user.uid, self.mail_user.gid)
+        final = maildir / "cur" / f"{base}:2,S" if seen else maildir / "new" / base
+        tmp.rename(final)
+        return final
