@@ -1,0 +1,153 @@
+"""The authentication loop every protocol shares: choose a mechanism, run the SASL
+exchange, and on a rejected token get a fresh one and retry exactly once.
+
+The protocol-specific part is a :data:`SaslExchange`: a coroutine that sends one
+AUTH/AUTHENTICATE with the given mechanism, answers an error challenge if one comes,
+and reports a :class:`SaslOutcome`. It never raises for a rejection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+
+from mailoauth.errors import AuthenticationError, TokenExpiredError
+from mailoauth.sasl import MECHANISMS, ErrorChallenge, Mechanism, create_mechanism
+from mailoauth.tokens.access_token import AccessToken
+from mailoauth.tokens.manager import TokenManager
+
+__all__ = ["SaslExchange", "SaslOutcome", "authenticate", "choose_mechanism"]
+
+log = logging.getLogger("mailoauth.auth")
+
+
+@dataclass(frozen=True)
+class SaslOutcome:
+    """How one SASL exchange ended.
+
+    ``reply`` is the server's final line; ``challenge`` the decoded error challenge if
+    one came first; ``temporary`` marks a server-side temporary failure (the token was
+    not judged, so refreshing it would not help).
+    """
+
+    ok: bool
+    reply: str = ""
+    challenge: ErrorChallenge | None = None
+    temporary: bool = False
+
+
+SaslExchange = Callable[[Mechanism], Awaitable[SaslOutcome]]
+
+_HINTS = {
+    "smtp": (
+        "check the token's scope (Google: https://mail.google.com/; Microsoft: "
+        "https://outlook.office.com/SMTP.Send, or .default for app-only) and audience "
+        "(Outlook, not Graph), that SMTP AUTH is enabled for the mailbox (Microsoft "
+        "5.7.139), and that the token belongs to this user"
+    ),
+    "imap": (
+        "check the token's scope (Google: https://mail.google.com/; Microsoft: "
+        "https://outlook.office.com/IMAP.AccessAsUser.All) and audience, that IMAP is "
+        "enabled for the account, and that the token belongs to this user"
+    ),
+    "pop3": (
+        "check the token's scope (Google: https://mail.google.com/; Microsoft: "
+        "https://outlook.office.com/POP.AccessAsUser.All) and audience, that POP is "
+        "enabled for the account, and that the token belongs to this user"
+    ),
+}
+
+
+def choose_mechanism(offered: Collection[str], preferred: str | None, protocol: str) -> str:
+    """OAUTHBEARER if offered, else XOAUTH2; or the caller's ``preferred`` choice.
+
+    Raises :class:`AuthenticationError` when the server offers neither (or not the
+    preferred one), naming what it does offer.
+    """
+    upper = {m.upper() for m in offered}
+    if preferred is not None:
+        choice = preferred.upper()
+        if choice not in MECHANISMS:
+            from mailoauth.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"mechanism={preferred!r} is not supported; use 'XOAUTH2' or 'OAUTHBEARER'"
+            )
+        if choice in upper:
+            return choice
+        raise AuthenticationError(
+            f"the {protocol.upper()} server does not offer {choice} (it offers: "
+            f"{', '.join(sorted(upper)) or 'no SASL mechanisms'}); leave mechanism= unset "
+            f"to pick one it offers",
+            mechanism=choice,
+        )
+    for name in MECHANISMS:
+        if name in upper:
+            return name
+    raise AuthenticationError(
+        f"the {protocol.upper()} server offers neither OAUTHBEARER nor XOAUTH2 (it offers: "
+        f"{', '.join(sorted(upper)) or 'no SASL mechanisms'}); OAuth is not enabled there "
+        f"or not before TLS",
+    )
+
+
+async def authenticate(
+    *,
+    tokens: TokenManager,
+    username: str,
+    host: str,
+    port: int,
+    protocol: str,
+    mechanism: str,
+    exchange: SaslExchange,
+) -> AccessToken:
+    """Authenticate with ``mechanism``, retrying once with a refreshed token.
+
+    Returns the token that was accepted. Raises :class:`AuthenticationError` after the
+    second rejection (or at once for a temporary server failure), carrying the server's
+    reply and the decoded challenge; token errors (:class:`~mailoauth.errors.TokenError`)
+    from the provider propagate unchanged.
+    """
+    token = await tokens.get_access_token()
+    for attempt in (1, 2):
+        mech = create_mechanism(mechanism, username, token.value, host=host, port=port)
+        outcome = await exchange(mech)
+        if outcome.ok:
+            return token
+        detail = f"; server challenge: {outcome.challenge.describe()}" if outcome.challenge else ""
+        if outcome.temporary:
+            raise AuthenticationError(
+                f"the {protocol.upper()} server {host}:{port} could not check the token "
+                f"right now (temporary failure: {outcome.reply!r}); try again later",
+                server_reply=outcome.reply,
+                challenge=outcome.challenge,
+                mechanism=mechanism,
+                temporary=True,
+            )
+        if attempt == 1:
+            log.debug(
+                "%s %s:%s rejected the token for %s (%s%s); refreshing and retrying once",
+                protocol.upper(), host, port, username, outcome.reply, detail,
+            )
+            try:
+                token = await tokens.refresh_rejected(token)
+            except TokenExpiredError as exc:
+                raise AuthenticationError(
+                    f"the {protocol.upper()} server {host}:{port} rejected the access token "
+                    f"for {username} ({outcome.reply!r}{detail}) and a bare token cannot be "
+                    f"refreshed; pass a TokenProvider (e.g. GoogleTokenProvider) instead",
+                    server_reply=outcome.reply,
+                    challenge=outcome.challenge,
+                    mechanism=mechanism,
+                ) from exc
+            continue
+        raise AuthenticationError(
+            f"the {protocol.upper()} server {host}:{port} rejected the token for {username} "
+            f"twice, the second time just after a refresh ({outcome.reply!r}{detail}); "
+            f"{_HINTS.get(protocol, 'check the token scope and audience')}",
+            server_reply=outcome.reply,
+            challenge=outcome.challenge,
+            mechanism=mechanism,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover

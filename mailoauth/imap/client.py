@@ -1,0 +1,556 @@
+"""ImapClient: IMAP with an OAuth 2.0 bearer token, over aioimaplib's parser.
+
+The socket is the connection core's; aioimaplib's protocol object parses over it. All
+of aioimaplib's gaps (STARTTLS, error challenges, OAUTHBEARER, dropped connections)
+are filled in :mod:`mailoauth.imap._aioimaplib`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.message
+import email.policy
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from email.parser import BytesParser
+from typing import Any, TypeVar
+
+import anyio
+
+from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
+from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.connection import Connection
+from mailoauth._core.stream_transport import StreamTransport
+from mailoauth.errors import (
+    CommandError,
+    ConfigurationError,
+    ConnectionLostError,
+    MailTimeoutError,
+    ProtocolError,
+    TLSError,
+)
+from mailoauth.imap import parsing
+from mailoauth.imap._aioimaplib import (
+    AUTH,
+    SELECTED,
+    AuthenticateCommand,
+    ImapProtocol,
+    RawCommand,
+)
+from mailoauth.imap.parsing import Folder, MailboxInfo
+from mailoauth.sasl import Mechanism
+from mailoauth.security import SecurityOptions
+from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+
+__all__ = ["IdleEvent", "ImapClient"]
+
+log = logging.getLogger("mailoauth.imap")
+
+T = TypeVar("T")
+
+#: RFC 2177: servers may drop an IDLE after 30 minutes; renew a little before.
+IDLE_RENEW_AFTER = 28 * 60.0
+#: Reconnect with a fresh token when the session's token expires within this many
+#: seconds (Office 365 ends sessions with ``BYE ... AccessTokenExpired``).
+REAUTH_MARGIN = 60.0
+
+_parser = BytesParser(policy=email.policy.default)
+
+
+def _uid_set(uids: Iterable[int]) -> str:
+    values = sorted({int(u) for u in uids})
+    if not values or values[0] <= 0:
+        raise ConfigurationError("give at least one UID, each a positive integer")
+    return ",".join(str(v) for v in values)
+
+
+def _check_arg(value: str, what: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ConfigurationError(f"the {what} contains CR, LF or NUL; refusing to send it")
+    return value
+
+
+@dataclass(frozen=True)
+class IdleEvent:
+    """Something the server pushed during IDLE: ``kind`` is ``EXISTS``, ``EXPUNGE``,
+    ``RECENT``, ``FETCH`` or another keyword; ``number`` the count or sequence number."""
+
+    kind: str
+    number: int | None
+    raw: bytes
+
+
+class ImapClient(BaseClient):
+    """Read and manage a mailbox over IMAP, authenticated with a bearer token.
+
+    ``token`` is an access token string, an :class:`~mailoauth.AccessToken` or a
+    :class:`~mailoauth.TokenProvider`. With a provider, a long session re-authenticates
+    (reconnect and reselect) before the token expires and after the server ends the
+    session for an expired token. Every operation raises on failure:
+    :class:`~mailoauth.errors.CommandError` (NO/BAD),
+    :class:`~mailoauth.errors.AuthenticationError`,
+    :class:`~mailoauth.errors.TLSError`, :class:`~mailoauth.errors.MailTimeoutError`,
+    :class:`~mailoauth.errors.ConnectionLostError`. One task at a time per client.
+    """
+
+    protocol_name = "imap"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        token: str | AccessToken | TokenProvider,
+        security: SecurityOptions = SecurityOptions.AUTO,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        mechanism: str | None = None,
+        allow_insecure_auth: bool = False,
+        idle_renew_after: float = IDLE_RENEW_AFTER,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            username,
+            token,
+            security,
+            ssl_context=ssl_context,
+            timeout=timeout,
+            mechanism=mechanism,
+            allow_insecure_auth=allow_insecure_auth,
+        )
+        self.idle_renew_after = idle_renew_after
+        self._protocol: ImapProtocol | None = None
+        self._transport: StreamTransport | None = None
+        self._token: AccessToken | None = None
+        self._selected: tuple[str, bool] | None = None
+        self.reconnects = 0
+
+    # -- connection -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and not self._protocol.lost
+
+    async def _open(self) -> None:
+        conn = await Connection.open(
+            self.host,
+            self.port,
+            implicit_tls=self.plan.implicit_tls,
+            ssl_context=self.ssl_context,
+            timeout=self.timeout,
+        )
+        protocol = ImapProtocol(asyncio.get_running_loop())
+        transport = StreamTransport(conn, protocol)
+        self._protocol, self._transport = protocol, transport
+        try:
+            await self._guard(protocol.wait("NONAUTH|AUTH"), "waiting for the greeting")
+            if self.plan.starttls:
+                await self._starttls(protocol, transport)
+            await self._authenticate(protocol, transport)
+        except BaseException:
+            transport.close()
+            self._protocol = self._transport = None
+            raise
+
+    async def _starttls(self, protocol: ImapProtocol, transport: StreamTransport) -> None:
+        if "STARTTLS" not in protocol.capabilities:
+            raise TLSError(
+                f"{self.host}:{self.port} does not offer STARTTLS, and STARTTLS is required "
+                f"({self.security.name}); the connection was closed. If the server uses "
+                f"implicit TLS, use port 993 or SSL_IMPLICIT"
+            )
+        response = await self._guard(
+            protocol.execute(RawCommand("STARTTLS", protocol.new_tag(), loop=protocol.loop)),
+            "starting TLS with",
+        )
+        if response.result != "OK":
+            raise TLSError(f"{self.host}:{self.port} refused STARTTLS: {_last(response.lines)}")
+        await transport.start_tls(protocol.reset_after_starttls)
+        # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
+        protocol.capabilities = set()
+        await self._guard(protocol.capability(), "reading capabilities from")
+
+    async def _authenticate(self, protocol: ImapProtocol, transport: StreamTransport) -> None:
+        offered = [c[5:] for c in protocol.capabilities if c.upper().startswith("AUTH=")]
+        mechanism = choose_mechanism(offered, self.mechanism, "imap")
+        sasl_ir = "SASL-IR" in protocol.capabilities
+
+        async def exchange(mech: Mechanism) -> SaslOutcome:
+            command = AuthenticateCommand(
+                protocol.new_tag(), mech, sasl_ir=sasl_ir, write=transport.write,
+                loop=protocol.loop,
+            )
+            scrub = mech.initial_response_b64().decode()
+            response = await self._guard(
+                protocol.execute(command, scrub=scrub), "authenticating with"
+            )
+            reply = f"{response.result} {_last(response.lines)}"
+            if response.result == "OK":
+                return SaslOutcome(ok=True, reply=reply)
+            temporary = b"[UNAVAILABLE]" in _last_bytes(response.lines)
+            return SaslOutcome(
+                ok=False, reply=reply, challenge=command.challenge, temporary=temporary
+            )
+
+        self._token = await authenticate(
+            tokens=self.tokens,
+            username=self.username,
+            host=self.host,
+            port=self.port,
+            protocol="imap",
+            mechanism=mechanism,
+            exchange=exchange,
+        )
+        self.mechanism_used = mechanism
+        protocol.state = AUTH
+        # Capabilities change after login (RFC 3501 §6.2.2): read them again.
+        await self._guard(protocol.capability(), "reading capabilities from")
+
+    async def _close(self) -> None:
+        protocol, transport = self._protocol, self._transport
+        self._protocol = self._transport = None
+        if protocol is None or transport is None:
+            return
+        if not protocol.lost:
+            try:
+                with anyio.fail_after(min(self.timeout, 5.0)):
+                    await protocol.logout()
+            except Exception as exc:  # a dying connection must not stop the close
+                log.debug("LOGOUT to %s:%s failed: %r", self.host, self.port, exc)
+        transport.close()
+
+    async def _reconnect(self) -> None:
+        log.debug("reconnecting to %s:%s (new token, same mailbox)", self.host, self.port)
+        selected = self._selected
+        await self._close()
+        await self._open()
+        self.reconnects += 1
+        if selected is not None:
+            await self._select(*selected)
+
+    async def _guard(self, awaitable: Awaitable[T], what: str) -> T:
+        """Await an aioimaplib call with our timeout; on timeout close the connection."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return await awaitable
+        except TimeoutError as exc:
+            if self._transport is not None:
+                self._transport.close()
+            raise MailTimeoutError(
+                f"timed out {what} {self.host}:{self.port}; the connection was closed"
+            ) from exc
+        except ConnectionLostError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("aioimaplib"):
+                raise ProtocolError(f"IMAP error with {self.host}:{self.port}: {exc}") from exc
+            raise
+
+    async def _ready(self) -> ImapProtocol:
+        """The live protocol, reconnecting first when the session's token is about to
+        expire (or the server dropped us after an expired token)."""
+        if self._protocol is None:
+            raise ConnectionLostError("ImapClient is not connected; call connect() first")
+        expiring = (
+            self._token is not None
+            and self._token.expires_at is not None
+            and self._token.expires_within(REAUTH_MARGIN, now=utcnow())
+            and not getattr(self.tokens, "is_static", False)
+        )
+        if self._protocol.lost or expiring:
+            await self._reconnect()
+        assert self._protocol is not None
+        return self._protocol
+
+    async def _call(
+        self, op: Callable[[ImapProtocol], Awaitable[Any]], what: str, *, retry: bool = True
+    ) -> Any:
+        """Run one command; if the session died under it (BYE, reset) and the command
+        is safe to repeat, reconnect once and run it again."""
+        protocol = await self._ready()
+        try:
+            response = await self._guard(op(protocol), what)
+        except ConnectionLostError:
+            if not retry or self._protocol is None:
+                raise
+            await self._reconnect()
+            assert self._protocol is not None
+            response = await self._guard(op(self._protocol), what)
+        return response
+
+    def _check(self, response: Any, command: str) -> list[bytes | bytearray]:
+        if response.result != "OK":
+            reply = _last(response.lines)
+            raise CommandError(
+                f"{self.host}:{self.port} refused {command}: {response.result} {reply}",
+                command=command,
+                reply=f"{response.result} {reply}",
+            )
+        lines: list[bytes | bytearray] = response.lines
+        return lines
+
+    # -- operations -------------------------------------------------------------------
+
+    async def capabilities(self) -> frozenset[str]:
+        """The server's capabilities, as read after authentication."""
+        protocol = await self._ready()
+        return frozenset(protocol.capabilities)
+
+    async def list_folders(self, reference: str = "", pattern: str = "*") -> list[Folder]:
+        """LIST the folders matching ``pattern`` below ``reference``."""
+        ref, pat = parsing.quote(_check_arg(reference, "reference")), parsing.encode_mailbox(
+            _check_arg(pattern, "pattern")
+        )
+        response = await self._call(lambda p: p.simple_command("LIST", ref, pat), "listing")
+        return parsing.parse_list(self._check(response, "LIST"))
+
+    async def _select(self, mailbox: str, readonly: bool) -> MailboxInfo:
+        name = parsing.encode_mailbox(_check_arg(mailbox, "mailbox name"))
+        command = "EXAMINE" if readonly else "SELECT"
+
+        async def op(p: ImapProtocol) -> Any:
+            if readonly:
+                response = await p.simple_command("EXAMINE", name)
+                if response.result == "OK":
+                    p.state = SELECTED
+                return response
+            return await p.select(name)
+
+        response = await self._call(op, f"selecting {mailbox!r} on")
+        info = parsing.parse_select(mailbox, self._check(response, command), readonly)
+        self._selected = (mailbox, readonly)
+        return info
+
+    async def select(self, mailbox: str = "INBOX") -> MailboxInfo:
+        """SELECT ``mailbox`` read-write; returns its counts and UIDVALIDITY."""
+        return await self._select(mailbox, False)
+
+    async def examine(self, mailbox: str = "INBOX") -> MailboxInfo:
+        """EXAMINE ``mailbox`` (read-only: nothing is marked seen)."""
+        return await self._select(mailbox, True)
+
+    async def status(
+        self,
+        mailbox: str = "INBOX",
+        items: Sequence[str] = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"),
+    ) -> dict[str, int]:
+        """STATUS of a mailbox that need not be selected."""
+        name = parsing.encode_mailbox(_check_arg(mailbox, "mailbox name"))
+        what = "(" + " ".join(_check_arg(i, "status item") for i in items) + ")"
+        response = await self._call(lambda p: p.simple_command("STATUS", name, what), "status")
+        return parsing.parse_status(self._check(response, "STATUS"))
+
+    def _require_selected(self) -> None:
+        if self._selected is None:
+            raise ConfigurationError("select() a mailbox first")
+
+    async def uid_search(self, *criteria: str) -> list[int]:
+        """UID SEARCH with IMAP search keys, e.g. ``uid_search("UNSEEN")``; returns UIDs."""
+        self._require_selected()
+        keys = [_check_arg(c, "search criterion") for c in criteria] or ["ALL"]
+        response = await self._call(
+            lambda p: p.search(*keys, charset=None, by_uid=True), "searching"
+        )
+        return parsing.parse_search(self._check(response, "UID SEARCH"))
+
+    async def _fetch(self, uids: Iterable[int], items: str) -> list[parsing.FetchRecord]:
+        self._require_selected()
+        uids = list(uids)
+        if not uids:
+            return []
+        uid_set = _uid_set(uids)
+        response = await self._call(
+            lambda p: p.fetch(uid_set, items, by_uid=True), "fetching from"
+        )
+        records = parsing.parse_fetch(self._check(response, "UID FETCH"))
+        return [r for r in records if r.uid is not None]
+
+    async def fetch_raw(self, uids: Iterable[int]) -> dict[int, bytes]:
+        """The full RFC 5322 bytes of each message, by UID (without marking it seen)."""
+        records = await self._fetch(uids, "(UID BODY.PEEK[])")
+        return {r.uid: r.sections.get("BODY[]", b"") for r in records if r.uid is not None}
+
+    async def fetch_messages(self, uids: Iterable[int]) -> dict[int, email.message.EmailMessage]:
+        """Messages parsed as :class:`email.message.EmailMessage`, by UID."""
+        raw = await self.fetch_raw(uids)
+        return {uid: _parse(data) for uid, data in raw.items()}
+
+    async def fetch_message(self, uid: int) -> email.message.EmailMessage:
+        """One message by UID; raises :class:`CommandError` if there is no such UID."""
+        messages = await self.fetch_messages([uid])
+        if uid not in messages:
+            raise CommandError(f"no message with UID {uid}", command="UID FETCH")
+        return messages[uid]
+
+    async def fetch_headers(self, uids: Iterable[int]) -> dict[int, email.message.EmailMessage]:
+        """Only the header of each message, parsed, by UID."""
+        records = await self._fetch(uids, "(UID BODY.PEEK[HEADER])")
+        return {
+            r.uid: _parse(r.sections.get("BODY[HEADER]", b""))
+            for r in records
+            if r.uid is not None
+        }
+
+    async def fetch_flags(self, uids: Iterable[int]) -> dict[int, frozenset[str]]:
+        """The flags of each message, by UID."""
+        records = await self._fetch(uids, "(UID FLAGS)")
+        return {r.uid: r.flags or frozenset() for r in records if r.uid is not None}
+
+    async def fetch_sizes(self, uids: Iterable[int]) -> dict[int, int]:
+        """The RFC822.SIZE of each message, by UID."""
+        records = await self._fetch(uids, "(UID RFC822.SIZE)")
+        return {r.uid: r.size or 0 for r in records if r.uid is not None}
+
+    async def append(
+        self,
+        message: bytes | email.message.Message,
+        mailbox: str = "INBOX",
+        *,
+        flags: Sequence[str] = (),
+        date: dt.datetime | None = None,
+    ) -> int | None:
+        """APPEND a message; returns its UID when the server reports it (UIDPLUS).
+
+        Not retried after a dropped connection: the message may already be stored.
+        """
+        data = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
+        name = parsing.encode_mailbox(_check_arg(mailbox, "mailbox name"))
+        flag_text = "(" + " ".join(_check_arg(f, "flag") for f in flags) + ")" if flags else None
+        response = await self._call(
+            lambda p: p.append(data, mailbox=name, flags=flag_text, date=date),
+            "appending to",
+            retry=False,
+        )
+        return parsing.parse_appenduid(self._check(response, "APPEND"))
+
+    async def _store(self, uids: Iterable[int], op: str, flags: Sequence[str]) -> None:
+        self._require_selected()
+        uid_set = _uid_set(uids)
+        text = "(" + " ".join(_check_arg(f, "flag") for f in flags) + ")"
+        response = await self._call(
+            lambda p: p.store(uid_set, op, text, by_uid=True), "storing flags on"
+        )
+        self._check(response, "UID STORE")
+
+    async def add_flags(self, uids: Iterable[int], flags: Sequence[str]) -> None:
+        """Add ``flags`` (e.g. ``["\\\\Seen"]``) to the messages."""
+        await self._store(uids, "+FLAGS.SILENT", flags)
+
+    async def remove_flags(self, uids: Iterable[int], flags: Sequence[str]) -> None:
+        """Remove ``flags`` from the messages."""
+        await self._store(uids, "-FLAGS.SILENT", flags)
+
+    async def copy(self, uids: Iterable[int], destination: str) -> None:
+        """UID COPY messages to ``destination``. Not retried after a dropped connection."""
+        self._require_selected()
+        uid_set = _uid_set(uids)
+        dest = parsing.encode_mailbox(_check_arg(destination, "mailbox name"))
+        response = await self._call(
+            lambda p: p.copy(uid_set, dest, by_uid=True), "copying on", retry=False
+        )
+        self._check(response, "UID COPY")
+
+    async def move(self, uids: Iterable[int], destination: str) -> None:
+        """UID MOVE (RFC 6851), or COPY + \\\\Deleted + UID EXPUNGE where MOVE is missing."""
+        self._require_selected()
+        uid_set = _uid_set(uids)
+        dest = parsing.encode_mailbox(_check_arg(destination, "mailbox name"))
+        protocol = await self._ready()
+        if "MOVE" in protocol.capabilities:
+            response = await self._call(
+                lambda p: p.move(uid_set, dest, by_uid=True), "moving on", retry=False
+            )
+            self._check(response, "UID MOVE")
+            return
+        await self.copy([int(u) for u in uid_set.split(",")], destination)
+        await self.add_flags([int(u) for u in uid_set.split(",")], ["\\Deleted"])
+        response = await self._call(lambda p: p.expunge(uid_set, by_uid=True), "expunging on")
+        self._check(response, "UID EXPUNGE")
+
+    async def expunge(self) -> None:
+        """EXPUNGE the selected mailbox (remove messages flagged \\\\Deleted)."""
+        self._require_selected()
+        response = await self._call(lambda p: p.expunge(), "expunging on")
+        self._check(response, "EXPUNGE")
+
+    async def noop(self) -> None:
+        """NOOP: keeps the session alive and lets the server report changes."""
+        response = await self._call(lambda p: p.simple_command("NOOP"), "NOOP on")
+        self._check(response, "NOOP")
+
+    async def idle(self, *, timeout: float | None = None) -> AsyncIterator[IdleEvent]:
+        """IDLE (RFC 2177) as an async iterator of :class:`IdleEvent`.
+
+        Renewed every ``idle_renew_after`` seconds (before the server's 30-minute
+        limit) and re-authenticated before the token expires. Stops after ``timeout``
+        seconds when given; ``break`` out of the loop to stop earlier. Raises
+        :class:`CommandError` if the server has no IDLE.
+        """
+        self._require_selected()
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            protocol = await self._ready()
+            if "IDLE" not in protocol.capabilities:
+                raise CommandError(f"{self.host} does not support IDLE", command="IDLE")
+            renew_at = anyio.current_time() + self.idle_renew_after
+            if self._token is not None and self._token.expires_at is not None:
+                left = (self._token.expires_at - utcnow()).total_seconds() - REAUTH_MARGIN
+                renew_at = min(renew_at, anyio.current_time() + max(left, 1.0))
+            if deadline is not None:
+                renew_at = min(renew_at, deadline)
+            idle_task = asyncio.ensure_future(protocol.idle())
+            try:
+                await self._guard(protocol.wait_for_idle_response(), "starting IDLE on")
+                while (left := renew_at - anyio.current_time()) > 0:
+                    lines = None
+                    with anyio.move_on_after(left):
+                        lines = await protocol.idle_queue.get()
+                    if lines is None:
+                        break
+                    for line in lines:
+                        if isinstance(line, bytes | bytearray):
+                            event = _idle_event(bytes(line))
+                            if event is not None:
+                                yield event
+                    if protocol.lost:
+                        break
+            finally:
+                if not protocol.lost and not idle_task.done():
+                    protocol.idle_done()
+                    try:
+                        await self._guard(idle_task, "ending IDLE on")
+                    except Exception:
+                        pass
+                idle_task.cancel()
+            if protocol.lost:
+                await self._reconnect()
+            if deadline is not None and anyio.current_time() >= deadline:
+                return
+
+
+def _idle_event(line: bytes) -> IdleEvent | None:
+    parts = line.split(None, 2)
+    if len(parts) >= 2 and parts[0].isdigit():
+        return IdleEvent(parts[1].decode("ascii", "replace").upper(), int(parts[0]), line)
+    if parts and parts[0] not in (b"OK", b"+"):
+        return IdleEvent(parts[0].decode("ascii", "replace").upper(), None, line)
+    return None
+
+
+def _parse(data: bytes) -> email.message.EmailMessage:
+    message = _parser.parsebytes(data)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+def _last_bytes(lines: list[bytes | bytearray]) -> bytes:
+    return bytes(lines[-1]) if lines else b""
+
+
+def _last(lines: list[bytes | bytearray]) -> str:
+    return _last_bytes(lines).decode("utf-8", "replace")

@@ -1,0 +1,92 @@
+"""Connection security: :class:`SecurityOptions`, the TLS policy, and the one place
+that builds an :class:`ssl.SSLContext`.
+
+``AUTO`` means implicit TLS on the well-known implicit-TLS ports (465, 993, 995) and
+*required* STARTTLS everywhere else. Unlike the Auto of some other libraries it never
+falls back to plaintext: a server that does not offer STARTTLS is an error.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from dataclasses import dataclass
+from typing import Final
+
+from mailoauth.errors import ConfigurationError, InsecureTransportError
+
+__all__ = [
+    "IMPLICIT_TLS_PORTS",
+    "SecurityOptions",
+    "TransportPlan",
+    "create_ssl_context",
+    "plan_transport",
+]
+
+#: SMTPS (RFC 8314), IMAPS, POP3S.
+IMPLICIT_TLS_PORTS: Final = frozenset({465, 993, 995})
+
+
+class SecurityOptions(enum.Enum):
+    """How a client secures its connection."""
+
+    #: Implicit TLS on 465/993/995, required STARTTLS elsewhere. Never plaintext.
+    AUTO = "auto"
+    #: TLS from the first byte (SMTPS, IMAPS, POP3S).
+    SSL_IMPLICIT = "ssl_implicit"
+    #: Plain connect, then STARTTLS/STLS; an error if the server does not offer it.
+    SSL_EXPLICIT = "ssl_explicit"
+    #: No TLS. A bearer token is sent only with ``allow_insecure_auth=True``.
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class TransportPlan:
+    """What the connection core will do: TLS at connect, STARTTLS after the greeting,
+    or neither."""
+
+    implicit_tls: bool
+    starttls: bool
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self.starttls
+
+
+def plan_transport(
+    security: SecurityOptions, port: int, *, allow_insecure_auth: bool = False
+) -> TransportPlan:
+    """Resolve ``security`` for ``port`` into a :class:`TransportPlan`.
+
+    Raises :class:`~mailoauth.errors.InsecureTransportError` for ``NONE`` unless
+    ``allow_insecure_auth`` is true: a bearer token would otherwise cross the network in
+    plaintext.
+    """
+    if not isinstance(security, SecurityOptions):
+        raise ConfigurationError(
+            f"security must be a SecurityOptions member, not {security!r}"
+        )
+    if security is SecurityOptions.SSL_IMPLICIT:
+        return TransportPlan(implicit_tls=True, starttls=False)
+    if security is SecurityOptions.SSL_EXPLICIT:
+        return TransportPlan(implicit_tls=False, starttls=True)
+    if security is SecurityOptions.AUTO:
+        implicit = port in IMPLICIT_TLS_PORTS
+        return TransportPlan(implicit_tls=implicit, starttls=not implicit)
+    if not allow_insecure_auth:
+        raise InsecureTransportError(
+            "SecurityOptions.NONE would send the bearer token in plaintext. Use "
+            "SecurityOptions.AUTO (TLS), or for a test server on loopback pass "
+            "allow_insecure_auth=True"
+        )
+    return TransportPlan(implicit_tls=False, starttls=False)
+
+
+def create_ssl_context(*, cafile: str | None = None) -> ssl.SSLContext:
+    """A client context with certificate and host name verification on, TLS 1.2+.
+
+    ``cafile`` adds a private CA (test servers, corporate CAs).
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

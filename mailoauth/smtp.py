@@ -1,0 +1,352 @@
+"""SmtpClient: SMTP submission with an OAuth 2.0 bearer token, over aiosmtplib.
+
+aiosmtplib parses and formats; the socket is the connection core's (implicit TLS or
+required STARTTLS, timeouts). Authentication is SASL OAUTHBEARER or XOAUTH2 with the
+one retry on a rejected token.
+"""
+
+from __future__ import annotations
+
+import email.message
+import logging
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.response import SMTPResponse
+
+from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
+from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.connection import Connection
+from mailoauth._core.stream_transport import StreamTransport
+from mailoauth.errors import (
+    CommandError,
+    ConfigurationError,
+    ConnectionLostError,
+    MailConnectionError,
+    MailTimeoutError,
+    ProtocolError,
+    TLSError,
+)
+from mailoauth.sasl import (
+    SMTP_MAX_COMMAND_LINE,
+    Mechanism,
+    decode_error_challenge,
+    fits_initial_response,
+)
+from mailoauth.security import SecurityOptions
+from mailoauth.tokens.access_token import AccessToken, TokenProvider
+
+__all__ = ["RecipientReply", "SendResult", "SmtpClient"]
+
+log = logging.getLogger("mailoauth.smtp")
+
+#: A connection idle longer than this is checked with NOOP before the next message, so
+#: a server-side idle timeout costs a reconnect instead of a failed send.
+IDLE_CHECK_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class RecipientReply:
+    """The server's answer to one RCPT TO."""
+
+    code: int
+    message: str
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the server said about a message: one reply per refused recipient (the
+    others were accepted) and the final reply to DATA."""
+
+    refused: dict[str, RecipientReply]
+    data_reply: str
+
+
+class _CoreSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's SMTP whose socket comes from the connection core.
+
+    Two overrides: ``_create_connection`` (the greeting over our stream) and
+    ``starttls`` (upgrade the core's stream; required, never skipped).
+    """
+
+    def __init__(self, client: SmtpClient) -> None:
+        super().__init__(
+            hostname=client.host,
+            port=client.port,
+            timeout=client.timeout,
+            start_tls=False,
+            use_tls=False,
+            local_hostname=client.local_hostname,
+        )
+        self._client = client
+        self._mo_transport: StreamTransport | None = None
+
+    async def _create_connection(self, timeout: float | None) -> SMTPResponse:
+        client = self._client
+        conn = await Connection.open(
+            client.host,
+            client.port,
+            implicit_tls=client.plan.implicit_tls,
+            ssl_context=client.ssl_context,
+            timeout=client.timeout,
+        )
+        protocol = SMTPProtocol(loop=self.loop, connection_lost_callback=self._on_connection_lost)
+        transport = StreamTransport(conn, protocol)
+        self.protocol = protocol
+        self.transport = transport
+        self._mo_transport = transport
+        response = await protocol.read_response(timeout=timeout)
+        if response.code != 220:
+            raise aiosmtplib.SMTPConnectResponseError(response.code, response.message)
+        return response
+
+    async def mo_starttls(self) -> None:
+        await self._ehlo_or_helo_if_needed()
+        if not self.supports_extension("starttls"):
+            raise TLSError(
+                f"{self.hostname}:{self.port} does not offer STARTTLS, and STARTTLS is "
+                f"required ({self._client.security.name}); the connection was closed. "
+                f"If the server uses implicit TLS, use port 465 or SSL_IMPLICIT"
+            )
+        response = await self.execute_command(b"STARTTLS")
+        if response.code != 220:
+            raise TLSError(
+                f"{self.hostname}:{self.port} refused STARTTLS: {response.code} "
+                f"{response.message}"
+            )
+        protocol = self.protocol
+        assert protocol is not None and self._mo_transport is not None
+
+        def discard() -> None:
+            protocol._buffer.clear()  # aiosmtplib keeps unread bytes here
+
+        await self._mo_transport.start_tls(discard)
+        protocol._over_ssl = True
+        # RFC 3207 §4.2: forget everything learnt before TLS, then EHLO again.
+        self._reset_server_state()
+        await self.ehlo()
+
+
+@contextmanager
+def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
+    where = f"{host}:{port}"
+    try:
+        yield
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = ", ".join(f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients)
+        raise CommandError(
+            f"{where} refused every recipient: {refused}", command="RCPT", reply=refused
+        ) from exc
+    except aiosmtplib.SMTPTimeoutError as exc:
+        raise MailTimeoutError(f"timed out waiting for {where}; the connection was closed") from exc
+    except aiosmtplib.SMTPServerDisconnected as exc:
+        raise ConnectionLostError(f"{where} closed the connection: {exc}") from exc
+    except aiosmtplib.SMTPConnectError as exc:
+        raise MailConnectionError(f"could not connect to {where}: {exc}") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        name = type(exc).__name__.removeprefix("SMTP").removesuffix("Error")
+        raise CommandError(
+            f"{where} refused {name}: {exc.code} {exc.message}",
+            command=name.upper(),
+            reply=f"{exc.code} {exc.message}",
+        ) from exc
+    except aiosmtplib.SMTPException as exc:
+        raise ProtocolError(f"SMTP error with {where}: {exc}") from exc
+
+
+class SmtpClient(BaseClient):
+    """Send mail over SMTP, authenticated with an OAuth 2.0 bearer token.
+
+    ``token`` is an access token string, an :class:`~mailoauth.AccessToken`, or a
+    :class:`~mailoauth.TokenProvider` (refreshed when needed). Use as
+    ``async with SmtpClient(...) as smtp: await smtp.send_message(msg)``.
+
+    Errors: :class:`~mailoauth.errors.AuthenticationError` (token rejected twice),
+    :class:`~mailoauth.errors.TLSError` (STARTTLS missing, bad certificate),
+    :class:`~mailoauth.errors.MailTimeoutError`,
+    :class:`~mailoauth.errors.MailConnectionError`,
+    :class:`~mailoauth.errors.CommandError` (the server refused a command), and token
+    errors from the provider. One task at a time per client.
+    """
+
+    protocol_name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        token: str | AccessToken | TokenProvider,
+        security: SecurityOptions = SecurityOptions.AUTO,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        mechanism: str | None = None,
+        allow_insecure_auth: bool = False,
+        local_hostname: str | None = None,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            username,
+            token,
+            security,
+            ssl_context=ssl_context,
+            timeout=timeout,
+            mechanism=mechanism,
+            allow_insecure_auth=allow_insecure_auth,
+        )
+        #: The name sent in EHLO; "localhost" keeps the machine's name private.
+        self.local_hostname = local_hostname or "localhost"
+        self._smtp: _CoreSMTP | None = None
+        self._last_used = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def _open(self) -> None:
+        smtp = _CoreSMTP(self)
+        self._smtp = smtp
+        try:
+            with _map_smtp_errors(self.host, self.port):
+                await smtp.connect()
+                if self.plan.starttls:
+                    await smtp.mo_starttls()
+                else:
+                    await smtp.ehlo()
+                await self._authenticate(smtp)
+        except BaseException:
+            smtp.close()
+            self._smtp = None
+            raise
+        self._last_used = time.monotonic()
+
+    async def _authenticate(self, smtp: _CoreSMTP) -> None:
+        mechanism = choose_mechanism(smtp.server_auth_methods, self.mechanism, "smtp")
+
+        async def exchange(mech: Mechanism) -> SaslOutcome:
+            name = mech.name.encode()
+            initial = mech.initial_response_b64()
+            if fits_initial_response(b"AUTH " + name + b" ", mech, SMTP_MAX_COMMAND_LINE):
+                response = await smtp.execute_command(b"AUTH", name, initial)
+            else:
+                # RFC 4954 §4: too long for one line; send it after the 334.
+                response = await smtp.execute_command(b"AUTH", name)
+                if response.code == 334:
+                    response = await smtp.execute_command(initial)
+            challenge = None
+            if response.code == 334:
+                challenge = decode_error_challenge(response.message)
+                response = await smtp.execute_command(mech.respond(response.message.encode()))
+            reply = f"{response.code} {response.message}"
+            if response.code == 235:
+                return SaslOutcome(ok=True, reply=reply)
+            return SaslOutcome(
+                ok=False,
+                reply=reply,
+                challenge=challenge,
+                temporary=response.code == 454,
+            )
+
+        await authenticate(
+            tokens=self.tokens,
+            username=self.username,
+            host=self.host,
+            port=self.port,
+            protocol="smtp",
+            mechanism=mechanism,
+            exchange=exchange,
+        )
+        self.mechanism_used = mechanism
+
+    async def _ensure_connected(self) -> _CoreSMTP:
+        """Reconnect (and re-authenticate) when the server has dropped us."""
+        if self._smtp is not None and self._smtp.is_connected:
+            if time.monotonic() - self._last_used > IDLE_CHECK_AFTER:
+                try:
+                    response = await self._smtp.noop()
+                    if response.code == 250:
+                        return self._smtp
+                except (aiosmtplib.SMTPException, OSError):
+                    pass
+            else:
+                return self._smtp
+        log.debug("SMTP connection to %s:%s is gone; reconnecting", self.host, self.port)
+        await self._close()
+        await self._open()
+        assert self._smtp is not None
+        return self._smtp
+
+    async def sendmail(
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> SendResult:
+        """Send ``message`` (bytes, CRLF or LF line ends) to ``recipients``.
+
+        Returns the refused recipients (if some were accepted) and the DATA reply.
+        Raises :class:`~mailoauth.errors.CommandError` when the server refuses the
+        sender, every recipient or the data; a message is only reported sent when the
+        server accepted it with 250 after DATA.
+        """
+        rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
+        for field_value in [sender, *rcpts]:
+            if any(c in field_value for c in "\r\n\x00"):
+                raise ConfigurationError(
+                    "an address contains CR, LF or NUL; refusing to send it"
+                )
+        if not rcpts:
+            raise ConfigurationError("sendmail needs at least one recipient")
+        smtp = await self._ensure_connected()
+        with _map_smtp_errors(self.host, self.port):
+            errors, data_reply = await smtp.sendmail(sender, rcpts, message)
+        self._last_used = time.monotonic()
+        return SendResult(
+            {addr: RecipientReply(r.code, r.message) for addr, r in errors.items()}, data_reply
+        )
+
+    async def send_message(
+        self,
+        message: email.message.EmailMessage | email.message.Message,
+        *,
+        sender: str | None = None,
+        recipients: str | Sequence[str] | None = None,
+    ) -> SendResult:
+        """Send an :class:`email.message.EmailMessage`; sender and recipients default to
+        its From/Sender and To/Cc/Bcc headers (Bcc is not transmitted). Raises as
+        :meth:`sendmail`."""
+        smtp = await self._ensure_connected()
+        with _map_smtp_errors(self.host, self.port):
+            errors, data_reply = await smtp.send_message(
+                message, sender=sender, recipients=recipients
+            )
+        self._last_used = time.monotonic()
+        return SendResult(
+            {addr: RecipientReply(r.code, r.message) for addr, r in errors.items()}, data_reply
+        )
+
+    async def noop(self) -> None:
+        """Send NOOP; raises if the connection is gone."""
+        if self._smtp is None:
+            raise ConnectionLostError("SmtpClient is not connected; call connect() first")
+        with _map_smtp_errors(self.host, self.port):
+            await self._smtp.noop()
+
+    async def _close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if smtp.is_connected:
+            try:
+                await smtp.quit(timeout=min(self.timeout, 5.0))
+            except (aiosmtplib.SMTPException, OSError):
+                pass
+        smtp.close()
