@@ -6,14 +6,17 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 40
 POLL_INTERVAL = 0.02
+PROBE_TIMEOUT = 2.0
 
 
 class ServerStartError(RuntimeError):
@@ -47,33 +50,58 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A listener that is ready once it greets with ``banner`` (over TLS if ``tls``).
+
+    Reading the greeting, not just connecting, matters: it proves the server's worker
+    processes finished starting, so a stop right after start is not held up by them.
+    """
+
+    host: str
+    port: int
+    banner: bytes
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def ready(self, timeout: float) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+                if not self.tls:
+                    return sock.recv(len(self.banner)).startswith(self.banner)
+                # Readiness only: whose certificate it is gets checked by the tests.
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                with ctx.wrap_socket(sock) as tls:
+                    return tls.recv(len(self.banner)).startswith(self.banner)
+        except OSError:
+            return False
+
+
 def wait_until_ready(
-    endpoints: list[tuple[str, int]],
+    probes: list[Probe],
     sockets: list[Path],
     proc: subprocess.Popen[bytes] | None,
     deadline: float,
 ) -> str | None:
-    """Poll until every TCP endpoint accepts and every unix socket exists.
+    """Poll until every probe gets its greeting and every unix socket exists.
 
     Returns ``None`` when ready, else why not (timeout or the process exited).
     """
-    pending_tcp = list(endpoints)
+    pending_tcp = list(probes)
     pending_unix = list(sockets)
     while pending_tcp or pending_unix:
         if proc is not None and proc.poll() is not None:
             return f"exited with status {proc.returncode}"
-        if time.monotonic() > deadline:
-            waiting = [f"{h}:{p}" for h, p in pending_tcp] + [str(p) for p in pending_unix]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waiting = [str(p) for p in pending_tcp] + [str(p) for p in pending_unix]
             return f"not ready in time; still waiting for {', '.join(waiting)}"
         pending_unix = [p for p in pending_unix if not p.exists()]
-        still: list[tuple[str, int]] = []
-        for host, port in pending_tcp:
-            try:
-                with socket.create_connection((host, port), timeout=0.5):
-                    pass
-            except OSError:
-                still.append((host, port))
-        pending_tcp = still
+        pending_tcp = [p for p in pending_tcp if not p.ready(timeout=min(left, PROBE_TIMEOUT))]
         if pending_tcp or pending_unix:
             time.sleep(POLL_INTERVAL)
     return None

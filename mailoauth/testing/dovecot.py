@@ -34,6 +34,7 @@ from types import TracebackType
 from mailoauth.testing._process import (
     DEFAULT_HOST,
     LOG_TAIL_LINES,
+    Probe,
     ServerStartError,
     free_ports,
     stop_process,
@@ -126,22 +127,23 @@ class DovecotServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def tcp_endpoints(self) -> list[tuple[str, int]]:
-        """Every TCP (host, port) this server listens on."""
-        endpoints = [
-            (self.host, self.imap_port),
-            (self.host, self.imaps_port),
-            (self.host, self.pop3_port),
-            (self.host, self.pop3s_port),
+    def probes(self) -> list[Probe]:
+        """Every TCP listener, with the greeting it must send when ready."""
+        h = self.host
+        probes = [
+            Probe(h, self.imaps_port, b"* OK", tls=True),
+            Probe(h, self.pop3s_port, b"+OK", tls=True),
+            Probe(h, self.imap_port, b"* OK"),
+            Probe(h, self.pop3_port, b"+OK"),
         ]
         if self.no_starttls_host is not None:
             assert self.imap_no_starttls_port is not None
             assert self.pop3_no_starttls_port is not None
-            endpoints += [
-                (self.no_starttls_host, self.imap_no_starttls_port),
-                (self.no_starttls_host, self.pop3_no_starttls_port),
+            probes += [
+                Probe(self.no_starttls_host, self.imap_no_starttls_port, b"* OK"),
+                Probe(self.no_starttls_host, self.pop3_no_starttls_port, b"+OK"),
             ]
-        return endpoints
+        return probes
 
     def render_config(self) -> str:
         """The complete dovecot.conf for this instance."""
@@ -172,6 +174,8 @@ protocols = imap pop3 lmtp
 listen = {self.host}
 default_login_user = dovenull
 default_internal_user = dovecot
+# No stats: a login process stopped mid-handshake with it delays shutdown by 5 s.
+stats_writer_socket_path =
 first_valid_uid = {u.uid}
 first_valid_gid = {u.gid}
 
@@ -235,7 +239,9 @@ service lmtp {{
     mode = 0666
   }}
 }}
+# Started with the master, so a login process never waits for it (nor makes stop wait).
 service auth {{
+  process_min_avail = 1
   unix_listener {self.auth_socket.name} {{
     mode = 0666
   }}
@@ -283,7 +289,7 @@ timeout_msecs = 5000
                 start_new_session=True,
             )
         problem = wait_until_ready(
-            self.tcp_endpoints(),
+            self.probes(),
             [self.lmtp_socket, self.auth_socket],
             self._proc,
             time.monotonic() + self.startup_timeout,

@@ -34,6 +34,7 @@ from mailoauth.testing._process import (
     LOG_TAIL_LINES,
     POLL_INTERVAL,
     STOP_TIMEOUT,
+    Probe,
     ServerStartError,
     free_ports,
     tail,
@@ -222,9 +223,9 @@ smtpd_tls_loglevel = 1
         self.pid = self._read_pid(deadline)
         problem = wait_until_ready(
             [
-                (self.host, self.submission_port),
-                (self.host, self.smtps_port),
-                (self.host, self.no_starttls_port),
+                Probe(self.host, self.smtps_port, b"220", tls=True),
+                Probe(self.host, self.submission_port, b"220"),
+                Probe(self.host, self.no_starttls_port, b"220"),
             ],
             [],
             None,
