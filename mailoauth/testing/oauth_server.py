@@ -9,14 +9,20 @@ Endpoints (all under :attr:`FakeOAuthServer.base_url`):
 - ``POST /token``: grants ``refresh_token``, ``password``, ``client_credentials`` (secret
   or ``client_assertion``), ``urn:ietf:params:oauth:grant-type:jwt-bearer``,
   ``urn:ietf:params:oauth:grant-type:device_code`` and ``authorization_code`` (PKCE).
-- ``POST /devicecode``: device authorization (RFC 8628).
+  Also served at ``/{tenant}/oauth2/v2.0/token``, Microsoft's path, so a provider given
+  ``authority=server.base_url`` reaches it.
+- ``POST /devicecode``: device authorization (RFC 8628); also at
+  ``/{tenant}/oauth2/v2.0/devicecode``.
 - ``GET /authorize``: authorization endpoint; redirects at once with a code (PKCE).
 - ``POST /introspect``: RFC 7662; a bad token is HTTP 200 ``{"active": false}``.
 - ``POST /revoke``: RFC 7009.
 
 Tokens are opaque random strings; their lifetime is :attr:`access_token_lifetime`
 (per server, or per token via :meth:`issue_access_token`). Failures can be scripted
-(:meth:`script`) and every request is counted (:attr:`stats`).
+(:meth:`script`) and every request is counted (:attr:`stats`); the forms posted to the
+token endpoint are kept in :attr:`token_forms`. JWT assertions (jwt-bearer grant and
+client assertions) are decoded leniently, unless a key is registered for their issuer
+with :meth:`add_jwt_key`: then the RS256 signature, ``aud`` and ``exp`` are checked.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -37,6 +44,7 @@ __all__ = ["FakeOAuthServer", "ScriptedResponse", "TokenRecord"]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+_MICROSOFT_PATH = re.compile(r"/[^/]+/oauth2/v2\.0/(token|devicecode)")
 
 
 @dataclass
@@ -124,6 +132,8 @@ class FakeOAuthServer:
         self._codes: dict[str, tuple[str, str, str, str | None]] = {}
         self._script: deque[ScriptedResponse] = deque()
         self._slow_down_next = 0
+        self._jwt_keys: dict[str, Any] = {}
+        self.token_forms: list[dict[str, str]] = []
         self.authorize_username = "user@example.test"
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -179,6 +189,10 @@ class FakeOAuthServer:
     def device_authorization_url(self) -> str:
         return f"{self.base_url}/devicecode"
 
+    def microsoft_token_url(self, tenant: str = "organizations") -> str:
+        """The token URL under Microsoft's path layout (``authority=base_url``)."""
+        return f"{self.base_url}/{tenant}/oauth2/v2.0/token"
+
     @property
     def authorization_url(self) -> str:
         return f"{self.base_url}/authorize"
@@ -194,6 +208,42 @@ class FakeOAuthServer:
         until the first client is registered; from then on, only registered ones."""
         with self._lock:
             self._clients[client_id] = client_secret
+
+    def add_jwt_key(self, issuer: str, public_key_pem: bytes | str) -> None:
+        """Check the RS256 signature (and ``aud``, ``exp``) of JWT assertions from
+        ``issuer`` (a service account's email, or a client id for client assertions)
+        with this PEM public key. Needs the ``cryptography`` package."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        key = load_pem_public_key(pem)
+        with self._lock:
+            self._jwt_keys[issuer] = key
+
+    def _verify_jwt(self, assertion: str, claims: dict[str, Any]) -> bool:
+        """True unless a key is registered for the issuer and the JWT does not check out."""
+        with self._lock:
+            key = self._jwt_keys.get(str(claims.get("iss", "")))
+        if key is None:
+            return True
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        head, body, sig = assertion.split(".")
+        try:
+            signature = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+            key.verify(signature, f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        except (InvalidSignature, ValueError):
+            return False
+        aud = claims.get("aud")
+        exp = claims.get("exp")
+        return (
+            isinstance(aud, str)
+            and aud.endswith("/token")
+            and isinstance(exp, int)
+            and exp > time.time()
+        )
 
     def add_user(self, username: str, password: str) -> None:
         """Register a user for the password (ROPC) grant."""
@@ -302,15 +352,18 @@ class FakeOAuthServer:
             decoded = base64.b64decode(auth_header[6:]).decode()
             cid, _, csec = decoded.partition(":")
             client_id, secret = urllib.parse.unquote(cid), urllib.parse.unquote(csec)
+        assertion = form.get("client_assertion")
+        if assertion:
+            claims = _jwt_claims(assertion)
+            if claims is None or not self._verify_jwt(assertion, claims):
+                return "invalid_client"
         with self._lock:
             if not self._clients:
                 return None
             if client_id not in self._clients:
                 return "invalid_client"
             expected = self._clients[client_id]
-        if expected is None:
-            return None
-        if form.get("client_assertion"):
+        if assertion or expected is None:
             return None
         return None if secret == expected else "invalid_client"
 
@@ -376,7 +429,7 @@ class FakeOAuthServer:
             return 200, self._mint(client_id, scope, client_id, refresh=None)
         if grant == JWT_BEARER_GRANT:
             claims = _jwt_claims(form.get("assertion", ""))
-            if claims is None:
+            if claims is None or not self._verify_jwt(form.get("assertion", ""), claims):
                 return 400, {"error": "invalid_grant", "error_description": "bad assertion"}
             subject = str(claims.get("sub") or claims.get("iss") or "")
             scope = str(claims.get("scope") or self.default_scope)
@@ -518,7 +571,12 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
             form = self._form()
+            ms_path = _MICROSOFT_PATH.fullmatch(path)
+            if ms_path:
+                path = "/" + ms_path.group(1)
             if path == "/token":
+                with server._lock:
+                    server.token_forms.append(form)
                 scripted = server._next_scripted()
                 if scripted is not None:
                     with server._lock:

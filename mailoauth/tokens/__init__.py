@@ -1,0 +1,73 @@
+"""Access tokens: providers, the single-flight manager, OAuth 2.0 grants, token stores."""
+
+from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+from mailoauth.tokens.endpoint import TokenEndpoint
+from mailoauth.tokens.google import GoogleTokenProvider
+from mailoauth.tokens.grants import (
+    ClientCredentialsGrant,
+    DeviceCodeGrant,
+    Grant,
+    JwtBearerGrant,
+    PasswordGrant,
+    RefreshTokenGrant,
+)
+from mailoauth.tokens.manager import DEFAULT_REFRESH_MARGIN, TokenManager, wrap_provider
+from mailoauth.tokens.microsoft import MicrosoftTokenProvider
+from mailoauth.tokens.oauth2 import OAuth2TokenProvider, ProviderOptions
+from mailoauth.tokens.responses import DeviceAuthorization, parse_token_response
+from mailoauth.tokens.scopes import (
+    GOOGLE_MAIL_SCOPE,
+    GOOGLE_TOKEN_URL,
+    MS_APP_ONLY_SCOPE,
+    MS_AUTHORITY,
+    MS_DELEGATED_SCOPES,
+    MS_IMAP_SCOPE,
+    MS_OFFLINE_ACCESS,
+    MS_POP_SCOPE,
+    MS_SMTP_SCOPE,
+)
+from mailoauth.tokens.static import StaticTokenProvider
+from mailoauth.tokens.stores import (
+    FileTokenStore,
+    LockingTokenStore,
+    MemoryTokenStore,
+    StoredCredential,
+    TokenStore,
+)
+
+__all__ = [
+    "DEFAULT_REFRESH_MARGIN",
+    "GOOGLE_MAIL_SCOPE",
+    "GOOGLE_TOKEN_URL",
+    "MS_APP_ONLY_SCOPE",
+    "MS_AUTHORITY",
+    "MS_DELEGATED_SCOPES",
+    "MS_IMAP_SCOPE",
+    "MS_OFFLINE_ACCESS",
+    "MS_POP_SCOPE",
+    "MS_SMTP_SCOPE",
+    "AccessToken",
+    "ClientCredentialsGrant",
+    "DeviceAuthorization",
+    "DeviceCodeGrant",
+    "FileTokenStore",
+    "GoogleTokenProvider",
+    "Grant",
+    "JwtBearerGrant",
+    "LockingTokenStore",
+    "MemoryTokenStore",
+    "MicrosoftTokenProvider",
+    "OAuth2TokenProvider",
+    "PasswordGrant",
+    "ProviderOptions",
+    "RefreshTokenGrant",
+    "StaticTokenProvider",
+    "StoredCredential",
+    "TokenEndpoint",
+    "TokenManager",
+    "TokenProvider",
+    "TokenStore",
+    "parse_token_response",
+    "utcnow",
+    "wrap_provider",
+]

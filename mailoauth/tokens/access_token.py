@@ -19,17 +19,22 @@ class AccessToken:
     """An OAuth 2.0 access token.
 
     ``expires_at`` is an aware UTC datetime, or ``None`` when unknown. ``refresh_token``
-    is the refresh token that came with it, if any. The repr never shows a secret.
+    is the refresh token that came with it, if any. ``issued_at`` is when it was
+    obtained, if known; the token manager uses it to tell the token's lifetime. The repr
+    never shows a secret.
     """
 
     value: str = field(repr=False)
     expires_at: dt.datetime | None = None
     scope: str | None = None
     refresh_token: str | None = field(default=None, repr=False)
+    issued_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
         if self.expires_at is not None and self.expires_at.tzinfo is None:
             raise ValueError("AccessToken.expires_at must be timezone-aware (UTC)")
+        if self.issued_at is not None and self.issued_at.tzinfo is None:
+            raise ValueError("AccessToken.issued_at must be timezone-aware (UTC)")
 
     def expires_within(self, seconds: float, *, now: dt.datetime | None = None) -> bool:
         """True when the token expires within ``seconds`` from ``now`` (or has expired)."""

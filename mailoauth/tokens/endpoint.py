@@ -1,0 +1,306 @@
+"""TokenEndpoint: POSTs grant forms over httpx with client auth, timeouts and retries.
+
+Transient failures (5xx, 408, 429, timeouts, network errors) are retried with
+exponential backoff and jitter, at most ``max_attempts`` times in all, then raised as
+:class:`~mailoauth.errors.TransientTokenError`; permanent ones are raised at once.
+Secrets never reach a message or a log line: log lines name the URL, the grant and the
+outcome; server texts are quoted with the secrets that were sent redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import random
+import urllib.parse
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import anyio
+import httpx
+
+from mailoauth.errors import ConfigurationError, PermanentTokenError, TransientTokenError
+from mailoauth.tokens.access_token import AccessToken, utcnow
+from mailoauth.tokens.responses import (
+    DeviceAuthorization,
+    parse_device_authorization,
+    parse_token_response,
+    redact,
+)
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_TIMEOUT",
+    "MAX_BACKOFF",
+    "MAX_RESPONSE_BYTES",
+    "SECRET_FIELDS",
+    "AssertionFactory",
+    "ClientAuth",
+    "SleepFunc",
+    "TokenEndpoint",
+]
+
+log = logging.getLogger("mailoauth.tokens")
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds for each phase of a token request (connect, write, read, pool)."""
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts per token request when failures are transient."""
+DEFAULT_BACKOFF = 0.5
+"""Seconds before the first retry; doubled for each further one, with jitter."""
+MAX_BACKOFF = 10.0
+"""Longest wait between attempts, ``Retry-After`` included (seconds)."""
+MAX_RESPONSE_BYTES = 1024 * 1024
+"""Largest token endpoint response read; anything longer is refused."""
+SECRET_FIELDS = frozenset(
+    {
+        "client_secret",
+        "client_assertion",
+        "refresh_token",
+        "password",
+        "assertion",
+        "device_code",
+        "code",
+        "code_verifier",
+    }
+)
+"""Form fields whose values are secrets and are redacted from every message."""
+
+SleepFunc = Callable[[float], Awaitable[None]]
+AssertionFactory = Callable[[str, dt.datetime], str]
+"""Makes a client assertion JWT for (audience, now)."""
+ClientAuth = Literal["post", "basic", "none"]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Raw:
+    status: int
+    body: bytes
+    content_type: str | None
+    retry_after: str | None
+
+
+class TokenEndpoint:
+    """One OAuth token endpoint and the client that authenticates to it.
+
+    Client authentication: ``client_secret`` in the form (``client_auth="post"``, the
+    default, which Google and Microsoft accept) or HTTP Basic (``"basic"``), or a client
+    assertion made per request by ``client_assertion`` (certificate credentials), or
+    none at all (``"none"``: the grant itself authenticates, as jwt-bearer does). An
+    ``http_client`` passed in is shared and not closed; otherwise one is created on
+    first use and closed by :meth:`aclose`. ``sleep`` is awaited between attempts (tests
+    pass a fast one).
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        *,
+        client_id: str,
+        client_secret: str | None = None,
+        client_assertion: AssertionFactory | None = None,
+        client_auth: ClientAuth = "post",
+        http_client: httpx.AsyncClient | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF,
+        sleep: SleepFunc = anyio.sleep,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        if not token_url.startswith(("https://", "http://")):
+            raise ConfigurationError(f"token_url must be an http(s) URL, not {token_url!r}")
+        if not client_id:
+            raise ConfigurationError("client_id must not be empty")
+        if client_secret is not None and client_assertion is not None:
+            raise ConfigurationError("pass client_secret or a certificate, not both")
+        if client_auth not in ("post", "basic", "none"):
+            raise ConfigurationError("client_auth must be 'post', 'basic' or 'none'")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self._client_assertion = client_assertion
+        self._client_auth = client_auth
+        self._http = http_client
+        self._owns_http = http_client is None
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.sleep = sleep
+        self.clock = clock
+
+    # -- public ----------------------------------------------------------------------
+
+    async def request_token(self, form: dict[str, str], *, grant: str) -> AccessToken:
+        """POST ``form`` (plus client authentication) to the token URL; the token.
+
+        Raises :class:`TransientTokenError` after ``max_attempts`` transient failures,
+        :class:`PermanentTokenError` at once for a refusal.
+        """
+        form = self._authenticated(form)
+        secrets = _secrets_of(form)
+        started = self.clock()
+
+        def parse(raw: _Raw) -> AccessToken:
+            return parse_token_response(
+                raw.status,
+                raw.body,
+                now=started,
+                content_type=raw.content_type,
+                endpoint=f"the token endpoint {self.token_url} ({grant} grant)",
+                secrets=secrets,
+            )
+
+        return await self._with_retries(self.token_url, form, parse, grant=grant)
+
+    async def refresh(self, refresh_token: str, *, scope: str | None = None) -> AccessToken:
+        """The refresh_token grant (RFC 6749 §6)."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if scope:
+            form["scope"] = scope
+        return await self.request_token(form, grant="refresh_token")
+
+    async def authorize_device(
+        self, device_authorization_url: str, *, scope: str | None = None
+    ) -> DeviceAuthorization:
+        """Start a device authorization (RFC 8628 §3.1); what to show the user."""
+        form = {"client_id": self.client_id}
+        if scope:
+            form["scope"] = scope
+
+        def parse(raw: _Raw) -> DeviceAuthorization:
+            return parse_device_authorization(
+                raw.status,
+                raw.body,
+                content_type=raw.content_type,
+                endpoint=f"the device authorization endpoint {device_authorization_url}",
+            )
+
+        return await self._with_retries(device_authorization_url, form, parse, grant="device")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this endpoint created it."""
+        if self._owns_http and self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    def __repr__(self) -> str:
+        return f"TokenEndpoint({self.token_url!r}, client_id={self.client_id!r})"
+
+    # -- internals -------------------------------------------------------------------
+
+    def _authenticated(self, form: dict[str, str]) -> dict[str, str]:
+        form = dict(form)
+        if self._client_auth == "none":
+            return form
+        if self._client_assertion is not None:
+            form["client_id"] = self.client_id
+            form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            form["client_assertion"] = self._client_assertion(self.token_url, self.clock())
+        elif self._client_auth == "post" or self._client_secret is None:
+            form["client_id"] = self.client_id
+            if self._client_secret is not None:
+                form["client_secret"] = self._client_secret
+        return form
+
+    def _basic_auth(self) -> httpx.BasicAuth | None:
+        if self._client_auth != "basic" or self._client_secret is None:
+            return None
+        if self._client_assertion is not None:
+            return None
+        # RFC 6749 §2.3.1: form-urlencode both parts before Basic encoding.
+        return httpx.BasicAuth(
+            urllib.parse.quote_plus(self.client_id), urllib.parse.quote_plus(self._client_secret)
+        )
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+            self._owns_http = True
+        return self._http
+
+    async def _send(self, url: str, form: dict[str, str]) -> _Raw:
+        auth = self._basic_auth()
+        try:
+            async with self._client().stream(
+                "POST",
+                url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=self._timeout,
+                auth=auth,
+            ) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise PermanentTokenError(
+                            f"{url} sent a response over {MAX_RESPONSE_BYTES} bytes; "
+                            "check that the URL is the OAuth token endpoint",
+                            status_code=response.status_code,
+                        )
+                return _Raw(
+                    response.status_code,
+                    bytes(body),
+                    response.headers.get("content-type"),
+                    response.headers.get("retry-after"),
+                )
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ConfigurationError(f"cannot POST to {url!r}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise TransientTokenError(
+                f"{url} did not answer in time ({type(exc).__name__}, timeout "
+                f"{self._timeout.read}s)"
+            ) from exc
+        except httpx.TransportError as exc:
+            detail = redact(str(exc), _secrets_of(form))
+            raise TransientTokenError(
+                f"could not reach {url}: {type(exc).__name__}: {detail}"
+            ) from exc
+
+    async def _with_retries(
+        self, url: str, form: dict[str, str], parse: Callable[[_Raw], _T], *, grant: str
+    ) -> _T:
+        attempt = 0
+        while True:
+            attempt += 1
+            log.debug("POST %s (%s), attempt %d/%d", url, grant, attempt, self.max_attempts)
+            retry_after: str | None = None
+            try:
+                raw = await self._send(url, form)
+                retry_after = raw.retry_after
+                result = parse(raw)
+            except TransientTokenError as exc:
+                if attempt >= self.max_attempts:
+                    log.debug("POST %s (%s) failed for good: %s", url, grant, exc)
+                    raise TransientTokenError(
+                        f"{exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})",
+                        status_code=exc.status_code,
+                    ) from exc
+                delay = self._delay(attempt, retry_after)
+                log.debug("POST %s (%s) failed (%s); retrying in %.2fs", url, grant, exc, delay)
+                await self.sleep(delay)
+                continue
+            except PermanentTokenError as exc:
+                log.debug("POST %s (%s) refused: %s", url, grant, exc.error or exc.status_code)
+                raise
+            log.debug("POST %s (%s) succeeded", url, grant)
+            return result
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        delay = min(MAX_BACKOFF, self.backoff * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            # An HTTP-date does not parse as a float: the exponential delay will do.
+            with contextlib.suppress(ValueError):
+                delay = max(delay, min(float(retry_after), MAX_BACKOFF))
+        return delay
+
+
+def _secrets_of(form: dict[str, str]) -> Collection[str]:
+    return [value for key, value in form.items() if key in SECRET_FIELDS and value]
