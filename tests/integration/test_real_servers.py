@@ -13,6 +13,7 @@ import json
 import os
 import poplib
 import re
+import shutil
 import smtplib
 import time
 from email.message import EmailMessage
@@ -23,9 +24,8 @@ import pytest
 from mailoauth.testing.certs import TestCA
 from mailoauth.testing.dovecot import DovecotServer, ServerStartError
 from mailoauth.testing.oauth_server import FakeOAuthServer
+from tests.integration import conftest
 from tests.integration.conftest import MailServers
-
-pytestmark = pytest.mark.realserver
 
 DELIVERY_TIMEOUT = 10.0
 
@@ -251,3 +251,15 @@ def test_start_failure_reports_the_log(
     assert server.pid is None
     server.stop()
     assert not os.path.exists(server.directory)
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("", pytest.skip.Exception), ("true", pytest.fail.Exception)]
+)
+def test_missing_servers_skip_locally_but_fail_in_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="not installed: dovecot, postfix"):
+        conftest.require_real_servers()
