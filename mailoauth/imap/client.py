@@ -128,6 +128,9 @@ class ImapClient(BaseClient):
         self._transport: StreamTransport | None = None
         self._token: AccessToken | None = None
         self._selected: tuple[str, bool] | None = None
+        self._authenticated_at: dt.datetime | None = None
+        self._reconnecting = False
+        #: How many times the session was re-established (token expiry, BYE, reset).
         self.reconnects = 0
 
     # -- connection -------------------------------------------------------------------
@@ -148,7 +151,14 @@ class ImapClient(BaseClient):
         transport = StreamTransport(conn, protocol)
         self._protocol, self._transport = protocol, transport
         try:
-            await self._guard(protocol.wait("NONAUTH|AUTH"), "waiting for the greeting")
+            await self._guard(
+                protocol.wait("NONAUTH|AUTH"),
+                "waiting for the greeting from",
+                hint="" if self.plan.implicit_tls else (
+                    "; if that port expects TLS from the first byte (implicit TLS), "
+                    "use SecurityOptions.SSL_IMPLICIT"
+                ),
+            )
             if self.plan.starttls:
                 await self._starttls(protocol, transport)
             await self._authenticate(protocol, transport)
@@ -206,6 +216,7 @@ class ImapClient(BaseClient):
             mechanism=mechanism,
             exchange=exchange,
         )
+        self._authenticated_at = utcnow()
         self.mechanism_used = mechanism
         protocol.state = AUTH
         # Capabilities change after login (RFC 3501 §6.2.2): read them again.
@@ -216,6 +227,7 @@ class ImapClient(BaseClient):
         self._protocol = self._transport = None
         if protocol is None or transport is None:
             return
+        self._selected = None if not self._reconnecting else self._selected
         if not protocol.lost:
             try:
                 with anyio.fail_after(min(self.timeout, 5.0)):
@@ -224,16 +236,29 @@ class ImapClient(BaseClient):
                 log.debug("LOGOUT to %s:%s failed: %r", self.host, self.port, exc)
         transport.close()
 
+    def _session_expiring(self) -> bool:
+        """Whether the session's token expires within the re-authentication margin:
+        :data:`REAUTH_MARGIN`, or a quarter of the token's lifetime if that is less."""
+        token, since = self._token, self._authenticated_at
+        if token is None or token.expires_at is None or since is None:
+            return False
+        lifetime = (token.expires_at - since).total_seconds()
+        return token.expires_within(min(REAUTH_MARGIN, lifetime / 4), now=utcnow())
+
     async def _reconnect(self) -> None:
         log.debug("reconnecting to %s:%s (new token, same mailbox)", self.host, self.port)
         selected = self._selected
-        await self._close()
-        await self._open()
-        self.reconnects += 1
-        if selected is not None:
-            await self._select(*selected)
+        self._reconnecting = True
+        try:
+            await self._close()
+            await self._open()
+            self.reconnects += 1
+            if selected is not None:
+                await self._select(*selected)
+        finally:
+            self._reconnecting = False
 
-    async def _guard(self, awaitable: Awaitable[T], what: str) -> T:
+    async def _guard(self, awaitable: Awaitable[T], what: str, *, hint: str = "") -> T:
         """Await an aioimaplib call with our timeout; on timeout close the connection."""
         try:
             with anyio.fail_after(self.timeout):
@@ -242,7 +267,7 @@ class ImapClient(BaseClient):
             if self._transport is not None:
                 self._transport.close()
             raise MailTimeoutError(
-                f"timed out {what} {self.host}:{self.port}; the connection was closed"
+                f"timed out {what} {self.host}:{self.port}; the connection was closed{hint}"
             ) from exc
         except ConnectionLostError:
             raise
@@ -256,13 +281,7 @@ class ImapClient(BaseClient):
         expire (or the server dropped us after an expired token)."""
         if self._protocol is None:
             raise ConnectionLostError("ImapClient is not connected; call connect() first")
-        expiring = (
-            self._token is not None
-            and self._token.expires_at is not None
-            and self._token.expires_within(REAUTH_MARGIN, now=utcnow())
-            and not getattr(self.tokens, "is_static", False)
-        )
-        if self._protocol.lost or expiring:
+        if not self._reconnecting and (self._protocol.lost or self._session_expiring()):
             await self._reconnect()
         assert self._protocol is not None
         return self._protocol
