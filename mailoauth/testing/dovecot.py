@@ -242,12 +242,15 @@ service lmtp {{
 # Started with the master, so a login process never waits for it (nor makes stop wait).
 service auth {{
   process_min_avail = 1
+  # One connection per login/LMTP process at full load: Dovecot counts 4 services.
+  client_limit = {4 * n + 16}
   unix_listener {self.auth_socket.name} {{
     mode = 0666
   }}
 }}
 # Failed logins from 127.0.0.1 would otherwise delay later ones by up to 15 s.
 service anvil {{
+  client_limit = {3 * n + 16}
   unix_listener anvil-auth-penalty {{
     mode = 0
   }}
