@@ -318,7 +318,9 @@ class Pop3Protocol:
 
     def __init__(self) -> None:
         self._state = State.GREETING
-        self._buf = bytearray()
+        # The unparsed bytes. A chunk that arrives into an empty buffer is kept as the
+        # caller's bytes object, so that a message body passes through without copies.
+        self._buf: bytes | bytearray = b""
         self._eof = False
         # Offset from which to look for the next CRLF, so that a long line fed in small
         # pieces is not rescanned from its start each time.
@@ -368,10 +370,14 @@ class Pop3Protocol:
         """
         if self._eof:
             raise ConfigurationError("receive_data() called after the end of the stream")
-        if data:
-            self._buf += data
-        else:
+        if not data:
             self._eof = True
+        elif not self._buf and type(data) is bytes:
+            self._buf = data
+        else:
+            if type(self._buf) is not bytearray:
+                self._buf = bytearray(self._buf)
+            self._buf += data
 
     def next_event(self) -> Event | Literal[NeedData.NEED_DATA]:
         """The next event parsed from the received bytes, or :data:`NEED_DATA`.
@@ -412,7 +418,7 @@ class Pop3Protocol:
         if self._state is not State.STARTTLS:
             raise ConfigurationError(f"start_tls() needs an accepted STLS, state is {self._state}")
         discarded = bytes(self._buf)
-        self._buf.clear()
+        self._buf = b""
         self._scan_from = 0
         self._tls_started = True
         self._transition(Trigger.TLS_STARTED)
@@ -658,11 +664,20 @@ class Pop3Protocol:
                 f"a POP3 response line is longer than MAX_LINE ({MAX_LINE} octets)"
             )
         line = bytes(buf[:i])
-        # Deleting from the front of a bytearray is O(1) in CPython (it moves a start
-        # pointer), so consuming line by line does not copy the rest of the buffer.
-        del buf[: i + 2]
+        self._consume(i + 2)
         self._scan_from = 0
         return line
+
+    def _consume(self, count: int) -> None:
+        buf = self._buf
+        if count == len(buf):
+            self._buf = b""
+        elif type(buf) is bytearray:
+            # Deleting from the front of a bytearray is O(1) in CPython (it moves a
+            # start pointer), so consuming line by line does not copy the rest.
+            del buf[:count]
+        else:
+            self._buf = bytearray(buf[count:])
 
     @staticmethod
     def _split_status(line: bytes) -> tuple[bool, bytes]:
@@ -761,12 +776,12 @@ class Pop3Protocol:
                 if buf[1] == _DOT:
                     start = 1
                 elif buf[1] == _CR and buf[2] == _LF:
-                    del buf[:3]
+                    self._consume(3)
                     self._finish()
                     return MessageEnd()
             self._body_line_start = False
         data, consumed, ended = _unstuff(buf, start)
-        del buf[:consumed]
+        self._consume(consumed)
         if ended:
             if not data:
                 self._finish()
@@ -777,7 +792,7 @@ class Pop3Protocol:
         return MessageData(data)
 
 
-def _unstuff(buf: bytearray, start: int) -> tuple[bytes, int, bool]:
+def _unstuff(buf: bytes | bytearray, start: int) -> tuple[bytes, int, bool]:
     """Unstuff ``buf[start:]`` up to the terminator: (content, bytes consumed, ended).
 
     ``buf[start:]`` is never at the start of a line. Bytes that may be the beginning
@@ -831,11 +846,14 @@ def _unstuff(buf: bytearray, start: int) -> tuple[bytes, int, bool]:
             else:
                 # Not stuffed although it should be; keep the dot, as poplib does.
                 search = j
-        if cut > start or not pieces:
-            pieces.append(view[start:cut])
-        data = pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
-        for piece in pieces:
-            piece.release()
+        if not pieces and start == 0 and cut == n and type(buf) is bytes:
+            data = buf  # the common case: a whole chunk of plain content, not copied
+        else:
+            if cut > start or not pieces:
+                pieces.append(view[start:cut])
+            data = pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+            for piece in pieces:
+                piece.release()
     consumed = cut + 3 if ended else cut
     return data, consumed, ended
 
