@@ -307,3 +307,95 @@ async def test_200_concurrent_clients_share_one_refresh(mail_servers: MailServer
     results = await asyncio.gather(*(one() for _ in range(200)))
     assert results == [0] * 200
     assert provider.calls - calls_before == 1
+
+
+async def test_idle_reports_new_mail_and_renews(mail_servers: MailServers) -> None:
+    user = new_user()
+    provider = IssuingProvider(mail_servers.oauth, user)
+    ctx = mail_servers.client_context()
+    async with ImapClient(
+        "localhost", mail_servers.dovecot.imaps_port, user, provider,
+        SecurityOptions.SSL_IMPLICIT, ssl_context=ctx, idle_renew_after=0.5,
+    ) as imap:
+        await imap.select()
+
+        async def deliver() -> None:
+            await asyncio.sleep(1.2)  # after at least one renewal of the IDLE
+            async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx) as smtp:
+                await smtp.sendmail(user, [user], b"Subject: pushed\r\n\r\nhi\r\n")
+
+        task = asyncio.create_task(deliver())
+        events = []
+        async for event in imap.idle(timeout=15):
+            events.append(event)
+            if event.kind == "EXISTS":
+                break
+        await task
+        assert events[-1].kind == "EXISTS" and events[-1].number == 1
+        # The session is still usable after IDLE.
+        assert len(await imap.uid_search("ALL")) == 1
+
+
+async def test_imap_session_reconnects_after_server_drops_it(mail_servers: MailServers) -> None:
+    user = new_user()
+    provider = IssuingProvider(mail_servers.oauth, user)
+    mail_servers.dovecot.deliver(user, b"Subject: kept\r\n\r\nbody\r\n")
+    async with ImapClient(
+        "localhost", mail_servers.dovecot.imaps_port, user, provider,
+        SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context(),
+    ) as imap:
+        await imap.select()
+        assert imap._transport is not None
+        imap._transport.close()  # as if the server reset the connection
+        uids = await imap.uid_search("ALL")
+        assert len(uids) == 1 and imap.reconnects == 1
+        assert (await imap.fetch_message(uids[0]))["Subject"] == "kept"
+
+
+async def test_smtp_reconnects_when_connection_was_dropped(mail_servers: MailServers) -> None:
+    user = new_user()
+    provider = IssuingProvider(mail_servers.oauth, user)
+    async with SmtpClient(
+        "localhost", mail_servers.postfix.submission_port, user, provider,
+        ssl_context=mail_servers.client_context(),
+    ) as smtp:
+        await smtp.sendmail(user, [user], b"Subject: 1\r\n\r\n1\r\n")
+        assert smtp._smtp is not None and smtp._smtp.transport is not None
+        smtp._smtp.transport.close()
+        await asyncio.sleep(0)
+        result = await smtp.sendmail(user, [user], b"Subject: 2\r\n\r\n2\r\n")
+        assert result.refused == {}
+
+
+async def test_imap_operations_against_dovecot(mail_servers: MailServers) -> None:
+    user = new_user()
+    async with ImapClient(
+        "localhost", mail_servers.dovecot.imaps_port, user, mail_servers.token(user),
+        SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context(),
+    ) as imap:
+        uid = await imap.append(b"Subject: appended\r\nFrom: a@example.test\r\n\r\nbody\r\n", flags=["\\Flagged"])
+        assert uid == 1
+        info = await imap.select()
+        assert info.exists == 1 and info.uidvalidity
+        assert "\\Flagged" in (await imap.fetch_flags([1]))[1]
+        await imap.add_flags([1], ["\\Seen"])
+        assert await imap.uid_search("UNSEEN") == []
+        await imap.remove_flags([1], ["\\Seen"])
+        assert await imap.uid_search("UNSEEN") == [1]
+        headers = await imap.fetch_headers([1])
+        assert headers[1]["Subject"] == "appended"
+        sizes = await imap.fetch_sizes([1])
+        assert sizes[1] == len(b"Subject: appended\r\nFrom: a@example.test\r\n\r\nbody\r\n")
+        await imap.copy([1], "INBOX")
+        assert len(await imap.uid_search("ALL")) == 2
+        status = await imap.status("INBOX")
+        assert status["MESSAGES"] == 2
+        await imap.add_flags([2], ["\\Deleted"])
+        await imap.expunge()
+        assert await imap.uid_search("ALL") == [1]
+        examined = await imap.examine("INBOX")
+        assert examined.readonly
+        folders = await imap.list_folders()
+        assert [f.name for f in folders] == ["INBOX"]
+        with pytest.raises(Exception, match="CR, LF or NUL"):
+            await imap.uid_search("ALL\r\nA1 LOGOUT")
