@@ -222,9 +222,7 @@ def create_mechanism(
         return XOAuth2(username, token)
     if upper == "OAUTHBEARER":
         return OAuthBearer(username, token, host=host, port=port)
-    raise ConfigurationError(
-        f"unknown SASL mechanism {name!r}; use 'XOAUTH2' or 'OAUTHBEARER'"
-    )
+    raise ConfigurationError(f"unknown SASL mechanism {name!r}; use 'XOAUTH2' or 'OAUTHBEARER'")
 
 
 def fits_initial_response(command_prefix: bytes, mechanism: Mechanism, limit: int) -> bool:

@@ -63,9 +63,7 @@ def plan_transport(
     plaintext.
     """
     if not isinstance(security, SecurityOptions):
-        raise ConfigurationError(
-            f"security must be a SecurityOptions member, not {security!r}"
-        )
+        raise ConfigurationError(f"security must be a SecurityOptions member, not {security!r}")
     if security is SecurityOptions.SSL_IMPLICIT:
         return TransportPlan(implicit_tls=True, starttls=False)
     if security is SecurityOptions.SSL_EXPLICIT:

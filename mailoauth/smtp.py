@@ -7,6 +7,7 @@ one retry on a rejected token.
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import logging
 import ssl
@@ -120,8 +121,7 @@ class _CoreSMTP(aiosmtplib.SMTP):
         response = await self.execute_command(b"STARTTLS")
         if response.code != 220:
             raise TLSError(
-                f"{self.hostname}:{self.port} refused STARTTLS: {response.code} "
-                f"{response.message}"
+                f"{self.hostname}:{self.port} refused STARTTLS: {response.code} {response.message}"
             )
         protocol = self.protocol
         assert protocol is not None and self._mo_transport is not None
@@ -300,9 +300,7 @@ class SmtpClient(BaseClient):
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
         for field_value in [sender, *rcpts]:
             if any(c in field_value for c in "\r\n\x00"):
-                raise ConfigurationError(
-                    "an address contains CR, LF or NUL; refusing to send it"
-                )
+                raise ConfigurationError("an address contains CR, LF or NUL; refusing to send it")
         if not rcpts:
             raise ConfigurationError("sendmail needs at least one recipient")
         smtp = await self._ensure_connected()
@@ -345,8 +343,6 @@ class SmtpClient(BaseClient):
         if smtp is None:
             return
         if smtp.is_connected:
-            try:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 await smtp.quit(timeout=min(self.timeout, 5.0))
-            except (aiosmtplib.SMTPException, OSError):
-                pass
         smtp.close()

@@ -128,7 +128,12 @@ async def authenticate(
         if attempt == 1:
             log.debug(
                 "%s %s:%s rejected the token for %s (%s%s); refreshing and retrying once",
-                protocol.upper(), host, port, username, outcome.reply, detail,
+                protocol.upper(),
+                host,
+                port,
+                username,
+                outcome.reply,
+                detail,
             )
             try:
                 token = await tokens.refresh_rejected(token)

@@ -129,8 +129,9 @@ class Connection:
         context = self._ssl_context or create_ssl_context()
         self._ssl_context = context
         try:
-            with map_io_errors("starting TLS with", self.host, self.port), anyio.fail_after(
-                self.timeout
+            with (
+                map_io_errors("starting TLS with", self.host, self.port),
+                anyio.fail_after(self.timeout),
             ):
                 self.stream = await TLSStream.wrap(
                     self.stream,
@@ -142,12 +143,15 @@ class Connection:
             await self.aclose()
             raise
 
-    async def receive(self, max_bytes: int = RECEIVE_CHUNK, *, timeout: float | None = None) -> bytes:
+    async def receive(
+        self, max_bytes: int = RECEIVE_CHUNK, *, timeout: float | None = None
+    ) -> bytes:
         """Read at least one byte; raises :class:`ConnectionLostError` at end of stream
         and :class:`MailTimeoutError` (closing the connection) when nothing comes."""
         try:
-            with map_io_errors("reading from", self.host, self.port), anyio.fail_after(
-                self.timeout if timeout is None else timeout
+            with (
+                map_io_errors("reading from", self.host, self.port),
+                anyio.fail_after(self.timeout if timeout is None else timeout),
             ):
                 return await self.stream.receive(max_bytes)
         except BaseException:
@@ -157,9 +161,7 @@ class Connection:
     async def send(self, data: bytes) -> None:
         """Write all of ``data``; same errors as :meth:`receive`."""
         try:
-            with map_io_errors("writing to", self.host, self.port), anyio.fail_after(
-                self.timeout
-            ):
+            with map_io_errors("writing to", self.host, self.port), anyio.fail_after(self.timeout):
                 await self.stream.send(data)
         except BaseException:
             await self.aclose()

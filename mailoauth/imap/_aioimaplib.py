@@ -22,7 +22,6 @@ __all__ = ["AUTH", "NONAUTH", "SELECTED", "AuthenticateCommand", "ImapProtocol",
 AUTH = _aio.AUTH
 NONAUTH = _aio.NONAUTH
 SELECTED = _aio.SELECTED
-Command = _aio.Command
 
 
 class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -59,7 +58,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.current_command = None
 
 
-class RawCommand(Command):  # type: ignore[misc]
+class RawCommand(_aio.Command):  # type: ignore[misc]
     """A command whose repr never shows its arguments (aioimaplib logs reprs)."""
 
     def __str__(self) -> str:

@@ -154,7 +154,9 @@ class ImapClient(BaseClient):
             await self._guard(
                 protocol.wait("NONAUTH|AUTH"),
                 "waiting for the greeting from",
-                hint="" if self.plan.implicit_tls else (
+                hint=""
+                if self.plan.implicit_tls
+                else (
                     "; if that port expects TLS from the first byte (implicit TLS), "
                     "use SecurityOptions.SSL_IMPLICIT"
                 ),
@@ -192,7 +194,10 @@ class ImapClient(BaseClient):
 
         async def exchange(mech: Mechanism) -> SaslOutcome:
             command = AuthenticateCommand(
-                protocol.new_tag(), mech, sasl_ir=sasl_ir, write=transport.write,
+                protocol.new_tag(),
+                mech,
+                sasl_ir=sasl_ir,
+                write=transport.write,
                 loop=protocol.loop,
             )
             scrub = mech.initial_response_b64().decode()
@@ -322,8 +327,9 @@ class ImapClient(BaseClient):
 
     async def list_folders(self, reference: str = "", pattern: str = "*") -> list[Folder]:
         """LIST the folders matching ``pattern`` below ``reference``."""
-        ref, pat = parsing.quote(_check_arg(reference, "reference")), parsing.encode_mailbox(
-            _check_arg(pattern, "pattern")
+        ref, pat = (
+            parsing.quote(_check_arg(reference, "reference")),
+            parsing.encode_mailbox(_check_arg(pattern, "pattern")),
         )
         response = await self._call(lambda p: p.simple_command("LIST", ref, pat), "listing")
         return parsing.parse_list(self._check(response, "LIST"))
@@ -383,9 +389,7 @@ class ImapClient(BaseClient):
         if not uids:
             return []
         uid_set = _uid_set(uids)
-        response = await self._call(
-            lambda p: p.fetch(uid_set, items, by_uid=True), "fetching from"
-        )
+        response = await self._call(lambda p: p.fetch(uid_set, items, by_uid=True), "fetching from")
         records = parsing.parse_fetch(self._check(response, "UID FETCH"))
         return [r for r in records if r.uid is not None]
 
@@ -410,9 +414,7 @@ class ImapClient(BaseClient):
         """Only the header of each message, parsed, by UID."""
         records = await self._fetch(uids, "(UID BODY.PEEK[HEADER])")
         return {
-            r.uid: _parse(r.sections.get("BODY[HEADER]", b""))
-            for r in records
-            if r.uid is not None
+            r.uid: _parse(r.sections.get("BODY[HEADER]", b"")) for r in records if r.uid is not None
         }
 
     async def fetch_flags(self, uids: Iterable[int]) -> dict[int, frozenset[str]]:
@@ -543,8 +545,8 @@ class ImapClient(BaseClient):
                     protocol.idle_done()
                     try:
                         await self._guard(idle_task, "ending IDLE on")
-                    except Exception:
-                        pass
+                    except Exception as exc:  # the next command will reconnect
+                        log.debug("ending IDLE on %s failed: %r", self.host, exc)
                 idle_task.cancel()
             if protocol.lost:
                 await self._reconnect()

@@ -21,8 +21,8 @@ from mailoauth.errors import (
 from mailoauth.imap.client import ImapClient
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
-from mailoauth.tokens.access_token import AccessToken, utcnow
 from mailoauth.testing.oauth_server import FakeOAuthServer
+from mailoauth.tokens.access_token import AccessToken, utcnow
 from tests.integration.conftest import MailServers
 
 pytestmark = pytest.mark.asyncio
@@ -48,7 +48,9 @@ class IssuingProvider:
         self.calls += 1
         await asyncio.sleep(0.01)  # a network round trip, so that callers pile up
         if self.dead:
-            raise PermanentTokenError("invalid_grant: the refresh token was revoked", error="invalid_grant")
+            raise PermanentTokenError(
+                "invalid_grant: the refresh token was revoked", error="invalid_grant"
+            )
         value = self.oauth.issue_access_token(self.username, lifetime=self.lifetime)
         self.issued.append(value)
         return AccessToken(value, utcnow() + dt.timedelta(seconds=self.lifetime))
@@ -77,8 +79,16 @@ async def wait_for_messages(imap: ImapClient, count: int, timeout: float = 10.0)
         await asyncio.sleep(0.1)
 
 
-SMTP_MODES = [("submission_port", SecurityOptions.SSL_EXPLICIT), ("smtps_port", SecurityOptions.SSL_IMPLICIT), ("submission_port", SecurityOptions.AUTO)]
-IMAP_MODES = [("imaps_port", SecurityOptions.SSL_IMPLICIT), ("imap_port", SecurityOptions.SSL_EXPLICIT), ("imap_port", SecurityOptions.AUTO)]
+SMTP_MODES = [
+    ("submission_port", SecurityOptions.SSL_EXPLICIT),
+    ("smtps_port", SecurityOptions.SSL_IMPLICIT),
+    ("submission_port", SecurityOptions.AUTO),
+]
+IMAP_MODES = [
+    ("imaps_port", SecurityOptions.SSL_IMPLICIT),
+    ("imap_port", SecurityOptions.SSL_EXPLICIT),
+    ("imap_port", SecurityOptions.AUTO),
+]
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -97,15 +107,25 @@ async def test_send_then_read_back(
     ctx = mail_servers.client_context()
     subject = f"hello {uuid.uuid4().hex}"
     async with SmtpClient(
-        "localhost", getattr(mail_servers.postfix, smtp_port), user, provider, smtp_security,
-        ssl_context=ctx, mechanism=mechanism,
+        "localhost",
+        getattr(mail_servers.postfix, smtp_port),
+        user,
+        provider,
+        smtp_security,
+        ssl_context=ctx,
+        mechanism=mechanism,
     ) as smtp:
         result = await smtp.send_message(make_message(user, user, subject))
         assert result.refused == {}
         assert smtp.mechanism_used == mechanism
     async with ImapClient(
-        "localhost", getattr(mail_servers.dovecot, imap_port), user, provider, imap_security,
-        ssl_context=ctx, mechanism=mechanism,
+        "localhost",
+        getattr(mail_servers.dovecot, imap_port),
+        user,
+        provider,
+        imap_security,
+        ssl_context=ctx,
+        mechanism=mechanism,
     ) as imap:
         assert imap.mechanism_used == mechanism
         uids = await wait_for_messages(imap, 1)
@@ -119,8 +139,12 @@ async def test_send_then_read_back(
 async def test_mechanism_default_prefers_oauthbearer(mail_servers: MailServers) -> None:
     user = new_user()
     async with ImapClient(
-        "localhost", mail_servers.dovecot.imaps_port, user, mail_servers.token(user),
-        SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context(),
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        mail_servers.token(user),
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=mail_servers.client_context(),
     ) as imap:
         assert imap.mechanism_used == "OAUTHBEARER"
         assert "IMAP4REV1" in {c.upper() for c in await imap.capabilities()}
@@ -132,30 +156,56 @@ async def test_plaintext_needs_explicit_opt_in(mail_servers: MailServers, mechan
     host = mail_servers.dovecot.no_starttls_host
     assert host is not None and mail_servers.dovecot.imap_no_starttls_port is not None
     with pytest.raises(InsecureTransportError, match="allow_insecure_auth=True"):
-        ImapClient(host, mail_servers.dovecot.imap_no_starttls_port, user, "t", SecurityOptions.NONE)
+        ImapClient(
+            host, mail_servers.dovecot.imap_no_starttls_port, user, "t", SecurityOptions.NONE
+        )
     async with ImapClient(
-        host, mail_servers.dovecot.imap_no_starttls_port, user, mail_servers.token(user),
-        SecurityOptions.NONE, allow_insecure_auth=True, mechanism=mechanism,
+        host,
+        mail_servers.dovecot.imap_no_starttls_port,
+        user,
+        mail_servers.token(user),
+        SecurityOptions.NONE,
+        allow_insecure_auth=True,
+        mechanism=mechanism,
     ) as imap:
         info = await imap.select()
         assert info.exists == 0
     async with SmtpClient(
-        "127.0.0.1", mail_servers.postfix.no_starttls_port, user, mail_servers.token(user),
-        SecurityOptions.NONE, allow_insecure_auth=True, mechanism=mechanism,
+        "127.0.0.1",
+        mail_servers.postfix.no_starttls_port,
+        user,
+        mail_servers.token(user),
+        SecurityOptions.NONE,
+        allow_insecure_auth=True,
+        mechanism=mechanism,
     ) as smtp:
         await smtp.sendmail(user, [user], b"Subject: plain\r\n\r\nbody\r\n")
 
 
 @pytest.mark.parametrize("security", [SecurityOptions.SSL_EXPLICIT, SecurityOptions.AUTO])
-async def test_starttls_required_but_not_offered(mail_servers: MailServers, security: SecurityOptions) -> None:
+async def test_starttls_required_but_not_offered(
+    mail_servers: MailServers, security: SecurityOptions
+) -> None:
     user = new_user()
     host = mail_servers.dovecot.no_starttls_host
     assert host is not None and mail_servers.dovecot.imap_no_starttls_port is not None
     with pytest.raises(TLSError, match="does not offer STARTTLS"):
-        async with ImapClient(host, mail_servers.dovecot.imap_no_starttls_port, user, mail_servers.token(user), security):
+        async with ImapClient(
+            host,
+            mail_servers.dovecot.imap_no_starttls_port,
+            user,
+            mail_servers.token(user),
+            security,
+        ):
             pass
     with pytest.raises(TLSError, match="does not offer STARTTLS"):
-        async with SmtpClient("127.0.0.1", mail_servers.postfix.no_starttls_port, user, mail_servers.token(user), security):
+        async with SmtpClient(
+            "127.0.0.1",
+            mail_servers.postfix.no_starttls_port,
+            user,
+            mail_servers.token(user),
+            security,
+        ):
             pass
 
 
@@ -164,7 +214,9 @@ async def test_bad_certificate_is_refused(mail_servers: MailServers) -> None:
     token = mail_servers.token(user)
     # No ssl_context: the system CAs do not trust the test CA.
     with pytest.raises(TLSError, match="certificate"):
-        async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, token, SecurityOptions.SSL_IMPLICIT):
+        async with ImapClient(
+            "localhost", mail_servers.dovecot.imaps_port, user, token, SecurityOptions.SSL_IMPLICIT
+        ):
             pass
     with pytest.raises(TLSError, match="certificate"):
         async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, token):
@@ -174,29 +226,70 @@ async def test_bad_certificate_is_refused(mail_servers: MailServers) -> None:
     other = ssl.create_default_context()
     other_ca.configure_trust(other)
     with pytest.raises(TLSError, match="certificate"):
-        async with ImapClient("localhost", mail_servers.dovecot.imap_port, user, token, SecurityOptions.SSL_EXPLICIT, ssl_context=other):
+        async with ImapClient(
+            "localhost",
+            mail_servers.dovecot.imap_port,
+            user,
+            token,
+            SecurityOptions.SSL_EXPLICIT,
+            ssl_context=other,
+        ):
             pass
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
-async def test_revoked_token_is_refreshed_and_retried_once(mail_servers: MailServers, mechanism: str) -> None:
+async def test_revoked_token_is_refreshed_and_retried_once(
+    mail_servers: MailServers, mechanism: str
+) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
     ctx = mail_servers.client_context()
-    async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx, mechanism=mechanism) as imap:
+    async with ImapClient(
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=ctx,
+        mechanism=mechanism,
+    ) as imap:
         await imap.select()
     mail_servers.oauth.revoke(provider.issued[-1])
-    async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx, mechanism=mechanism) as imap:
+    async with ImapClient(
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=ctx,
+        mechanism=mechanism,
+    ) as imap:
         await imap.select()
-    async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx, mechanism=mechanism) as smtp:
+    async with SmtpClient(
+        "localhost",
+        mail_servers.postfix.submission_port,
+        user,
+        provider,
+        ssl_context=ctx,
+        mechanism=mechanism,
+    ) as smtp:
         mail_servers.oauth.revoke(provider.issued[-1])
-    async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx, mechanism=mechanism) as smtp:
+    async with SmtpClient(
+        "localhost",
+        mail_servers.postfix.submission_port,
+        user,
+        provider,
+        ssl_context=ctx,
+        mechanism=mechanism,
+    ) as smtp:
         await smtp.sendmail(user, [user], b"Subject: after revoke\r\n\r\nok\r\n")
     assert provider.calls == 3  # the first token, then one refresh per revocation
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
-async def test_rejected_twice_raises_with_server_reply(mail_servers: MailServers, mechanism: str) -> None:
+async def test_rejected_twice_raises_with_server_reply(
+    mail_servers: MailServers, mechanism: str
+) -> None:
     user = new_user()
 
     class WrongUserProvider:
@@ -209,14 +302,29 @@ async def test_rejected_twice_raises_with_server_reply(mail_servers: MailServers
     provider = WrongUserProvider()
     ctx = mail_servers.client_context()
     with pytest.raises(AuthenticationError) as info:
-        async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx, mechanism=mechanism):
+        async with ImapClient(
+            "localhost",
+            mail_servers.dovecot.imaps_port,
+            user,
+            provider,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=ctx,
+            mechanism=mechanism,
+        ):
             pass
     assert "AUTHENTICATIONFAILED" in info.value.server_reply
     assert info.value.challenge is not None
     assert "scope" in str(info.value)
     assert provider.calls == 2
     with pytest.raises(AuthenticationError) as smtp_info:
-        async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx, mechanism=mechanism):
+        async with SmtpClient(
+            "localhost",
+            mail_servers.postfix.submission_port,
+            user,
+            provider,
+            ssl_context=ctx,
+            mechanism=mechanism,
+        ):
             pass
     assert smtp_info.value.server_reply.startswith("535")
     assert smtp_info.value.challenge is not None
@@ -227,14 +335,28 @@ async def test_static_token_rejected_says_pass_a_provider(mail_servers: MailServ
     token = mail_servers.token(user)
     mail_servers.oauth.revoke(token)
     with pytest.raises(AuthenticationError, match="pass a TokenProvider"):
-        async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, token, SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context()):
+        async with ImapClient(
+            "localhost",
+            mail_servers.dovecot.imaps_port,
+            user,
+            token,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=mail_servers.client_context(),
+        ):
             pass
 
 
 async def test_expired_static_token_fails_before_connecting(mail_servers: MailServers) -> None:
     token = AccessToken("expired", utcnow() - dt.timedelta(seconds=5))
     with pytest.raises(TokenExpiredError, match="provider"):
-        async with ImapClient("localhost", mail_servers.dovecot.imaps_port, "x@example.test", token, SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context()):
+        async with ImapClient(
+            "localhost",
+            mail_servers.dovecot.imaps_port,
+            "x@example.test",
+            token,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=mail_servers.client_context(),
+        ):
             pass
 
 
@@ -242,13 +364,34 @@ async def test_refresh_that_fails_permanently(mail_servers: MailServers) -> None
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
     ctx = mail_servers.client_context()
-    async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx) as imap:
+    async with ImapClient(
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=ctx,
+    ) as imap:
         await imap.select()
     mail_servers.oauth.revoke_user(user)
     provider.dead = True
     for client in (
-        ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx),
-        SmtpClient("localhost", mail_servers.postfix.smtps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx),
+        ImapClient(
+            "localhost",
+            mail_servers.dovecot.imaps_port,
+            user,
+            provider,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=ctx,
+        ),
+        SmtpClient(
+            "localhost",
+            mail_servers.postfix.smtps_port,
+            user,
+            provider,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=ctx,
+        ),
     ):
         with pytest.raises(PermanentTokenError, match="invalid_grant"):
             await asyncio.wait_for(client.connect(), 10)
@@ -259,31 +402,48 @@ async def test_token_expiring_between_operations(mail_servers: MailServers) -> N
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user, lifetime=3.0)
     ctx = mail_servers.client_context()
-    async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx) as imap:
+    async with ImapClient(
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=ctx,
+    ) as imap:
         await imap.select()
         await asyncio.sleep(3.2)  # the session's token has expired now
         assert await imap.uid_search("ALL") == []
         assert imap.reconnects == 1  # re-authenticated with a fresh token, reselected
-    async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx) as smtp:
+    async with SmtpClient(
+        "localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx
+    ) as smtp:
         await smtp.sendmail(user, [user], b"Subject: one\r\n\r\n1\r\n")
         await asyncio.sleep(3.2)
         # The authenticated session outlives its token; a new connection gets a new one.
         await smtp.sendmail(user, [user], b"Subject: two\r\n\r\n2\r\n")
-    async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx) as smtp:
+    async with SmtpClient(
+        "localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx
+    ) as smtp:
         await smtp.sendmail(user, [user], b"Subject: three\r\n\r\n3\r\n")
     assert provider.calls >= 3
 
 
-async def test_static_token_expiring_between_operations_fails_clearly(mail_servers: MailServers) -> None:
+async def test_static_token_expiring_between_operations_fails_clearly(
+    mail_servers: MailServers,
+) -> None:
     user = new_user()
     value = mail_servers.oauth.issue_access_token(user, lifetime=2.0)
     token = AccessToken(value, utcnow() + dt.timedelta(seconds=2))
     ctx = mail_servers.client_context()
-    async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, token, ssl_context=ctx) as smtp:
+    async with SmtpClient(
+        "localhost", mail_servers.postfix.submission_port, user, token, ssl_context=ctx
+    ) as smtp:
         await smtp.sendmail(user, [user], b"Subject: before\r\n\r\nok\r\n")
     await asyncio.sleep(2.2)
     with pytest.raises(TokenExpiredError, match="provider"):
-        async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, token, ssl_context=ctx):
+        async with SmtpClient(
+            "localhost", mail_servers.postfix.submission_port, user, token, ssl_context=ctx
+        ):
             pass
 
 
@@ -301,7 +461,14 @@ async def test_200_concurrent_clients_share_one_refresh(mail_servers: MailServer
     calls_before = provider.calls
 
     async def one() -> int:
-        async with ImapClient("localhost", mail_servers.dovecot.imaps_port, user, provider, SecurityOptions.SSL_IMPLICIT, ssl_context=ctx) as imap:
+        async with ImapClient(
+            "localhost",
+            mail_servers.dovecot.imaps_port,
+            user,
+            provider,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=ctx,
+        ) as imap:
             return (await imap.select()).exists
 
     results = await asyncio.gather(*(one() for _ in range(200)))
@@ -314,14 +481,21 @@ async def test_idle_reports_new_mail_and_renews(mail_servers: MailServers) -> No
     provider = IssuingProvider(mail_servers.oauth, user)
     ctx = mail_servers.client_context()
     async with ImapClient(
-        "localhost", mail_servers.dovecot.imaps_port, user, provider,
-        SecurityOptions.SSL_IMPLICIT, ssl_context=ctx, idle_renew_after=0.5,
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=ctx,
+        idle_renew_after=0.5,
     ) as imap:
         await imap.select()
 
         async def deliver() -> None:
             await asyncio.sleep(1.2)  # after at least one renewal of the IDLE
-            async with SmtpClient("localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx) as smtp:
+            async with SmtpClient(
+                "localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx
+            ) as smtp:
                 await smtp.sendmail(user, [user], b"Subject: pushed\r\n\r\nhi\r\n")
 
         task = asyncio.create_task(deliver())
@@ -341,8 +515,12 @@ async def test_imap_session_reconnects_after_server_drops_it(mail_servers: MailS
     provider = IssuingProvider(mail_servers.oauth, user)
     mail_servers.dovecot.deliver(user, b"Subject: kept\r\n\r\nbody\r\n")
     async with ImapClient(
-        "localhost", mail_servers.dovecot.imaps_port, user, provider,
-        SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context(),
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=mail_servers.client_context(),
     ) as imap:
         await imap.select()
         assert imap._transport is not None
@@ -356,7 +534,10 @@ async def test_smtp_reconnects_when_connection_was_dropped(mail_servers: MailSer
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
     async with SmtpClient(
-        "localhost", mail_servers.postfix.submission_port, user, provider,
+        "localhost",
+        mail_servers.postfix.submission_port,
+        user,
+        provider,
         ssl_context=mail_servers.client_context(),
     ) as smtp:
         await smtp.sendmail(user, [user], b"Subject: 1\r\n\r\n1\r\n")
@@ -370,10 +551,16 @@ async def test_smtp_reconnects_when_connection_was_dropped(mail_servers: MailSer
 async def test_imap_operations_against_dovecot(mail_servers: MailServers) -> None:
     user = new_user()
     async with ImapClient(
-        "localhost", mail_servers.dovecot.imaps_port, user, mail_servers.token(user),
-        SecurityOptions.SSL_IMPLICIT, ssl_context=mail_servers.client_context(),
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        mail_servers.token(user),
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=mail_servers.client_context(),
     ) as imap:
-        uid = await imap.append(b"Subject: appended\r\nFrom: a@example.test\r\n\r\nbody\r\n", flags=["\\Flagged"])
+        uid = await imap.append(
+            b"Subject: appended\r\nFrom: a@example.test\r\n\r\nbody\r\n", flags=["\\Flagged"]
+        )
         assert uid == 1
         info = await imap.select()
         assert info.exists == 1 and info.uidvalidity
