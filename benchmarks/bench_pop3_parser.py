@@ -8,6 +8,16 @@ chunk boundaries (no unstuffing, no events, no copies). Run::
     python benchmarks/bench_pop3_parser.py [--size-mb 50] [--repeat 5]
 
 The target is a ratio (parser throughput / bare throughput) of at least 0.8.
+
+Recorded (CPython 3.11, 2 shared cores, best of 9, interleaved)::
+
+    text    bare ~1950 MB/s   Pop3Protocol ~4000-4800 MB/s   ratio 1.7-2.5
+    base64  bare ~2200 MB/s   Pop3Protocol ~9400 MB/s        ratio 4.3-4.5
+    prose   bare ~1600 MB/s   Pop3Protocol ~1900-2000 MB/s   ratio 1.2-1.3
+
+The parser wins where dots are rare because it looks for "." with memchr and hands
+whole chunks through uncopied; with a dot in every line it falls back to a regex scan
+(and with 5% of lines starting with a dot, measured separately, the ratio was 0.91).
 """
 
 from __future__ import annotations
