@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 import urllib.parse
@@ -100,12 +101,24 @@ class ServerStats:
     device_polls: int = 0
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (its timeout ran out) is expected here, not an error.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class FakeOAuthServer:
     """An OAuth 2.0 server for tests, on ``127.0.0.1`` and a free port.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Users, clients and
     tokens are set up with the ``add_*`` / ``issue_*`` methods; all are thread-safe.
     """
+
+    poll_interval: float = 0.05
+    """How often the serving thread checks for :meth:`stop` (seconds)."""
 
     def __init__(
         self,
@@ -143,10 +156,13 @@ class FakeOAuthServer:
     def start(self) -> FakeOAuthServer:
         """Start serving in a daemon thread; returns ``self``."""
         handler = _make_handler(self)
-        self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
+        self._httpd = _QuietHTTPServer((self._host, self._port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="fake-oauth", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": self.poll_interval},
+            name="fake-oauth",
+            daemon=True,
         )
         self._thread.start()
         return self
