@@ -27,6 +27,7 @@ from mailoauth.errors import (
     TransientTokenError,
 )
 from mailoauth.imap.client import IdleEvent, ImapClient
+from mailoauth.pop3.client import MailboxStat, Pop3Client
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SendResult, SmtpClient
 from mailoauth.tokens import (
@@ -59,10 +60,12 @@ __all__ = [
     "MailConnectionError",
     "MailOAuthError",
     "MailTimeoutError",
+    "MailboxStat",
     "MemoryTokenStore",
     "MicrosoftTokenProvider",
     "OAuth2TokenProvider",
     "PermanentTokenError",
+    "Pop3Client",
     "ProtocolError",
     "SecurityOptions",
     "SendResult",

@@ -21,6 +21,8 @@ EXPECTED = {
     "MailConnectionError",
     "MailOAuthError",
     "MailTimeoutError",
+    "MailboxStat",
+    "Pop3Client",
     "MemoryTokenStore",
     "MicrosoftTokenProvider",
     "OAuth2TokenProvider",
@@ -48,7 +50,7 @@ def test_all_is_exact() -> None:
 
 
 def test_positional_order_of_clients() -> None:
-    for cls in (mailoauth.SmtpClient, mailoauth.ImapClient):
+    for cls in (mailoauth.SmtpClient, mailoauth.ImapClient, mailoauth.Pop3Client):
         params = list(inspect.signature(cls).parameters)
         assert params[:5] == ["host", "port", "username", "token", "security"]
 
