@@ -30,6 +30,7 @@ __all__ = [
     "MAX_DESCRIPTION_CHARS",
     "MAX_DEVICE_INTERVAL",
     "MAX_EXPIRES_IN",
+    "MIN_EXPIRES_IN",
     "DeviceAuthorization",
     "decode_json_response",
     "parse_device_authorization",
@@ -40,6 +41,8 @@ __all__ = [
 
 DEFAULT_EXPIRES_IN = 3600.0
 """Lifetime assumed when ``expires_in`` is missing or unusable (seconds)."""
+MIN_EXPIRES_IN = 0.001
+"""Shortest lifetime believed (seconds); anything shorter, zero or negative is unusable."""
 MAX_EXPIRES_IN = 10 * 365 * 86400.0
 """Longest lifetime believed (seconds); larger values are capped."""
 MAX_DESCRIPTION_CHARS = 300
@@ -184,8 +187,8 @@ def decode_json_response(
 def parse_expires_in(value: object, default: float = DEFAULT_EXPIRES_IN) -> float:
     """Seconds from an ``expires_in`` of any shape: int, float, numeric string.
 
-    Anything missing, non-numeric, non-finite or not positive gives ``default``;
-    values over :data:`MAX_EXPIRES_IN` are capped. Never raises.
+    Anything missing, non-numeric, non-finite or under :data:`MIN_EXPIRES_IN` gives
+    ``default``; values over :data:`MAX_EXPIRES_IN` are capped. Never raises.
     """
     if isinstance(value, bool):
         return default
@@ -199,7 +202,7 @@ def parse_expires_in(value: object, default: float = DEFAULT_EXPIRES_IN) -> floa
             return default
     except (ValueError, OverflowError):
         return default
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds) or seconds < MIN_EXPIRES_IN:
         return default
     return min(seconds, MAX_EXPIRES_IN)
 
