@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 
 from mailoauth._core.auth import choose_mechanism
 from mailoauth.errors import ConfigurationError
@@ -14,6 +14,8 @@ from mailoauth.tokens.access_token import AccessToken, TokenProvider
 from mailoauth.tokens.manager import TokenManager, wrap_provider
 
 __all__ = ["DEFAULT_TIMEOUT", "BaseClient"]
+
+_C = TypeVar("_C", bound="BaseClient")
 
 #: Seconds any single network wait may take before the connection is closed.
 DEFAULT_TIMEOUT = 30.0
@@ -79,7 +81,7 @@ class BaseClient:
     async def _close(self) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self: _C) -> _C:
         await self.connect()
         return self
 

@@ -16,7 +16,7 @@ import email.policy
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from types import TracebackType
@@ -161,8 +161,10 @@ class Pop3Client(BaseClient):
             )
         return self._conn
 
-    async def _reply(self, command: bytes) -> Reply:
-        await self._send(command)
+    async def _reply(self, build: Callable[..., bytes], *args: int) -> Reply:
+        """Send the command ``build(*args)`` makes and read its status reply."""
+        self._live()  # a dead session says so before the protocol objects to the state
+        await self._send(build(*args))
         event = await self._next_event()
         if not isinstance(event, Reply):
             self._broken = True
@@ -175,8 +177,8 @@ class Pop3Client(BaseClient):
             )
         return event
 
-    async def _data(self, command: bytes) -> Event:
-        await self._reply(command)
+    async def _data(self, build: Callable[..., bytes], *args: int) -> Event:
+        await self._reply(build, *args)
         return await self._next_event()
 
     # -- connecting -------------------------------------------------------------------
@@ -206,7 +208,7 @@ class Pop3Client(BaseClient):
 
     async def _read_capabilities(self) -> None:
         try:
-            event = await self._data(self._proto.capa())
+            event = await self._data(self._proto.capa)
         except CommandError:
             self._caps = Capabilities({})
             return
@@ -222,7 +224,7 @@ class Pop3Client(BaseClient):
                 f"implicit TLS, use port 995 or SSL_IMPLICIT"
             )
         try:
-            await self._reply(self._proto.stls())
+            await self._reply(self._proto.stls)
         except CommandError as exc:
             raise TLSError(f"{self.host}:{self.port} refused STLS: {exc.reply}") from exc
         injected = self._proto.start_tls()
@@ -280,7 +282,7 @@ class Pop3Client(BaseClient):
         if not self._broken and not self._conn.closed:
             try:
                 with anyio.fail_after(self.timeout):
-                    await self._reply(self._proto.quit())
+                    await self._reply(self._proto.quit)
             finally:
                 await self._abort()
             return
@@ -304,19 +306,19 @@ class Pop3Client(BaseClient):
 
     async def stat(self) -> MailboxStat:
         """STAT: message count and total size."""
-        event = await self._data(self._proto.stat())
+        event = await self._data(self._proto.stat)
         assert isinstance(event, Stat)
         return MailboxStat(event.count, event.size)
 
     async def list(self) -> dict[int, int]:
         """LIST: message number -> size in octets."""
-        event = await self._data(self._proto.list())
+        event = await self._data(self._proto.list)
         assert isinstance(event, Listing)
         return dict(event.entries)
 
     async def uidl(self) -> dict[int, str]:
         """UIDL: message number -> unique id (stable across sessions)."""
-        event = await self._data(self._proto.uidl())
+        event = await self._data(self._proto.uidl)
         assert isinstance(event, UidListing)
         return dict(event.entries)
 
@@ -334,7 +336,7 @@ class Pop3Client(BaseClient):
     async def iter_message(self, number: int) -> AsyncIterator[bytes]:
         """RETR as a stream of chunks: memory stays bounded by the chunk size however
         large the message. Leaving the loop early abandons the session (no QUIT)."""
-        await self._reply(self._proto.retr(number))
+        await self._reply(self._proto.retr, number)
         finished = False
         try:
             async for chunk in self._body_chunks():
@@ -347,7 +349,7 @@ class Pop3Client(BaseClient):
 
     async def retrieve(self, number: int) -> bytes:
         """RETR: the message's bytes exactly as stored (dot-unstuffed)."""
-        await self._reply(self._proto.retr(number))
+        await self._reply(self._proto.retr, number)
         return b"".join([chunk async for chunk in self._body_chunks()])
 
     async def retrieve_message(self, number: int) -> email.message.EmailMessage:
@@ -392,17 +394,17 @@ class Pop3Client(BaseClient):
 
     async def top(self, number: int, lines: int = 0) -> bytes:
         """TOP: the header and the first ``lines`` lines of the body."""
-        await self._reply(self._proto.top(number, lines))
+        await self._reply(self._proto.top, number, lines)
         return b"".join([chunk async for chunk in self._body_chunks()])
 
     async def delete(self, number: int) -> None:
         """DELE: mark for deletion. Applied only at a clean QUIT (:meth:`aclose`)."""
-        await self._reply(self._proto.dele(number))
+        await self._reply(self._proto.dele, number)
 
     async def reset(self) -> None:
         """RSET: unmark every message marked for deletion in this session."""
-        await self._reply(self._proto.rset())
+        await self._reply(self._proto.rset)
 
     async def noop(self) -> None:
         """NOOP: keep the session alive."""
-        await self._reply(self._proto.noop())
+        await self._reply(self._proto.noop)
