@@ -160,7 +160,7 @@ class TokenManager:
         return task
 
     async def _refresh(self, force: bool) -> AccessToken:
-        name = type(self._provider).__name__
+        name = getattr(self._provider, "display_name", None) or type(self._provider).__name__
         previous = self._token
         reason = "rejected" if force else ("first use" if previous is None else "expiring")
         log.debug("refreshing access token via %s (%s)", name, reason)

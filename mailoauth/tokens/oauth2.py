@@ -253,6 +253,10 @@ class _GrantSource:
     def __init__(self, owner: OAuth2TokenProvider) -> None:
         self._owner = owner
 
+    @property
+    def display_name(self) -> str:
+        return type(self._owner).__name__
+
     async def get_access_token(self, *, force_refresh: bool = False) -> AccessToken:
         return await self._owner._obtain(force_refresh)
 

@@ -135,8 +135,9 @@ async def test_200_rejections_of_one_token_make_one_refresh(
 
 @pytest.mark.asyncio
 async def test_rotation_uses_new_refresh_token_and_saves_it_before_returning(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="mailoauth.tokens")
     with FakeOAuthServer(rotate_refresh_tokens=True) as server:
         rt0 = server.issue_refresh_token("bob")
 
@@ -173,6 +174,10 @@ async def test_rotation_uses_new_refresh_token_and_saves_it_before_returning(
         assert stored is not None and stored.refresh_token == rt2
         assert stored.access_token == second.value
         assert rt0 not in provider.store_key and rt0 not in repr(stored)
+        assert "GoogleTokenProvider" not in caplog.text
+        assert "OAuth2TokenProvider (expiring)" in caplog.text
+        for secret in (rt0, rt1, rt2, first.value, second.value):
+            assert secret is not None and secret not in caplog.text
 
 
 @pytest.mark.asyncio
