@@ -58,9 +58,20 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(BACKGROUND_CALL_TIMEOUT)
 
     def close(self) -> None:
+        """Cancel whatever is still running on the loop, then stop and close it."""
+        self.run(_cancel_other_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(BACKGROUND_CALL_TIMEOUT)
         self.loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=BACKGROUND_CALL_TIMEOUT)
 
 
 class LoopService(ABC):
@@ -144,6 +155,10 @@ class Channel:
                 raise LineTooLongError from exc
             except anyio.IncompleteRead as exc:
                 raise anyio.EndOfStream from exc
+        # receive_until only enforces its cap while the delimiter is missing from
+        # what was buffered; a long line that arrived in one chunk gets through.
+        if len(line) > self.max_line:
+            raise LineTooLongError
         return line[:-1] if line.endswith(b"\r") else line
 
     async def read_exactly(self, count: int) -> bytes:

@@ -284,15 +284,20 @@ class TestSmtpServer(LoopService):
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
+        handlers: list[asyncio.Task[None]] = []
         for proto in list(self._protocols):
             transport: Any = proto.transport
             if transport is not None:
                 transport.close()
+            task = proto._handler_coroutine
+            if task is not None and not task.done():
+                task.cancel()
+                handlers.append(task)
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
         for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
-        # Let the closed connections' handler tasks see their cancellation.
-        await asyncio.sleep(0)
 
 
 def _port_of(server: asyncio.Server) -> int:

@@ -1,0 +1,177 @@
+"""A complete mail-with-OAuth sandbox on loopback: a fake OAuth server, a test CA and
+SMTP, IMAP and POP3 servers sharing one mail store.
+
+::
+
+    async with MailSandbox(personality=Personality.GMAIL) as sandbox:
+        alice = sandbox.user("alice@example.test")
+        token = alice.access_token()
+        # SMTP: sandbox.smtp.starttls_port (587-style) or sandbox.smtp.tls_port (465)
+        # IMAP: sandbox.imap.tls_port (993) / starttls_port (143); POP3 likewise
+        # TLS:  ssl_context=sandbox.ssl_context trusts the sandbox's CA
+        # OAuth: sandbox.oauth.token_url with alice.refresh_token
+
+``async with`` runs the servers on the running loop (drive blocking clients through
+``asyncio.to_thread``); ``with`` runs them on a background loop, for synchronous code.
+This is what ``mailoauth demo`` and the pytest plugin build on.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mailoauth.testing._serving import LoopService
+from mailoauth.testing.certs import TestCA
+from mailoauth.testing.imap_server import TestImapServer
+from mailoauth.testing.mailstore import MailStore
+from mailoauth.testing.oauth_server import FakeOAuthServer
+from mailoauth.testing.personality import Personality
+from mailoauth.testing.pop3_server import TestPop3Server
+from mailoauth.testing.smtp_server import TestSmtpServer
+
+__all__ = ["MailSandbox", "SandboxUser"]
+
+
+@dataclass(frozen=True)
+class SandboxUser:
+    """A mailbox owner known to the sandbox's OAuth server and mail store."""
+
+    username: str
+    refresh_token: str = field(repr=False)
+    oauth: FakeOAuthServer = field(repr=False)
+
+    def access_token(self, *, lifetime: float | None = None, scope: str | None = None) -> str:
+        """Mint a fresh access token for this user (``lifetime`` in seconds)."""
+        return self.oauth.issue_access_token(self.username, lifetime=lifetime, scope=scope)
+
+    @property
+    def token_url(self) -> str:
+        """Where a token provider exchanges :attr:`refresh_token` for access tokens."""
+        return self.oauth.token_url
+
+
+class MailSandbox(LoopService):
+    """OAuth server + CA + SMTP/IMAP/POP3 servers over one :class:`MailStore`.
+
+    Arguments:
+        personality: which provider every server imitates (settable later too).
+        oauth: an OAuth server to use (started and stopped by the caller); by default
+            the sandbox starts its own with ``access_token_lifetime`` and
+            ``rotate_refresh_tokens``.
+        ca: a :class:`TestCA` to use; by default a fresh one, removed on exit.
+        require_tls: on the plain ports, refuse authentication before STARTTLS.
+        host: the loopback address to listen on.
+
+    Attributes (after start): :attr:`oauth`, :attr:`ca`, :attr:`ssl_context` (a client
+    context trusting the CA), :attr:`server_ssl_context`, :attr:`store`, :attr:`smtp`,
+    :attr:`imap`, :attr:`pop3` (each with ``host``, ``tls_port``, ``starttls_port``).
+    """
+
+    def __init__(
+        self,
+        personality: Personality = Personality.RFC,
+        *,
+        oauth: FakeOAuthServer | None = None,
+        ca: TestCA | None = None,
+        access_token_lifetime: float = 3600.0,
+        rotate_refresh_tokens: bool = False,
+        require_tls: bool = True,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self._own_oauth = oauth is None
+        self.oauth = oauth or FakeOAuthServer(
+            access_token_lifetime=access_token_lifetime,
+            rotate_refresh_tokens=rotate_refresh_tokens,
+        )
+        self._own_ca = ca is None
+        self.ca = ca or TestCA()
+        self.ssl_context: ssl.SSLContext = self.ca.client_context()
+        self.server_ssl_context: ssl.SSLContext = self.ca.server_context()
+        self.store = MailStore()
+        self.host = host
+        tls = self.server_ssl_context
+        self.smtp = TestSmtpServer(
+            self.store,
+            oauth=self.oauth,
+            personality=personality,
+            ssl_context=tls,
+            host=host,
+            require_starttls=require_tls,
+        )
+        self.imap = TestImapServer(
+            self.store,
+            oauth=self.oauth,
+            personality=personality,
+            ssl_context=tls,
+            host=host,
+            require_tls=require_tls,
+        )
+        self.pop3 = TestPop3Server(
+            self.store,
+            oauth=self.oauth,
+            personality=personality,
+            ssl_context=tls,
+            host=host,
+            require_tls=require_tls,
+        )
+        self._personality = personality
+        self._started: list[LoopService] = []
+
+    @property
+    def personality(self) -> Personality:
+        return self._personality
+
+    @personality.setter
+    def personality(self, value: Personality) -> None:
+        self._personality = value
+        for server in (self.smtp, self.imap, self.pop3):
+            server.personality = value
+
+    def user(
+        self, username: str, *, password: str | None = None, mailboxes: Iterable[str] = ()
+    ) -> SandboxUser:
+        """Create ``username`` (INBOX plus ``mailboxes``) with a refresh token; with
+        ``password`` the OAuth server also accepts it for the password (ROPC) grant."""
+        self.store.add_user(username, mailboxes)
+        if password is not None:
+            self.oauth.add_user(username, password)
+        refresh = self.oauth.issue_refresh_token(username)
+        return SandboxUser(username, refresh, self.oauth)
+
+    async def start(self) -> None:
+        if self._own_oauth:
+            self.oauth.start()
+        try:
+            for server in (self.smtp, self.imap, self.pop3):
+                await server.start()
+                self._started.append(server)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        started, self._started = self._started, []
+        for server in reversed(started):
+            await server.stop()
+        if self._own_oauth:
+            self.oauth.stop()
+        if self._own_ca:
+            self.ca.cleanup()
+
+    def describe(self) -> str:
+        """The endpoints, one per line, for a human (the ``mailoauth demo`` banner)."""
+        return "\n".join(
+            [
+                f"OAuth token endpoint  {self.oauth.token_url}",
+                f"CA certificate        {self.ca.files.ca}",
+                f"SMTP  {self.host}:{self.smtp.starttls_port} (STARTTLS)  "
+                f"{self.host}:{self.smtp.tls_port} (TLS)",
+                f"IMAP  {self.host}:{self.imap.starttls_port} (STARTTLS)  "
+                f"{self.host}:{self.imap.tls_port} (TLS)",
+                f"POP3  {self.host}:{self.pop3.starttls_port} (STLS)      "
+                f"{self.host}:{self.pop3.tls_port} (TLS)",
+                f"personality           {self.personality.value}",
+            ]
+        )
