@@ -236,6 +236,9 @@ class Pop3Client(BaseClient):
                 len(injected),
             )
         await self._conn.start_tls()
+        # RFC 2595 §4: forget what was learnt before TLS; ask again over TLS.
+        self._caps = None
+        await self._read_capabilities()
 
     async def _authenticate(self) -> None:
         assert self._caps is not None
