@@ -1,0 +1,284 @@
+"""A. POP3: a 50 MB message and 2,000 small ones from Dovecot over implicit TLS.
+
+Variants, each timed from after authentication until the last byte of the last
+message (connect + AUTH excluded, the same for all):
+
+- ``bare``: an ``ssl`` socket that sends every RETR at once (pipelined) and only counts
+  ``CRLF . CRLF`` terminators in 256 KiB reads: the practical limit.
+- ``poplib``: the standard library, synchronous, AUTH XOAUTH2 by ``_shortcmd``.
+- ``mo_retrieve``: :meth:`Pop3Client.retrieve`, one message after the other.
+- ``mo_many``: :meth:`Pop3Client.retrieve_many` (pipelined, like ``bare``).
+- ``mo_stream``: :meth:`Pop3Client.iter_message`, chunks dropped as they come.
+
+Also the tracemalloc peak of the streaming form for a 5 MB and a 50 MB message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import poplib
+import socket
+import ssl
+import time
+import tracemalloc
+from collections.abc import Callable
+
+from benchmarks._common import HOST, Report, Samples, Servers, interleaved, pct, servers
+from mailoauth.pop3 import Pop3Client
+from mailoauth.sasl import XOAuth2
+from mailoauth.security import SecurityOptions
+
+TERMINATOR = b"\r\n.\r\n"
+READ_SIZE = 256 * 1024
+LINE = b"The quick brown fox jumps over the lazy dog. 0123456789 .,;:!?\r\n"
+
+Variant = Callable[[Servers, str, str, list[int]], tuple[float, int]]
+
+
+def big_message(size: int) -> bytes:
+    body = (LINE * 99 + b".a line the server dot-stuffs\r\n") * (size // (len(LINE) * 100) + 1)
+    return b"Subject: big\r\n\r\n" + body[:size]
+
+
+def small_message(n: int) -> bytes:
+    return b"Subject: small %d\r\nFrom: a@example.test\r\n\r\n" % n + LINE * 30
+
+
+def _recv_line(sock: ssl.SSLSocket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def bare(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+    ctx = srv.client_context()
+    raw = socket.create_connection((HOST, srv.dovecot.pop3s_port))
+    with ctx.wrap_socket(raw, server_hostname=HOST) as sock:
+        _recv_line(sock)
+        b64 = XOAuth2(user, token).initial_response_b64()
+        sock.sendall(b"AUTH XOAUTH2 " + b64 + b"\r\n")
+        if not _recv_line(sock).startswith(b"+OK"):
+            raise RuntimeError("AUTH failed")
+        start = time.perf_counter()
+        sock.sendall(b"".join(b"RETR %d\r\n" % n for n in numbers))
+        found = total = 0
+        tail = b""
+        while found < len(numbers):
+            data = sock.recv(READ_SIZE)
+            if not data:
+                raise ConnectionError("closed")
+            total += len(data)
+            found += data.count(TERMINATOR) + (tail + data[:4]).count(TERMINATOR)
+            tail = (tail + data[-4:])[-4:]
+        elapsed = time.perf_counter() - start
+        sock.sendall(b"QUIT\r\n")
+    return elapsed, total
+
+
+def stdlib(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+    pop = poplib.POP3_SSL(HOST, srv.dovecot.pop3s_port, context=srv.client_context())
+    try:
+        b64 = XOAuth2(user, token).initial_response_b64().decode()
+        pop._shortcmd("AUTH XOAUTH2 " + b64)  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        total = 0
+        for n in numbers:
+            _, lines, octets = pop.retr(n)
+            total += octets
+        elapsed = time.perf_counter() - start
+    finally:
+        pop.quit()
+    return elapsed, total
+
+
+def _mailoauth(mode: str) -> Variant:
+    async def session(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+        async with Pop3Client(
+            HOST,
+            srv.dovecot.pop3s_port,
+            user,
+            token,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=srv.client_context(),
+            mechanism="XOAUTH2",
+            timeout=120,
+        ) as pop:
+            start = time.perf_counter()
+            total = 0
+            if mode == "retrieve":
+                for n in numbers:
+                    total += len(await pop.retrieve(n))
+            elif mode == "many":
+                async for _, data in pop.retrieve_many(numbers):
+                    total += len(data)
+            else:
+                for n in numbers:
+                    async for chunk in pop.iter_message(n):
+                        total += len(chunk)
+            return time.perf_counter() - start, total
+
+    def run(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+        return asyncio.run(session(srv, user, token, numbers))
+
+    return run
+
+
+VARIANTS: dict[str, Variant] = {
+    "bare": bare,
+    "poplib": stdlib,
+    "mo_retrieve": _mailoauth("retrieve"),
+    "mo_many": _mailoauth("many"),
+    "mo_stream": _mailoauth("stream"),
+}
+
+
+def stream_peak(srv: Servers, user: str, token: str, number: int, mode: str) -> tuple[int, int]:
+    """tracemalloc peak (bytes) above the connected baseline, and bytes received."""
+
+    async def go() -> tuple[int, int]:
+        async with Pop3Client(
+            HOST,
+            srv.dovecot.pop3s_port,
+            user,
+            token,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=srv.client_context(),
+            mechanism="XOAUTH2",
+            timeout=120,
+        ) as pop:
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            total = 0
+            if mode == "stream":
+                async for chunk in pop.iter_message(number):
+                    total += len(chunk)
+            else:
+                total = len(await pop.retrieve(number))
+            peak = tracemalloc.get_traced_memory()[1] - base
+            tracemalloc.stop()
+            return peak, total
+
+    return asyncio.run(go())
+
+
+def measure(
+    report: Report,
+    srv: Servers,
+    title: str,
+    user: str,
+    numbers: list[int],
+    names: list[str],
+    repeat: int,
+) -> dict[str, dict[str, Samples]]:
+    token = srv.token(user)
+    for name in names:  # warm-up: Dovecot builds its index and UIDL cache once
+        VARIANTS[name](srv, user, token, numbers)
+    mbps: dict[str, Samples] = {n: Samples() for n in names}
+    msgs: dict[str, Samples] = {n: Samples() for n in names}
+    sizes: dict[str, int] = {}
+
+    def one(name: str) -> None:
+        elapsed, total = VARIANTS[name](srv, user, token, numbers)
+        sizes[name] = total
+        mbps[name].add(total / elapsed / 1e6)
+        msgs[name].add(len(numbers) / elapsed)
+
+    interleaved(names, repeat, one)
+    t = report.table(
+        title,
+        "variant",
+        "MB/s",
+        "msgs/s",
+        "spread",
+        "x bare",
+        "x poplib",
+    )
+    for name in names:
+        t.add(
+            name,
+            mbps[name].median,
+            msgs[name].median,
+            pct(mbps[name].spread),
+            mbps[name].median / mbps["bare"].median,
+            mbps[name].median / mbps["poplib"].median,
+        )
+    report.data[title] = {
+        "wire_bytes": sizes,
+        "MB_per_s": {n: s.as_json() for n, s in mbps.items()},
+        "msgs_per_s": {n: s.as_json() for n, s in msgs.items()},
+    }
+    return {"MB/s": mbps}
+
+
+def run(quick: bool = False, repeat: int | None = None) -> Report:
+    big_mb = 10 if quick else 50
+    n_small = 500 if quick else 2000
+    repeat = repeat or (3 if quick else 7)
+    report = Report("pop3", quick)
+    with servers() as srv:
+        srv.dovecot.deliver("big@example.test", big_message(big_mb * 1_000_000))
+        srv.dovecot.deliver("five@example.test", big_message(5_000_000))
+        for n in range(n_small):
+            srv.dovecot.deliver("small@example.test", small_message(n))
+        big = measure(
+            report,
+            srv,
+            f"one {big_mb} MB message (median of {repeat}, interleaved)",
+            "big@example.test",
+            [1],
+            ["bare", "poplib", "mo_retrieve", "mo_stream"],
+            repeat,
+        )["MB/s"]
+        small = measure(
+            report,
+            srv,
+            f"{n_small:,} small messages of ~2 KB (median of {repeat}, interleaved)",
+            "small@example.test",
+            list(range(1, n_small + 1)),
+            ["bare", "poplib", "mo_retrieve", "mo_many"],
+            repeat,
+        )["MB/s"]
+        mem = report.table(
+            "tracemalloc peak while reading one message (above the connected client)",
+            "message",
+            "iter_message peak",
+            "retrieve peak",
+        )
+        peaks = {}
+        for user, label in (("five@example.test", "5 MB"), ("big@example.test", f"{big_mb} MB")):
+            token = srv.token(user)
+            s_peak, _ = stream_peak(srv, user, token, 1, "stream")
+            r_peak, _ = stream_peak(srv, user, token, 1, "retrieve")
+            peaks[label] = {"stream": s_peak, "retrieve": r_peak}
+            mem.add(label, f"{s_peak / 1024:,.0f} KiB", f"{r_peak / 1024:,.0f} KiB")
+        report.data["tracemalloc_peak_bytes"] = peaks
+    bare_big, bare_small = big["bare"].median, small["bare"].median
+    report.target(
+        f"retrieve, {big_mb} MB: x bare", big["mo_retrieve"].median / bare_big, 0.8, higher=True
+    )
+    report.target(
+        f"iter_message, {big_mb} MB: x bare", big["mo_stream"].median / bare_big, 0.8, higher=True
+    )
+    report.target(
+        f"retrieve_many, {n_small} small: x bare",
+        small["mo_many"].median / bare_small,
+        0.8,
+        higher=True,
+    )
+    p5, pbig = peaks["5 MB"]["stream"], peaks[f"{big_mb} MB"]["stream"]
+    report.target(
+        f"iter_message peak, {big_mb} MB / 5 MB (flat = 1)", pbig / max(p5, 1), 1.5, higher=False
+    )
+    report.notes.append(
+        "bare = pipelined RETRs on an ssl socket, counting terminators only; "
+        "mo_retrieve and poplib send one RETR at a time"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    print(run(quick=True).render())
