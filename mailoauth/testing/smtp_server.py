@@ -8,9 +8,10 @@ delivered to the INBOX of every local recipient in the shared
 
 Example::
 
-    with FakeOAuthServer() as oauth, TestCA() as ...:
-        async with TestSmtpServer(store, oauth=oauth, ssl_context=ca.server_context()) as smtp:
-            ...  # smtplib.SMTP("127.0.0.1", smtp.starttls_port).starttls(...)
+    with FakeOAuthServer() as oauth, TestSmtpServer(
+        oauth=oauth, ssl_context=TestCA().server_context()
+    ) as smtp:
+        ...  # smtplib.SMTP("127.0.0.1", smtp.starttls_port).starttls(...)
 """
 
 from __future__ import annotations

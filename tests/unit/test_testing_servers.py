@@ -26,7 +26,9 @@ from mailoauth.testing.certs import TestCA
 from mailoauth.testing.imap_server import TestImapServer
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
+from mailoauth.testing.pop3_server import MAX_LINE_LENGTH, TestPop3Server
 from mailoauth.testing.sandbox import MailSandbox
+from mailoauth.testing.smtp_server import TestSmtpServer
 
 HOST = "127.0.0.1"
 ALL = list(Personality)
@@ -538,3 +540,34 @@ def test_custom_validator_on_plain_port() -> None:
         assert typ == "OK"
         imap.logout()
     assert seen == [("a,b=c", "letmein"), ("a,b=c", "letmein")]
+
+
+def test_line_limits_and_long_tokens() -> None:
+    """A Microsoft-sized token fits a 334/+ answer; over the limits the servers
+    refuse (SMTP: the 512-octet AUTH line) or close (POP3: MAX_LINE_LENGTH)."""
+    long_token = "t" * 3000
+
+    def validate(username: str, token: str) -> bool:
+        return token == long_token
+
+    with (
+        TestSmtpServer(validator=validate) as smtp_server,
+        smtplib.SMTP(HOST, smtp_server.port, timeout=5) as smtp,
+    ):
+        smtp.ehlo()
+        response = b64(xoauth2("u@example.test", long_token))
+        assert smtp.docmd("AUTH", "XOAUTH2 " + response)[0] == 500  # over 512 octets
+        assert smtp.docmd("AUTH", "XOAUTH2") == (334, b"")
+        assert smtp.docmd(response)[0] == 235
+
+    with TestPop3Server(validator=validate) as pop_server:
+        client = LineClient(pop_server.port, None)
+        client.line()
+        client.send("AUTH XOAUTH2")
+        assert client.line() == "+ "
+        client.send(b64(xoauth2("u@example.test", long_token)))
+        assert client.line() == "+OK Logged in."
+        client.send("NOOP " + "x" * MAX_LINE_LENGTH)
+        assert client.line() == "-ERR Line too long."
+        assert client.line() == ""
+        client.close()
