@@ -1,0 +1,39 @@
+"""The poller: many mailboxes watched from one event loop.
+
+IMAP folders are watched with IDLE where the server offers it and polled otherwise;
+POP3 maildrops are polled by UIDL. New mail and failures come out of one async
+iterator; how far each mailbox has been handled is kept in a state store, so a
+restart reports no handled message twice and misses none. See :class:`Poller`.
+"""
+
+from mailoauth.poll.backoff import backoff_delay, is_permanent
+from mailoauth.poll.poller import Poller
+from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
+from mailoauth.poll.state import (
+    FilePollStateStore,
+    ImapState,
+    MemoryPollStateStore,
+    PollState,
+    PollStateStore,
+    Pop3State,
+    StartPolicy,
+    imap_resume_point,
+)
+
+__all__ = [
+    "FilePollStateStore",
+    "ImapState",
+    "Mailbox",
+    "MailboxFailed",
+    "MemoryPollStateStore",
+    "NewMessage",
+    "PollEvent",
+    "PollState",
+    "PollStateStore",
+    "Poller",
+    "Pop3State",
+    "StartPolicy",
+    "backoff_delay",
+    "imap_resume_point",
+    "is_permanent",
+]

@@ -1,0 +1,107 @@
+"""What the watchers share with the poller: limits, committed progress, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from mailoauth.poll.spec import Mailbox, PollEvent
+from mailoauth.poll.state import PollState, PollStateStore, StartPolicy
+from mailoauth.tokens.manager import TokenManager
+
+Commit = Callable[[PollState | None], PollState]
+"""How handling one event changes its mailbox's saved state."""
+
+#: How often a watcher holding a connection between polls checks whether another
+#: mailbox is waiting for its slot.
+CONTENTION_CHECK = 1.0
+
+
+class Limits:
+    """The capacity limiters one mailbox's connections count against, in the order they
+    are acquired (narrowest first, so a waiter holds no wider slot than it must)."""
+
+    def __init__(self, *limiters: anyio.CapacityLimiter) -> None:
+        self.limiters = limiters
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for limiter in self.limiters:
+                await stack.enter_async_context(limiter)
+            yield
+
+    def contended(self) -> bool:
+        """Whether some other mailbox is waiting for one of these slots."""
+        return any(limiter.statistics().tasks_waiting for limiter in self.limiters)
+
+    async def sleep_unless_contended(self, seconds: float) -> bool:
+        """Sleep ``seconds`` while holding the slots; return early (True) as soon as
+        another mailbox waits for one."""
+        deadline = anyio.current_time() + seconds
+        while (left := deadline - anyio.current_time()) > 0:
+            if self.contended():
+                return True
+            await anyio.sleep(min(left, CONTENTION_CHECK))
+        return self.contended()
+
+
+class Progress:
+    """Committed (handled) states by mailbox key, written through to the store.
+
+    Updates apply in memory at once; each save writes the newest state under a per-key
+    lock, so saves that overlap can never leave an older state in the store.
+    """
+
+    def __init__(self, store: PollStateStore) -> None:
+        self.store = store
+        self._states: dict[str, PollState | None] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def load(self, key: str) -> PollState | None:
+        if key not in self._states:
+            self._states[key] = await self.store.load(key)
+        return self._states[key]
+
+    async def update(self, key: str, change: Commit) -> None:
+        self._states[key] = change(await self.load(key))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            state = self._states[key]
+            if state is not None:
+                await self.store.save(key, state)
+
+
+@dataclass(frozen=True)
+class Settings:
+    interval: float
+    use_idle: bool
+    idle_timeout: float
+    start: StartPolicy
+    fetch_batch: int
+
+
+@dataclass
+class WatchContext:
+    """Everything one mailbox's watcher needs; built by the poller."""
+
+    mailbox: Mailbox
+    tokens: TokenManager
+    limits: Limits
+    progress: Progress
+    settings: Settings
+    rng: random.Random
+    emit: Callable[[PollEvent, Commit | None], Awaitable[None]]
+    healthy: Callable[[], None]
+
+
+async def close_shielded(close: Callable[[], Awaitable[None]]) -> None:
+    """Close a client even while being cancelled: the clients bound their own polite
+    goodbye (LOGOUT/QUIT) with a timeout, and a cancelled goodbye would skip closing
+    the socket."""
+    with anyio.CancelScope(shield=True):
+        await close()

@@ -1,0 +1,392 @@
+"""The Poller: many mailboxes watched from one event loop, reported as one stream."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from mailoauth.errors import ConfigurationError, MailOAuthError
+from mailoauth.poll._common import Commit, Limits, Progress, Settings, WatchContext
+from mailoauth.poll._imap import ImapWatcher
+from mailoauth.poll._pop3 import Pop3Watcher
+from mailoauth.poll.backoff import backoff_delay, is_permanent
+from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
+from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
+from mailoauth.tokens.manager import TokenManager, wrap_provider
+
+__all__ = ["DEFAULT_FETCH_BATCH", "Poller"]
+
+log = logging.getLogger("mailoauth.poll")
+
+#: How many IMAP messages one UID FETCH asks for, bounding the memory of a catch-up.
+DEFAULT_FETCH_BATCH = 20
+
+_Item = tuple[PollEvent, Commit | None]
+
+
+class Poller:
+    """Watch many mailboxes and iterate over what arrives in them.
+
+    ::
+
+        async with Poller(mailboxes, state_store=FilePollStateStore("poll.json")) as poller:
+            async for event in poller:
+                if isinstance(event, NewMessage):
+                    handle(event.message())
+                else:  # MailboxFailed
+                    log.warning("%s: %s", event.mailbox, event.error)
+
+    IMAP folders are watched with IDLE when the server offers it and ``use_idle`` is
+    true, else polled every ``interval`` seconds (give or take 10 %); POP3 maildrops are
+    polled every ``interval`` seconds by UIDL and never changed. Connections are bounded
+    by ``max_connections`` overall, ``max_per_host`` per server host and
+    ``max_per_account`` per (host, username). A watcher holding a connection gives it up
+    when another mailbox waits for its slot (an IDLE watcher at the end of its IDLE
+    round of ``idle_timeout`` seconds), so more mailboxes than slots are served in turn.
+
+    **Handled, and resuming.** A :class:`~mailoauth.poll.NewMessage` counts as handled
+    when the consumer asks for the next event, or leaves ``async with`` without an
+    exception; with ``auto_ack=False``, when the consumer calls :meth:`ack` instead
+    (acknowledging an event acknowledges every earlier one of its mailbox). Only then
+    is it written to ``state_store``, so a restart with the same store reports no
+    handled message again and misses none; an event delivered but not handled before a
+    crash or a cancellation is reported again. With no saved state, ``start="new"``
+    reports only mail arriving from now on (the starting point is saved at once) and
+    ``start="all"`` every message already there. A folder whose UIDVALIDITY changed is
+    reported whole again (see :func:`~mailoauth.poll.imap_resume_point`).
+
+    **Failures** are reported in the stream as :class:`~mailoauth.poll.MailboxFailed`.
+    Transient ones (network, timeouts, throttling, a token endpoint down) are retried
+    after ``backoff_delay(n, backoff_base, backoff_max)`` seconds of full-jitter
+    exponential backoff; permanent ones (a revoked grant, a rejected token, a missing
+    folder) set the mailbox aside in :attr:`failed` while the others go on.
+
+    **Tokens.** The poller holds one token manager per token source for its whole life:
+    mailboxes given the same provider object share one cached token and one refresh.
+
+    Leaving ``async with`` (or cancelling the task in it) stops every watcher and closes
+    every connection before returning. ``buffer_size`` events wait at most in the
+    stream; beyond that, watchers wait for the consumer. ``rng`` is the random source
+    of the jitter (tests pass a seeded one). Asyncio only. Raises
+    :class:`~mailoauth.errors.ConfigurationError` for limits or intervals out of range
+    and for two mailboxes with one key.
+    """
+
+    def __init__(
+        self,
+        mailboxes: Iterable[Mailbox] = (),
+        *,
+        state_store: PollStateStore | None = None,
+        max_connections: int = 100,
+        max_per_host: int = 15,
+        max_per_account: int | None = None,
+        interval: float = 60.0,
+        use_idle: bool = True,
+        idle_timeout: float = 300.0,
+        start: StartPolicy = "new",
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        buffer_size: int = 100,
+        auto_ack: bool = True,
+        fetch_batch: int = DEFAULT_FETCH_BATCH,
+        rng: random.Random | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_per_host", max_per_host),
+            ("max_per_account", max_per_account or 1),
+            ("fetch_batch", fetch_batch),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")
+        for name, seconds in (("interval", interval), ("idle_timeout", idle_timeout)):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if not (0 <= backoff_base <= backoff_max):
+            raise ConfigurationError("backoff needs 0 <= backoff_base <= backoff_max")
+        if start not in ("new", "all"):
+            raise ConfigurationError(f"start must be 'new' or 'all', not {start!r}")
+        if buffer_size < 0:
+            raise ConfigurationError("buffer_size must be >= 0")
+        self.state_store: PollStateStore = state_store or MemoryPollStateStore()
+        self.max_per_host = max_per_host
+        self.max_per_account = max_per_account
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.auto_ack = auto_ack
+        self.buffer_size = buffer_size
+        self._settings = Settings(interval, use_idle, idle_timeout, start, fetch_batch)
+        self._rng = rng or random.Random()
+        self._progress = Progress(self.state_store)
+        self._overall = anyio.CapacityLimiter(max_connections)
+        self._per_host: dict[str, anyio.CapacityLimiter] = {}
+        self._per_account: dict[tuple[str, str], anyio.CapacityLimiter] = {}
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._tokens: dict[str, TokenManager] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._failed: dict[str, BaseException] = {}
+        self._pending: dict[str, collections.deque[tuple[NewMessage, Commit]]] = {}
+        self._unacked: NewMessage | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tg: TaskGroup | None = None
+        self._stop: anyio.Event | None = None
+        self._stopping = False
+        self._send: MemoryObjectSendStream[_Item] | None = None
+        self._receive: MemoryObjectReceiveStream[_Item] | None = None
+        for mailbox in mailboxes:
+            self.add(mailbox)
+
+    # -- mailboxes --------------------------------------------------------------------
+
+    @property
+    def mailboxes(self) -> Mapping[str, Mailbox]:
+        """The mailboxes watched (or set aside), by key."""
+        return dict(self._mailboxes)
+
+    @property
+    def failed(self) -> Mapping[str, BaseException]:
+        """Mailboxes set aside after a permanent failure, with the error, by key."""
+        return dict(self._failed)
+
+    def add(self, mailbox: Mailbox) -> None:
+        """Start watching ``mailbox`` (at once if the poller is running).
+
+        Raises :class:`~mailoauth.errors.ConfigurationError` if a mailbox with the same
+        key is watched already.
+        """
+        if mailbox.key in self._mailboxes:
+            raise ConfigurationError(f"a mailbox with key {mailbox.key!r} is watched already")
+        self._mailboxes[mailbox.key] = mailbox
+        # Held for the poller's life, so that a provider's cached token outlives the
+        # connections that use it (wrap_provider shares one manager per provider).
+        self._tokens[mailbox.key] = wrap_provider(mailbox.token)
+        if self._stopping:
+            raise RuntimeError("this Poller is stopping; it watches no new mailbox")
+        if self._tg is not None:
+            self._start(mailbox)
+
+    def remove(self, key: str) -> None:
+        """Stop watching the mailbox ``key`` (its connection is closed). Its saved state
+        stays in the store; events already in the stream are still delivered. Raises
+        ``KeyError`` for an unknown key."""
+        self._mailboxes.pop(key)
+        self._tokens.pop(key, None)
+        self._failed.pop(key, None)
+        scope = self._scopes.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+
+    # -- running ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Poller:
+        if self._runner is not None or self._stopping:
+            raise RuntimeError("a Poller runs once; create a new one")
+        self._send, self._receive = anyio.create_memory_object_stream[_Item](self.buffer_size)
+        started = anyio.Event()
+        # The watchers' task group runs in a task of its own, so the consumer's body is
+        # not inside its cancel scope and the consumer's own errors stay ungrouped.
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(started), name="mailoauth poller"
+        )
+        await started.wait()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None and self._unacked is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.ack(self._unacked)
+        finally:
+            self._unacked = None
+            self.stop()
+            await self._join()
+            if self._receive is not None:
+                self._receive.close()
+
+    async def aclose(self) -> None:
+        """Stop every watcher and wait until every connection is closed (what leaving
+        ``async with`` does, without marking the last event handled)."""
+        self.stop()
+        await self._join()
+
+    def stop(self) -> None:
+        """Ask every watcher to stop; callable from any task of the loop. Events already
+        in the stream are still delivered, then the iteration ends."""
+        self._stopping = True
+        for scope in self._scopes.values():
+            scope.cancel()
+        if self._send is not None:
+            self._send.close()  # the watchers' clones close as they finish
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _join(self) -> None:
+        """Wait for the watchers to finish closing, even when cancelled meanwhile (the
+        cancellation is raised afterwards)."""
+        runner = self._runner
+        if runner is None:
+            return
+        interrupted: BaseException | None = None
+        with anyio.CancelScope(shield=True):
+            while not runner.done():
+                try:
+                    await asyncio.wait({runner})
+                except asyncio.CancelledError as exc:
+                    interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+        runner.result()  # a bug in the poller itself surfaces here
+
+    async def _run(self, started: anyio.Event) -> None:
+        self._stop = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for mailbox in self._mailboxes.values():
+                    self._start(mailbox)
+                started.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            started.set()
+            if self._send is not None:
+                self._send.close()
+
+    def _start(self, mailbox: Mailbox) -> None:
+        assert self._tg is not None and self._send is not None
+        scope = anyio.CancelScope()
+        self._scopes[mailbox.key] = scope
+        send = self._send.clone()
+        self._tg.start_soon(self._watch, mailbox, scope, send, name=f"poll {mailbox.key}")
+
+    def _limits(self, mailbox: Mailbox) -> Limits:
+        limiters = []
+        if self.max_per_account is not None:
+            account = self._per_account.setdefault(
+                mailbox.account, anyio.CapacityLimiter(self.max_per_account)
+            )
+            limiters.append(account)
+        host = self._per_host.setdefault(
+            mailbox.host.lower(), anyio.CapacityLimiter(self.max_per_host)
+        )
+        return Limits(*limiters, host, self._overall)
+
+    async def _watch(
+        self, mailbox: Mailbox, scope: anyio.CancelScope, send: MemoryObjectSendStream[_Item]
+    ) -> None:
+        """Run one mailbox's watcher, retrying transient failures, until cancelled or
+        failed for good. Never raises (but for cancellation)."""
+        key = mailbox.key
+        attempts = 0
+
+        def healthy() -> None:
+            nonlocal attempts
+            attempts = 0
+
+        async def emit(event: PollEvent, commit: Commit | None) -> None:
+            await send.send((event, commit))
+
+        ctx = WatchContext(
+            mailbox=mailbox,
+            tokens=self._tokens[key],
+            limits=self._limits(mailbox),
+            progress=self._progress,
+            settings=self._settings,
+            rng=self._rng,
+            emit=emit,
+            healthy=healthy,
+        )
+        watcher = ImapWatcher(ctx) if mailbox.protocol == "imap" else Pop3Watcher(ctx)
+        with send, scope, contextlib.suppress(anyio.BrokenResourceError):
+            while True:
+                try:
+                    await watcher.run()
+                except anyio.BrokenResourceError:
+                    raise  # the consumer is gone
+                except Exception as exc:
+                    if is_permanent(exc):
+                        self._failed[key] = exc
+                        if isinstance(exc, MailOAuthError):
+                            log.debug("%s: set aside: %s: %s", key, type(exc).__name__, exc)
+                        else:
+                            log.error("%s: unexpected error; set aside", key, exc_info=exc)
+                        await emit(MailboxFailed(key, exc, permanent=True), None)
+                        return
+                    delay = backoff_delay(attempts, self.backoff_base, self.backoff_max, self._rng)
+                    attempts += 1
+                    log.debug(
+                        "%s: %s: %s; retry %d in %.1f s",
+                        key,
+                        type(exc).__name__,
+                        exc,
+                        attempts,
+                        delay,
+                    )
+                    await emit(
+                        MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
+                    )
+                    await anyio.sleep(delay)
+
+    # -- consuming --------------------------------------------------------------------
+
+    def __aiter__(self) -> Poller:
+        return self
+
+    async def __anext__(self) -> PollEvent:
+        """The next event. With ``auto_ack``, first marks the previous one handled.
+
+        Raises ``StopAsyncIteration`` once the poller is closed, and what the state
+        store raises when saving fails.
+        """
+        if self._receive is None:
+            raise RuntimeError("use 'async with Poller(...) as poller' before iterating")
+        if self._unacked is not None:
+            event, self._unacked = self._unacked, None
+            await self.ack(event)
+        try:
+            item, commit = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if isinstance(item, NewMessage) and commit is not None:
+            self._pending.setdefault(item.mailbox, collections.deque()).append((item, commit))
+            if self.auto_ack:
+                self._unacked = item
+        return item
+
+    async def ack(self, event: NewMessage) -> None:
+        """Mark ``event`` and every earlier event of its mailbox handled, and save the
+        mailbox's state. Acknowledging an event twice does nothing. Raises what the
+        state store raises."""
+        pending = self._pending.get(event.mailbox)
+        if not pending or not any(e is event for e, _ in pending):
+            return
+        commits: list[Commit] = []
+        while pending:
+            done, commit = pending.popleft()
+            commits.append(commit)
+            if done is event:
+                break
+
+        def apply(state: PollState | None) -> PollState:
+            for commit in commits:
+                state = commit(state)
+            assert state is not None
+            return state
+
+        await self._progress.update(event.mailbox, apply)

@@ -1,0 +1,107 @@
+"""What the poller watches (:class:`Mailbox`) and what it reports (the events)."""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import ssl
+from dataclasses import KW_ONLY, dataclass, field
+from email.parser import BytesParser
+from typing import Literal
+
+from mailoauth._core.client_base import DEFAULT_TIMEOUT
+from mailoauth.errors import ConfigurationError
+from mailoauth.security import SecurityOptions
+from mailoauth.tokens.access_token import AccessToken, TokenProvider
+
+__all__ = ["Mailbox", "MailboxFailed", "NewMessage", "PollEvent"]
+
+_parser = BytesParser(policy=email.policy.default)
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One mailbox to watch: an IMAP folder, or a POP3 maildrop.
+
+    ``token`` is an access token (``str`` / :class:`~mailoauth.AccessToken`) or a
+    :class:`~mailoauth.TokenProvider`. Give every mailbox of one account the *same*
+    provider object: the poller then holds one token manager for it, and all of that
+    account's connections share its cached token and its refreshes.
+
+    ``key`` names the mailbox in events and in the state store; it defaults to
+    ``"{protocol}://{username}@{host}:{port}/{folder}"``. Keep it stable across
+    restarts, or the poller treats the mailbox as new. Raises
+    :class:`~mailoauth.errors.ConfigurationError` for an unknown protocol or a POP3
+    folder other than ``INBOX`` (POP3 has only one).
+    """
+
+    protocol: Literal["imap", "pop3"]
+    host: str
+    port: int
+    username: str
+    token: str | AccessToken | TokenProvider = field(repr=False, compare=False)
+    security: SecurityOptions = SecurityOptions.AUTO
+    _: KW_ONLY
+    folder: str = "INBOX"
+    key: str = ""
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    mechanism: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    allow_insecure_auth: bool = False
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("imap", "pop3"):
+            raise ConfigurationError(f"protocol must be 'imap' or 'pop3', not {self.protocol!r}")
+        if self.protocol == "pop3" and self.folder != "INBOX":
+            raise ConfigurationError("POP3 has one maildrop: leave folder as 'INBOX'")
+        if not self.key:
+            key = f"{self.protocol}://{self.username}@{self.host}:{self.port}/{self.folder}"
+            object.__setattr__(self, "key", key)
+
+    @property
+    def account(self) -> tuple[str, str]:
+        """``(host, username)``, lowercased: what a provider's per-account cap counts."""
+        return self.host.lower(), self.username.lower()
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message the mailbox did not hold before.
+
+    ``mailbox`` is the :attr:`Mailbox.key`. IMAP events carry ``uid`` and
+    ``uidvalidity``; POP3 events carry ``uidl``. ``raw`` is the message exactly as the
+    server stored it; :meth:`message` parses it.
+    """
+
+    mailbox: str
+    raw: bytes = field(repr=False)
+    uid: int | None = None
+    uidvalidity: int | None = None
+    uidl: str | None = None
+
+    def message(self) -> email.message.EmailMessage:
+        """``raw`` parsed with the modern email policy (parsed on every call)."""
+        parsed = _parser.parsebytes(self.raw)
+        assert isinstance(parsed, email.message.EmailMessage)
+        return parsed
+
+
+@dataclass(frozen=True)
+class MailboxFailed:
+    """Watching a mailbox failed.
+
+    ``permanent`` failures (a dead grant, a rejected token, a missing folder) set the
+    mailbox aside for good: it is listed in :attr:`Poller.failed` and not retried.
+    Others are retried after ``retry_in`` seconds (exponential backoff with full
+    jitter); ``attempt`` counts the failures in a row.
+    """
+
+    mailbox: str
+    error: BaseException
+    permanent: bool
+    attempt: int = 0
+    retry_in: float | None = None
+
+
+PollEvent = NewMessage | MailboxFailed
+"""What iterating a :class:`~mailoauth.poll.Poller` yields."""
