@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from mailoauth._core.routing import route_address
 from mailoauth.errors import (
     ConnectionLostError,
     MailConnectionError,
@@ -64,6 +65,10 @@ class Connection:
     several tasks: one task at a time.
     """
 
+    #: The stream whose ``SSLObject`` :meth:`take_buffered` last looked up, and that
+    #: object (``None`` for a plain stream); replaced when ``stream`` changes.
+    _tls_cache: tuple[object, ssl.SSLObject | None] = (None, None)
+
     def __init__(
         self,
         stream: anyio.abc.ByteStream,
@@ -78,6 +83,7 @@ class Connection:
         self.port = port
         self.timeout = timeout
         self._ssl_context = ssl_context
+        self._tls_hostname = host
         self._closed = False
 
     @classmethod
@@ -96,21 +102,28 @@ class Connection:
         :class:`MailConnectionError`.
         """
         context = ssl_context
+        target_host, target_port = host, port
+        route = route_address(host, port)  # set only by mailoauth.testing
+        if route is not None:
+            target_host, target_port = route.host, route.port
+            context = route.ssl_context or context
         with map_io_errors("connecting to", host, port), anyio.fail_after(timeout):
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(target_host, target_port)
             if implicit_tls:
                 context = context or create_ssl_context()
                 try:
                     stream = await TLSStream.wrap(
                         stream,
-                        hostname=host,
+                        hostname=target_host,
                         ssl_context=context,
                         standard_compatible=False,
                     )
                 except BaseException:
                     await anyio.aclose_forcefully(stream)
                     raise
-        return cls(stream, host=host, port=port, ssl_context=context, timeout=timeout)
+        conn = cls(stream, host=host, port=port, ssl_context=context, timeout=timeout)
+        conn._tls_hostname = target_host
+        return conn
 
     @property
     def tls_active(self) -> bool:
@@ -135,7 +148,7 @@ class Connection:
             ):
                 self.stream = await TLSStream.wrap(
                     self.stream,
-                    hostname=self.host,
+                    hostname=self._tls_hostname,
                     ssl_context=context,
                     standard_compatible=False,
                 )
@@ -153,10 +166,47 @@ class Connection:
                 map_io_errors("reading from", self.host, self.port),
                 anyio.fail_after(self.timeout if timeout is None else timeout),
             ):
-                return await self.stream.receive(max_bytes)
+                data = await self.stream.receive(max_bytes)
         except BaseException:
             await self.aclose()
             raise
+        if len(data) < max_bytes:
+            more = self.take_buffered(max_bytes - len(data))
+            if more:
+                data += more
+        return data
+
+    def take_buffered(self, max_bytes: int = RECEIVE_CHUNK) -> bytes:
+        """Up to ``max_bytes`` of plaintext that can be had without waiting: the rest
+        of the TLS records already read from the socket (``b""`` if none, or plain).
+
+        anyio's ``TLSStream.receive`` returns one TLS record at a time; a server that
+        writes small records (Dovecot: about 4 KiB) would cost one await, one timeout
+        scope and one parser pass per record. Reading on from the ``SSLObject`` what
+        its buffer already holds batches them. Anything that is not data (an alert,
+        close_notify, a record still incomplete) is left for the next ``receive``,
+        which reports it through the stream as usual; so is a reply OpenSSL may queue
+        (TLS 1.3 KeyUpdate), which the stream flushes on its next call.
+        """
+        stream = self.stream
+        cached, ssl_object = self._tls_cache
+        if cached is not stream:
+            ssl_object = stream.extra(TLSAttribute.ssl_object, None)
+            self._tls_cache = (stream, ssl_object)
+        if ssl_object is None or self._closed:
+            return b""
+        parts = []
+        size = 0
+        while size < max_bytes:
+            try:
+                chunk = ssl_object.read(max_bytes - size)
+            except ssl.SSLError:  # SSLWantReadError: nothing more buffered
+                break
+            if not chunk:  # close_notify: the next receive() ends the stream
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
 
     async def send(self, data: bytes) -> None:
         """Write all of ``data``; same errors as :meth:`receive`."""

@@ -19,9 +19,11 @@ This is what ``mailoauth demo`` and the pytest plugin build on.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from mailoauth._core.routing import Route, override_routes
 from mailoauth.testing._serving import LoopService
 from mailoauth.testing.certs import TestCA
 from mailoauth.testing.imap_server import TestImapServer
@@ -31,7 +33,20 @@ from mailoauth.testing.personality import Personality
 from mailoauth.testing.pop3_server import TestPop3Server
 from mailoauth.testing.smtp_server import TestSmtpServer
 
-__all__ = ["MailSandbox", "SandboxUser"]
+__all__ = ["PROVIDER_HOSTS", "MailSandbox", "SandboxUser"]
+
+#: The host names users type, by protocol: :meth:`MailSandbox.routes` serves them all.
+PROVIDER_HOSTS: dict[str, tuple[str, ...]] = {
+    "smtp": ("smtp.gmail.com", "smtp.office365.com", "smtp-mail.outlook.com"),
+    "imap": ("imap.gmail.com", "outlook.office365.com", "imap-mail.outlook.com"),
+    "pop3": ("pop.gmail.com", "outlook.office365.com", "pop-mail.outlook.com"),
+}
+#: (STARTTLS port, implicit-TLS port) by protocol.
+WELL_KNOWN_PORTS: dict[str, tuple[int, int]] = {
+    "smtp": (587, 465),
+    "imap": (143, 993),
+    "pop3": (110, 995),
+}
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,43 @@ class MailSandbox(LoopService):
             self.oauth.stop()
         if self._own_ca:
             self.ca.cleanup()
+
+    def provider_routes(self) -> tuple[dict[tuple[str, int], Route], dict[str, str]]:
+        """The address and URL routes :meth:`routes` installs (see there)."""
+        ctx = self.ssl_context
+        by_kind = {
+            "smtp": (self.smtp.starttls_port, self.smtp.tls_port),
+            "imap": (self.imap.starttls_port, self.imap.tls_port),
+            "pop3": (self.pop3.starttls_port, self.pop3.tls_port),
+        }
+        addresses: dict[tuple[str, int], Route] = {}
+        for kind, names in PROVIDER_HOSTS.items():
+            starttls_port, tls_port = by_kind[kind]
+            for name in names:
+                for port, target in zip(
+                    WELL_KNOWN_PORTS[kind], (starttls_port, tls_port), strict=True
+                ):
+                    addresses[(name, port)] = Route(self.host, target, ctx)
+        base = self.oauth.base_url
+        urls = {
+            "https://oauth2.googleapis.com/token": self.oauth.token_url,
+            "https://login.microsoftonline.com": base,
+        }
+        return addresses, urls
+
+    @contextmanager
+    def routes(self) -> Iterator[MailSandbox]:
+        """Within the block, the hosts users type reach this sandbox instead.
+
+        ``smtp.gmail.com:587/465``, ``imap.gmail.com:993/143``, ``pop.gmail.com:995/110``,
+        ``smtp.office365.com:587``, ``outlook.office365.com:993/995`` (and their STARTTLS
+        ports) connect to the sandbox's servers with its CA trusted, and token requests
+        to Google's and Microsoft's endpoints go to :attr:`oauth`. Code under test keeps
+        its production host names; nothing leaves the machine.
+        """
+        addresses, urls = self.provider_routes()
+        with override_routes(addresses, urls):
+            yield self
 
     def describe(self) -> str:
         """The endpoints, one per line, for a human (the ``mailoauth demo`` banner)."""

@@ -21,6 +21,7 @@ from typing import Literal, TypeVar
 import anyio
 import httpx
 
+from mailoauth._core.routing import route_url
 from mailoauth.errors import ConfigurationError, PermanentTokenError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken, utcnow
 from mailoauth.tokens.responses import (
@@ -230,7 +231,7 @@ class TokenEndpoint:
         try:
             async with self._client().stream(
                 "POST",
-                url,
+                route_url(url),  # unchanged unless mailoauth.testing routes it
                 data=form,
                 headers={"Accept": "application/json"},
                 timeout=self._timeout,

@@ -1,0 +1,166 @@
+"""pytest plugin: a mail-with-OAuth sandbox for your own pytest-asyncio tests.
+
+Installed with ``pip install 'mailoauth[testing]'`` and registered through the
+``pytest11`` entry point. It only adds fixtures (all named ``mailoauth_*``) and the
+``mailoauth`` marker; nothing runs unless a test asks for a fixture.
+
+Fixtures:
+
+- ``mailoauth_sandbox``: a started :class:`~mailoauth.testing.sandbox.MailSandbox`.
+- ``mailoauth_routes``: the same sandbox, with the hosts users type
+  (``smtp.gmail.com:587``, ``outlook.office365.com:993``, ...) and Google's and
+  Microsoft's token endpoints routed to it, so code with production host names runs
+  unchanged.
+- ``mailoauth_user``: a :class:`~mailoauth.testing.sandbox.SandboxUser`
+  ``alice@example.test`` with a refresh token.
+- ``mailoauth_provider``: an :class:`~mailoauth.OAuth2TokenProvider` for that user.
+- ``mailoauth_smtp`` / ``mailoauth_imap`` / ``mailoauth_pop3``: connected clients.
+
+Choose the provider the servers imitate with a marker::
+
+    @pytest.mark.mailoauth(personality="office365")
+    async def test_something(mailoauth_imap): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from mailoauth.imap.client import ImapClient
+from mailoauth.pop3.client import Pop3Client
+from mailoauth.security import SecurityOptions
+from mailoauth.smtp import SmtpClient
+from mailoauth.testing.personality import Personality
+from mailoauth.testing.sandbox import MailSandbox, SandboxUser
+from mailoauth.tokens.grants import RefreshTokenGrant
+from mailoauth.tokens.oauth2 import OAuth2TokenProvider
+
+__all__ = [
+    "mailoauth_imap",
+    "mailoauth_pop3",
+    "mailoauth_provider",
+    "mailoauth_routes",
+    "mailoauth_sandbox",
+    "mailoauth_smtp",
+    "mailoauth_user",
+]
+
+DEFAULT_USER = "alice@example.test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "mailoauth(personality='gmail'|'office365'|'rfc', access_token_lifetime=3600, "
+        "rotate_refresh_tokens=False): how the mailoauth sandbox behaves",
+    )
+
+
+def _options(request: pytest.FixtureRequest) -> dict[str, object]:
+    marker = request.node.get_closest_marker("mailoauth")
+    options: dict[str, object] = dict(marker.kwargs) if marker else {}
+    personality = options.pop("personality", Personality.RFC)
+    if isinstance(personality, str):
+        try:
+            personality = Personality(personality.lower())
+        except ValueError:
+            names = ", ".join(p.value for p in Personality)
+            raise pytest.UsageError(
+                f"@pytest.mark.mailoauth(personality={personality!r}): use one of {names}"
+            ) from None
+    options["personality"] = personality
+    return options
+
+
+@pytest_asyncio.fixture
+async def mailoauth_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[MailSandbox]:
+    """A fake OAuth server, a test CA and SMTP/IMAP/POP3 servers on loopback."""
+    async with MailSandbox(**_options(request)) as sandbox:  # type: ignore[arg-type]
+        yield sandbox
+
+
+@pytest.fixture
+def mailoauth_routes(mailoauth_sandbox: MailSandbox) -> Iterator[MailSandbox]:
+    """The sandbox, reachable under the providers' real host names for this test."""
+    with mailoauth_sandbox.routes():
+        yield mailoauth_sandbox
+
+
+@pytest.fixture
+def mailoauth_user(mailoauth_sandbox: MailSandbox) -> SandboxUser:
+    """``alice@example.test``, known to the OAuth server, with an empty INBOX."""
+    return mailoauth_sandbox.user(DEFAULT_USER)
+
+
+@pytest_asyncio.fixture
+async def mailoauth_provider(
+    mailoauth_user: SandboxUser,
+) -> AsyncIterator[OAuth2TokenProvider]:
+    """A refresh-token provider for :func:`mailoauth_user` against the fake server."""
+    provider = OAuth2TokenProvider(
+        mailoauth_user.token_url,
+        RefreshTokenGrant(mailoauth_user.refresh_token),
+        client_id="mailoauth-tests",
+    )
+    async with provider:
+        yield provider
+
+
+@pytest_asyncio.fixture
+async def mailoauth_smtp(
+    mailoauth_sandbox: MailSandbox,
+    mailoauth_user: SandboxUser,
+    mailoauth_provider: OAuth2TokenProvider,
+) -> AsyncIterator[SmtpClient]:
+    """An :class:`~mailoauth.SmtpClient` logged in as the user over STARTTLS."""
+    box = mailoauth_sandbox
+    async with SmtpClient(
+        box.smtp.host,
+        box.smtp.starttls_port,
+        mailoauth_user.username,
+        mailoauth_provider,
+        SecurityOptions.SSL_EXPLICIT,
+        ssl_context=box.ssl_context,
+    ) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def mailoauth_imap(
+    mailoauth_sandbox: MailSandbox,
+    mailoauth_user: SandboxUser,
+    mailoauth_provider: OAuth2TokenProvider,
+) -> AsyncIterator[ImapClient]:
+    """An :class:`~mailoauth.ImapClient` logged in as the user over implicit TLS."""
+    box = mailoauth_sandbox
+    async with ImapClient(
+        box.imap.host,
+        box.imap.tls_port,
+        mailoauth_user.username,
+        mailoauth_provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=box.ssl_context,
+    ) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def mailoauth_pop3(
+    mailoauth_sandbox: MailSandbox,
+    mailoauth_user: SandboxUser,
+    mailoauth_provider: OAuth2TokenProvider,
+) -> AsyncIterator[Pop3Client]:
+    """A :class:`~mailoauth.Pop3Client` logged in as the user over implicit TLS."""
+    box = mailoauth_sandbox
+    async with Pop3Client(
+        box.pop3.host,
+        box.pop3.tls_port,
+        mailoauth_user.username,
+        mailoauth_provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=box.ssl_context,
+    ) as client:
+        yield client
