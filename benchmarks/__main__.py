@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(report.render(), flush=True)
         path = report.write(command.strip())
-        print(f"({time.perf_counter() - start:.0f} s; recorded in {path.relative_to(path.parents[2])})\n")
+        where = path.relative_to(path.parents[2])
+        print(f"({time.perf_counter() - start:.0f} s; recorded in {where})\n")
     return 1 if failed else 0
 
 

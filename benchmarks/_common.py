@@ -307,7 +307,9 @@ class Report:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "seconds": round(time.time() - self.started, 1),
             "machine": machine(),
-            "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows} for t in self.tables],
+            "tables": [
+                {"title": t.title, "columns": t.columns, "rows": t.rows} for t in self.tables
+            ],
             "targets": [
                 {
                     "what": t.what,

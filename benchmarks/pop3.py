@@ -87,7 +87,7 @@ def stdlib(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[flo
         start = time.perf_counter()
         total = 0
         for n in numbers:
-            _, lines, octets = pop.retr(n)
+            _, _lines, octets = pop.retr(n)
             total += octets
         elapsed = time.perf_counter() - start
     finally:

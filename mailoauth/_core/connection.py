@@ -18,7 +18,6 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from mailoauth._core.routing import route_address
 from mailoauth.errors import (
     ConnectionLostError,
     MailConnectionError,
@@ -83,7 +82,6 @@ class Connection:
         self.port = port
         self.timeout = timeout
         self._ssl_context = ssl_context
-        self._tls_hostname = host
         self._closed = False
 
     @classmethod
@@ -102,28 +100,21 @@ class Connection:
         :class:`MailConnectionError`.
         """
         context = ssl_context
-        target_host, target_port = host, port
-        route = route_address(host, port)  # set only by mailoauth.testing
-        if route is not None:
-            target_host, target_port = route.host, route.port
-            context = route.ssl_context or context
         with map_io_errors("connecting to", host, port), anyio.fail_after(timeout):
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(target_host, target_port)
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
             if implicit_tls:
                 context = context or create_ssl_context()
                 try:
                     stream = await TLSStream.wrap(
                         stream,
-                        hostname=target_host,
+                        hostname=host,
                         ssl_context=context,
                         standard_compatible=False,
                     )
                 except BaseException:
                     await anyio.aclose_forcefully(stream)
                     raise
-        conn = cls(stream, host=host, port=port, ssl_context=context, timeout=timeout)
-        conn._tls_hostname = target_host
-        return conn
+        return cls(stream, host=host, port=port, ssl_context=context, timeout=timeout)
 
     @property
     def tls_active(self) -> bool:
@@ -148,7 +139,7 @@ class Connection:
             ):
                 self.stream = await TLSStream.wrap(
                     self.stream,
-                    hostname=self._tls_hostname,
+                    hostname=self.host,
                     ssl_context=context,
                     standard_compatible=False,
                 )

@@ -58,8 +58,12 @@ __all__ = ["MailboxStat", "Pop3Client"]
 log = logging.getLogger("mailoauth.pop3")
 
 #: With PIPELINING, how many commands may be outstanding at once. Bounded so that
-#: neither side can deadlock on full socket buffers.
-PIPELINE_WINDOW: Final = 64
+#: neither side can deadlock on full socket buffers (1,024 RETR lines are about
+#: 12 KiB, far below what the kernel buffers hold), and large enough that the server
+#: never waits for the next command while the client parses: with 64, 2,000 small
+#: messages from Dovecot took 1.6x as long as with all commands sent at once; with 256,
+#: 1.3x; with 1,024, 1.05x (benchmarks/pop3.py).
+PIPELINE_WINDOW: Final = 1024
 
 _parser = BytesParser(policy=email.policy.default)
 
@@ -393,7 +397,15 @@ class Pop3Client(BaseClient):
                     command="RETR",
                     reply=f"-ERR {text}",
                 )
-            yield number, b"".join([chunk async for chunk in self._body_chunks()])
+            # The body loop of _body_chunks, inlined: per small message the async
+            # generator cost as much as parsing it.
+            chunks = []
+            while type(event := await self._next_event()) is MessageData:
+                chunks.append(event.data)
+            if not isinstance(event, MessageEnd):
+                self._broken = True
+                raise ProtocolError(f"unexpected {event!r} inside a message from {self.host}")
+            yield number, b"".join(chunks)
 
     async def top(self, number: int, lines: int = 0) -> bytes:
         """TOP: the header and the first ``lines`` lines of the body."""
