@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from mailoauth._core.routing import route_address
 from mailoauth.errors import (
     ConnectionLostError,
     MailConnectionError,
@@ -82,6 +83,7 @@ class Connection:
         self.port = port
         self.timeout = timeout
         self._ssl_context = ssl_context
+        self._tls_hostname = host
         self._closed = False
 
     @classmethod
@@ -100,21 +102,28 @@ class Connection:
         :class:`MailConnectionError`.
         """
         context = ssl_context
+        target_host, target_port = host, port
+        route = route_address(host, port)  # set only by mailoauth.testing
+        if route is not None:
+            target_host, target_port = route.host, route.port
+            context = route.ssl_context or context
         with map_io_errors("connecting to", host, port), anyio.fail_after(timeout):
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(target_host, target_port)
             if implicit_tls:
                 context = context or create_ssl_context()
                 try:
                     stream = await TLSStream.wrap(
                         stream,
-                        hostname=host,
+                        hostname=target_host,
                         ssl_context=context,
                         standard_compatible=False,
                     )
                 except BaseException:
                     await anyio.aclose_forcefully(stream)
                     raise
-        return cls(stream, host=host, port=port, ssl_context=context, timeout=timeout)
+        conn = cls(stream, host=host, port=port, ssl_context=context, timeout=timeout)
+        conn._tls_hostname = target_host
+        return conn
 
     @property
     def tls_active(self) -> bool:
@@ -139,7 +148,7 @@ class Connection:
             ):
                 self.stream = await TLSStream.wrap(
                     self.stream,
-                    hostname=self.host,
+                    hostname=self._tls_hostname,
                     ssl_context=context,
                     standard_compatible=False,
                 )
