@@ -1,0 +1,40 @@
+"""The testing kit (``pip install 'mailoauth[testing]'``): everything needed to test code
+that uses mailoauth without a real Gmail or Office 365 account.
+
+- :class:`MailSandbox`: a fake OAuth server, a test CA and SMTP/IMAP/POP3 servers on
+  loopback, imitating Gmail, Office 365 or plain RFC behaviour (:class:`Personality`);
+  ``sandbox.routes()`` answers for the real host names.
+- :class:`FakeOAuthServer`: every grant the providers use, introspection, revocation,
+  rotation, scripted failures and request counters.
+- :class:`TestSmtpServer`, :class:`TestImapServer`, :class:`TestPop3Server`,
+  :class:`MailStore`, :class:`TestCA`.
+- The pytest plugin (:mod:`mailoauth.testing.pytest_plugin`), registered automatically.
+- :class:`DovecotServer` and :class:`PostfixServer` run the real servers (Debian's
+  packages) with bearer-token authentication, for integration tests.
+"""
+
+from mailoauth.testing.certs import TestCA
+from mailoauth.testing.dovecot import DovecotServer
+from mailoauth.testing.imap_server import TestImapServer
+from mailoauth.testing.mailstore import MailStore
+from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
+from mailoauth.testing.personality import Personality
+from mailoauth.testing.pop3_server import TestPop3Server
+from mailoauth.testing.postfix import PostfixServer
+from mailoauth.testing.sandbox import MailSandbox, SandboxUser
+from mailoauth.testing.smtp_server import TestSmtpServer
+
+__all__ = [
+    "DovecotServer",
+    "FakeOAuthServer",
+    "MailSandbox",
+    "MailStore",
+    "Personality",
+    "PostfixServer",
+    "SandboxUser",
+    "ScriptedResponse",
+    "TestCA",
+    "TestImapServer",
+    "TestPop3Server",
+    "TestSmtpServer",
+]
