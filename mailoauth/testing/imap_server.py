@@ -146,6 +146,8 @@ class TestImapServer(StreamServer):
     :attr:`store`, :attr:`checker` (see :meth:`fail_next`), :attr:`personality`.
     """
 
+    __test__ = False  # a server, not a test class: pytest must not collect it
+
     __test__ = False
     MAX_LINE = MAX_LINE_LENGTH
 
