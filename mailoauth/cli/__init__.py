@@ -1,0 +1,80 @@
+"""The ``mailoauth`` command: ``demo``, ``login``, ``token``, ``check``.
+
+``main(argv)`` parses the arguments, runs one subcommand and turns any error into one
+paragraph on stderr (exit status 1); ``--debug`` shows the traceback and the library's
+DEBUG log instead. Usage errors exit with status 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+import traceback
+from collections.abc import Sequence
+
+from mailoauth.errors import MailOAuthError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the whole command tree."""
+    from mailoauth import __version__
+    from mailoauth.cli import check, demo, login, token
+
+    parser = argparse.ArgumentParser(
+        prog="mailoauth",
+        description=(
+            "SMTP, IMAP and POP3 with OAuth 2.0. Start with 'mailoauth demo': it runs "
+            "everything against an in-process sandbox, no account needed."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"mailoauth {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on error show the traceback; log the library's DEBUG lines to stderr",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    demo.add_parser(subparsers)
+    login.add_parser(subparsers)
+    token.add_parser(subparsers)
+    check.add_parser(subparsers)
+    return parser
+
+
+def render_error(exc: BaseException) -> str:
+    """One paragraph for ``exc``, wrapped for a terminal."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, MailOAuthError):
+        text = f"{exc.strerror or text}" + (f": {exc.filename}" if exc.filename else "")
+    return textwrap.fill(f"mailoauth: error: {text}", width=100, break_on_hyphens=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug: bool = args.debug
+    if debug:
+        logging.basicConfig(
+            level=logging.DEBUG,
+            stream=sys.stderr,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        logging.getLogger("mailoauth").setLevel(logging.DEBUG)
+    try:
+        status: int = args.handler(args)
+    except (MailOAuthError, OSError) as exc:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print(render_error(exc), file=sys.stderr, flush=True)
+        if not debug:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mailoauth: interrupted", file=sys.stderr)
+        return 130
+    return status
