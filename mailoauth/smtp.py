@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import SMTPStatus
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
@@ -28,6 +29,7 @@ from mailoauth.errors import (
     CommandError,
     ConfigurationError,
     ConnectionLostError,
+    LimitExceededError,
     MailConnectionError,
     MailTimeoutError,
     ProtocolError,
@@ -153,6 +155,9 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
     except aiosmtplib.SMTPConnectError as exc:
         raise MailConnectionError(f"could not connect to {where}: {exc}") from exc
     except aiosmtplib.SMTPResponseException as exc:
+        if exc.code == SMTPStatus.invalid_response:  # aiosmtplib could not parse the reply
+            error = LimitExceededError if "too long" in exc.message else ProtocolError
+            raise error(f"{where} sent an invalid SMTP response: {exc.message}") from exc
         name = type(exc).__name__.removeprefix("SMTP").removesuffix("Error")
         raise CommandError(
             f"{where} refused {name}: {exc.code} {exc.message}",

@@ -11,37 +11,138 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 from aioimaplib import aioimaplib as _aio
 
-from mailoauth.errors import ConnectionLostError
+from mailoauth.errors import (
+    ConnectionLostError,
+    LimitExceededError,
+    MailOAuthError,
+    ProtocolError,
+)
 from mailoauth.sasl import ErrorChallenge, Mechanism, decode_error_challenge
 
-__all__ = ["AUTH", "NONAUTH", "SELECTED", "AuthenticateCommand", "ImapProtocol", "RawCommand"]
+__all__ = [
+    "AUTH",
+    "MAX_LINE",
+    "MAX_LITERAL",
+    "NONAUTH",
+    "SELECTED",
+    "AuthenticateCommand",
+    "ImapProtocol",
+    "RawCommand",
+]
 
 AUTH = _aio.AUTH
 NONAUTH = _aio.NONAUTH
 SELECTED = _aio.SELECTED
 
+#: Longest response line held while waiting for its CRLF (literals not included). A
+#: UID SEARCH of a million-message mailbox is about 8 MB on one line; leave room.
+MAX_LINE: Final = 16 * 1024 * 1024
+#: Largest literal a server may announce. Above any provider's message size limit
+#: (Gmail 50 MB, Exchange Online 150 MB); a literal is held in memory whole.
+MAX_LITERAL: Final = 256 * 1024 * 1024
+
 
 class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol, plus: BYE is recorded, and a lost connection fails every
-    pending command at once instead of leaving it to time out."""
+    """aioimaplib's protocol, plus: BYE is recorded; a lost connection fails every
+    pending command, and the wait for the greeting, at once instead of leaving them to
+    time out; a greeting that is not IMAP is a :class:`ProtocolError`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop, conn_lost_cb=None)
         self.bye: bytes | None = None
         self.lost = False
+        #: Why the greeting (and the CAPABILITY that follows it) failed, if it did.
+        self.greeting_error: MailOAuthError | None = None
+        #: Set when the server went over :data:`MAX_LINE` or :data:`MAX_LITERAL`.
+        self.limit_error: LimitExceededError | None = None
+        self._held: list[bytes] = []
+        self._held_size = 0
+
+    async def welcome(self, command: bytes) -> None:
+        # aioimaplib accepts any line containing "OK" and raises its own Error inside a
+        # task nobody awaits; record a typed error and wake wait_greeting() instead.
+        try:
+            if not command.startswith((b"* OK", b"* PREAUTH")):
+                text = command[:80].decode("utf-8", "replace")
+                raise ProtocolError(f"the server's greeting is not IMAP: {text!r}")
+            await super().welcome(command)
+        except MailOAuthError as exc:
+            self.greeting_error = exc
+        except Exception as exc:
+            self.greeting_error = ProtocolError(f"the IMAP greeting failed: {exc}")
+        else:
+            return
+        await self._wake_waiters()
+
+    async def _wake_waiters(self) -> None:
+        async with self.state_condition:
+            self.state_condition.notify_all()
+
+    async def wait_greeting(self) -> None:
+        """Wait for the greeting and the capabilities that follow it. Raises
+        :class:`ConnectionLostError` if the server hangs up first and
+        :class:`ProtocolError` if the greeting is not IMAP."""
+        ready = (NONAUTH, AUTH)
+        async with self.state_condition:
+            await self.state_condition.wait_for(
+                lambda: self.state in ready or self.greeting_error is not None or self.lost
+            )
+        if self.greeting_error is not None:
+            raise self.greeting_error
+        if self.state not in ready:
+            reason = (self.bye or b"before its greeting").decode("utf-8", "replace")
+            raise ConnectionLostError(f"the IMAP server closed the connection {reason}")
 
     def _untagged_response(self, line: bytes) -> object:
         if line.startswith(b"* BYE"):
             self.bye = line[2:]
         return super()._untagged_response(line)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        reason = (self.bye or b"connection closed").decode("utf-8", "replace")
-        error = ConnectionLostError(f"the IMAP server closed the connection: {reason}")
+    def data_received(self, d: bytes) -> None:
+        if self.limit_error is not None:
+            return
+        # aioimaplib buffers a line until its CRLF, and a literal up to the size the
+        # server announces, with no bound: a hostile server could fill our memory. It
+        # also re-joins and re-scans the partial line on every read (quadratic), so the
+        # chunks of a long line are held here until one brings its line end.
+        command = self.current_command
+        in_literal = command is not None and command.wait_literal_data()
+        if self.incomplete_line and not in_literal and b"\n" not in d:
+            self._held.append(d)
+            self._held_size += len(d)
+            if len(self.incomplete_line) + self._held_size > MAX_LINE:
+                self._over_limit(f"sent a line over {MAX_LINE} bytes without CRLF")
+            return
+        if self._held:
+            d = b"".join(self._held) + d
+            self._held.clear()
+            self._held_size = 0
+        super().data_received(d)
+        command = self.current_command
+        if len(self.incomplete_line) > MAX_LINE:
+            self._over_limit(f"sent a line over {MAX_LINE} bytes without CRLF")
+        elif command is not None and command._expected_size > MAX_LITERAL:
+            self._over_limit(
+                f"announced a literal of {command._expected_size} bytes (limit {MAX_LITERAL})"
+            )
+
+    def _over_limit(self, what: str) -> None:
+        error = LimitExceededError(f"the IMAP server {what}; the connection was closed")
+        self.limit_error = error
+        self.incomplete_line = b""
+        self._held.clear()
+        self.current_command = None
+        if self.greeting_error is None and self.state == _aio.CONNECTED:
+            self.greeting_error = error
+        self._fail_pending(error)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail_pending(self, error: Exception) -> None:
         commands = list(self.pending_async_commands.values())
         if self.pending_sync_command is not None:
             commands.append(self.pending_sync_command)
@@ -50,11 +151,21 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 command._exception = error
                 command._timer.cancel()
                 command._event.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        reason = (self.bye or b"connection closed").decode("utf-8", "replace")
+        self._fail_pending(ConnectionLostError(f"the IMAP server closed the connection: {reason}"))
+        task = asyncio.ensure_future(self._wake_waiters())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         super().connection_lost(exc)
 
     def reset_after_starttls(self) -> None:
         """Drop bytes buffered before the TLS handshake (they can only be injected)."""
         self.incomplete_line = b""
+        self._held.clear()
+        self._held_size = 0
         self.current_command = None
 
 

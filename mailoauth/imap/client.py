@@ -152,7 +152,7 @@ class ImapClient(BaseClient):
         self._protocol, self._transport = protocol, transport
         try:
             await self._guard(
-                protocol.wait("NONAUTH|AUTH"),
+                protocol.wait_greeting(),
                 "waiting for the greeting from",
                 hint=""
                 if self.plan.implicit_tls
