@@ -77,7 +77,7 @@ class Printer:
     Falls back to ASCII marks when the stream cannot encode the Unicode ones.
     """
 
-    LABEL_WIDTH = 6
+    LABEL_WIDTH = 7
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream

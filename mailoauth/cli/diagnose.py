@@ -1,0 +1,481 @@
+"""Why a check failed: pure rules from (protocol, host, error, token claims, reply).
+
+:func:`situation_from_error` turns an exception into a :class:`Situation`;
+:func:`diagnose` returns the paragraphs that apply, most specific first;
+:func:`preflight` warns about a token before it is used. No I/O anywhere here, so that
+every rule has a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from mailoauth.cli.claims import claim_list
+from mailoauth.errors import (
+    AuthenticationError,
+    CommandError,
+    MailConnectionError,
+    MailTimeoutError,
+    PermanentTokenError,
+    TLSError,
+    TokenError,
+    TokenExpiredError,
+)
+
+__all__ = [
+    "APP_ONLY_ROLES",
+    "DELEGATED_SCOPES",
+    "GRAPH_AUDIENCES",
+    "OUTLOOK_AUDIENCES",
+    "Situation",
+    "diagnose",
+    "is_google",
+    "is_microsoft",
+    "preflight",
+    "situation_from_error",
+]
+
+#: Microsoft Graph: a token for it is useless for IMAP, POP and SMTP.
+GRAPH_AUDIENCES: Final = frozenset(
+    {"00000003-0000-0000-c000-000000000000", "https://graph.microsoft.com"}
+)
+#: Exchange Online: what a mail token's ``aud`` should be.
+OUTLOOK_AUDIENCES: Final = frozenset(
+    {
+        "https://outlook.office.com",
+        "https://outlook.office365.com",
+        "00000002-0000-0ff1-ce00-000000000000",
+    }
+)
+#: The delegated permission (``scp``) each protocol needs from Exchange Online.
+DELEGATED_SCOPES: Final = {
+    "smtp": "SMTP.Send",
+    "imap": "IMAP.AccessAsUser.All",
+    "pop3": "POP.AccessAsUser.All",
+}
+#: The application permission (``roles``) each protocol needs for app-only access.
+APP_ONLY_ROLES: Final = {
+    "smtp": "SMTP.SendAsApp",
+    "imap": "IMAP.AccessAsApp",
+    "pop3": "POP.AccessAsApp",
+}
+_MICROSOFT_HOSTS: Final = ("office365.com", "outlook.com", "office.com", "microsoftonline.com")
+_GOOGLE_HOSTS: Final = ("gmail.com", "googlemail.com", "google.com", "googleapis.com")
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything the rules look at. ``kind`` is ``auth``, ``token``, ``tls``,
+    ``timeout``, ``connection``, ``command`` or ``other``; ``protocol`` is ``smtp``,
+    ``imap``, ``pop3`` or ``token`` (no mail server involved)."""
+
+    protocol: str
+    host: str = ""
+    username: str = ""
+    claims: Mapping[str, Any] | None = None
+    token_url: str = ""
+    has_refresh_token: bool | None = None
+    security: str = "auto"
+    kind: str = "other"
+    message: str = ""
+    reply: str = ""
+    challenge_status: str | None = None
+    challenge_scope: str | None = None
+    oauth_error: str | None = None
+    oauth_description: str | None = None
+
+
+def situation_from_error(exc: BaseException, base: Situation) -> Situation:
+    """``base`` completed with what ``exc`` tells: its kind, message and replies."""
+    kind = "other"
+    fields: dict[str, Any] = {"message": str(exc)}
+    if isinstance(exc, AuthenticationError):
+        kind = "auth"
+        fields["reply"] = exc.server_reply
+        if exc.challenge is not None:
+            fields["challenge_status"] = exc.challenge.status
+            fields["challenge_scope"] = exc.challenge.scope
+    elif isinstance(exc, TokenError):
+        kind = "token"
+        if isinstance(exc, PermanentTokenError):
+            fields["oauth_error"] = exc.error
+            fields["oauth_description"] = exc.error_description
+        elif isinstance(exc, TokenExpiredError):
+            fields["oauth_error"] = "expired"
+    elif isinstance(exc, TLSError):
+        kind = "tls"
+    elif isinstance(exc, MailTimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, CommandError):
+        kind = "command"
+        fields["reply"] = exc.reply
+    elif isinstance(exc, (MailConnectionError, OSError)):
+        kind = "connection"
+    return replace(base, kind=kind, **fields)
+
+
+def _host_matches(host: str, suffixes: tuple[str, ...]) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == s or host.endswith("." + s) for s in suffixes)
+
+
+def _url_host(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return rest.split("/", 1)[0].split(":", 1)[0]
+
+
+def is_microsoft(s: Situation) -> bool:
+    """A Microsoft mail host, Microsoft token endpoint, or a Microsoft-issued token."""
+    issuer = str((s.claims or {}).get("iss", ""))
+    return (
+        _host_matches(s.host, _MICROSOFT_HOSTS)
+        or _host_matches(_url_host(s.token_url), _MICROSOFT_HOSTS)
+        or "sts.windows.net" in issuer
+        or "login.microsoftonline.com" in issuer
+    )
+
+
+def is_google(s: Situation) -> bool:
+    """A Gmail host or a Google token endpoint."""
+    return _host_matches(s.host, _GOOGLE_HOSTS) or _host_matches(
+        _url_host(s.token_url), _GOOGLE_HOSTS
+    )
+
+
+def _audiences(claims: Mapping[str, Any]) -> list[str]:
+    return [a.rstrip("/") for a in claim_list(claims, "aud")]
+
+
+def _is_app_only(claims: Mapping[str, Any]) -> bool:
+    return bool(claim_list(claims, "roles")) and not claim_list(claims, "scp")
+
+
+def _token_user(claims: Mapping[str, Any]) -> str | None:
+    for name in ("upn", "preferred_username", "unique_name", "email"):
+        value = claims.get(name)
+        if isinstance(value, str) and "@" in value:
+            return value
+    return None
+
+
+def _outlook_scope(protocol: str) -> str:
+    return f"https://outlook.office.com/{DELEGATED_SCOPES.get(protocol, 'IMAP.AccessAsUser.All')}"
+
+
+# -- token warnings, before anything is sent ----------------------------------------
+
+
+def preflight(protocol: str, username: str, claims: Mapping[str, Any] | None) -> list[str]:
+    """Warnings about a token's claims for ``protocol``: audience, scope or role,
+    and whose token it is. Empty for an opaque token (no claims)."""
+    if not claims:
+        return []
+    warnings = []
+    auds = _audiences(claims)
+    if any(a in GRAPH_AUDIENCES for a in auds):
+        warnings.append(
+            f"the token's audience is Microsoft Graph ({', '.join(auds)}), not Exchange "
+            f"Online: mail servers refuse it. Request {_outlook_scope(protocol)} "
+            f"(delegated) or https://outlook.office365.com/.default (app-only) instead of "
+            f"a Graph scope such as Mail.Send"
+        )
+    elif (
+        auds
+        and not any(a in OUTLOOK_AUDIENCES for a in auds)
+        and "sts.windows.net" in str(claims.get("iss", ""))
+    ):
+        warnings.append(
+            f"the token's audience ({', '.join(auds)}) is not Exchange Online "
+            f"(https://outlook.office.com); request {_outlook_scope(protocol)}"
+        )
+    if protocol in DELEGATED_SCOPES:
+        if _is_app_only(claims):
+            role = APP_ONLY_ROLES[protocol]
+            if role not in claim_list(claims, "roles"):
+                warnings.append(
+                    f"this app-only token (roles: {', '.join(claim_list(claims, 'roles'))}) "
+                    f"lacks the {role} application permission that {protocol.upper()} needs: "
+                    f"add it under Office 365 Exchange Online in the app registration and "
+                    f"grant admin consent"
+                )
+        elif "scp" in claims:
+            needed = DELEGATED_SCOPES[protocol]
+            if needed not in claim_list(claims, "scp"):
+                warnings.append(
+                    f"this delegated token (scp: {' '.join(claim_list(claims, 'scp'))}) "
+                    f"lacks {needed}, which {protocol.upper()} needs: request the scope "
+                    f"{_outlook_scope(protocol)} (plus offline_access)"
+                )
+    owner = _token_user(claims)
+    if owner and username and owner.lower() != username.lower():
+        warnings.append(
+            f"the token belongs to {owner}, not {username}: sign in as {username} or "
+            f"use --user {owner}"
+        )
+    return warnings
+
+
+# -- diagnosis after a failure ------------------------------------------------------
+
+Rule = Callable[[Situation], str | None]
+
+
+def _smtp_auth_disabled(s: Situation) -> str | None:
+    if "5.7.139" not in s.reply and "5.7.139" not in s.message:
+        return None
+    return (
+        "SMTP AUTH is disabled for the tenant or the mailbox (5.7.139). Enable "
+        "Authenticated SMTP for the mailbox (Microsoft 365 admin center > user > Mail > "
+        "Manage email apps, or Set-CASMailbox -Identity <mailbox> "
+        "-SmtpClientAuthenticationDisabled $false) or for the whole tenant "
+        "(Set-TransportConfig -SmtpClientAuthenticationDisabled $false); Security "
+        "Defaults also block it"
+    )
+
+
+def _graph_audience(s: Situation) -> str | None:
+    if s.kind != "auth" or not s.claims:
+        return None
+    auds = _audiences(s.claims)
+    if not any(a in GRAPH_AUDIENCES for a in auds):
+        return None
+    return (
+        f"the token was issued for Microsoft Graph (aud={', '.join(auds)}), and "
+        f"Exchange Online's {s.protocol.upper()} accepts only Outlook tokens. Request "
+        f"the scope {_outlook_scope(s.protocol)} (delegated, with offline_access) or "
+        f"https://outlook.office365.com/.default (app-only), not Graph's Mail.* scopes"
+    )
+
+
+def _missing_permission(s: Situation) -> str | None:
+    if s.kind != "auth" or not s.claims or s.protocol not in DELEGATED_SCOPES:
+        return None
+    if _is_app_only(s.claims):
+        role = APP_ONLY_ROLES[s.protocol]
+        if role in claim_list(s.claims, "roles"):
+            return None
+        return (
+            f"the app-only token has no {role} role. In the app registration add the "
+            f"application permission {role} (APIs my organization uses > Office 365 "
+            f"Exchange Online), grant admin consent, and get a new token"
+        )
+    if "scp" not in s.claims:
+        return None
+    needed = DELEGATED_SCOPES[s.protocol]
+    if needed in claim_list(s.claims, "scp"):
+        return None
+    return (
+        f"the delegated token lacks {needed} (scp: {' '.join(claim_list(s.claims, 'scp'))}). "
+        f"Sign in again requesting {_outlook_scope(s.protocol)} offline_access (and add "
+        f"the delegated permission {needed} to the app registration)"
+    )
+
+
+def _exchange_service_principal(s: Situation) -> str | None:
+    if s.kind != "auth" or not s.claims or not _is_app_only(s.claims) or not is_microsoft(s):
+        return None
+    app_id = str(s.claims.get("appid") or s.claims.get("azp") or "<application id>")
+    mailbox = s.username or "<mailbox>"
+    return (
+        f"Exchange Online refused an app-only token with the right role. Usually the "
+        f"application's service principal is not registered in Exchange or has no "
+        f"access to {mailbox}: in Exchange Online PowerShell run New-ServicePrincipal "
+        f"-AppId {app_id} -ObjectId <Enterprise application object id>, then "
+        f"Add-MailboxPermission -Identity {mailbox} -User <service principal id> "
+        f"-AccessRights FullAccess (wait a few minutes for it to apply)"
+    )
+
+
+def _google_testing_mode(s: Situation) -> str | None:
+    if s.kind != "token" or s.oauth_error != "invalid_grant" or not is_google(s):
+        return None
+    return (
+        "Google refused the refresh token (invalid_grant). If the OAuth consent "
+        'screen\'s publishing status is "Testing", Google expires refresh tokens after '
+        "7 days: publish the app (In production) and sign in again with mailoauth login "
+        "google. Other causes: the user revoked access or changed the password, or the "
+        "token was issued to another client id"
+    )
+
+
+def _microsoft_offline_access(s: Situation) -> str | None:
+    if s.kind != "token" or not is_microsoft(s):
+        return None
+    description = s.oauth_description or ""
+    if s.has_refresh_token is False or "AADSTS9002313" in description:
+        return (
+            "there is no refresh token for this Microsoft credential, so nothing can "
+            "renew the access token: request the offline_access scope at sign-in "
+            "(mailoauth login microsoft does) and store the refresh token it returns"
+        )
+    return None
+
+
+def _microsoft_grant_codes(s: Situation) -> str | None:
+    if s.kind != "token" or not is_microsoft(s):
+        return None
+    description = s.oauth_description or s.message
+    if "AADSTS65001" in description:
+        return (
+            "the user or an administrator has not consented to the app's permissions "
+            "(AADSTS65001): grant admin consent in the app registration, or sign in "
+            "interactively once (mailoauth login microsoft)"
+        )
+    if any(code in description for code in ("AADSTS700082", "AADSTS50173", "AADSTS700084")):
+        return (
+            "the Microsoft refresh token has expired or was invalidated (inactivity, a "
+            "password change or revoked sessions): sign in again with mailoauth login "
+            "microsoft. Microsoft rotates refresh tokens: always keep the newest one"
+        )
+    if "AADSTS7000215" in description or s.oauth_error == "invalid_client":
+        return (
+            "Microsoft refused the client credentials: check the client id and that the "
+            "client secret is the secret's Value (not its ID) and has not expired"
+        )
+    return None
+
+
+def _invalid_client(s: Situation) -> str | None:
+    if s.kind != "token" or s.oauth_error != "invalid_client":
+        return None
+    return (
+        "the token endpoint refused the client (invalid_client): check --client-id and "
+        "--client-secret against the app registration"
+    )
+
+
+def _certificate(s: Situation) -> str | None:
+    if s.kind != "tls" or "certificate" not in s.message.lower():
+        return None
+    return (
+        f"the certificate of {s.host or 'the server'} could not be verified against the "
+        f"system's trusted CAs. If the server uses a private or test CA, pass its "
+        f"certificate with --cafile PATH; check also that the host name matches the "
+        f"certificate"
+    )
+
+
+def _tls_mode(s: Situation) -> str | None:
+    if s.kind == "timeout" and "greeting" in s.message and s.security != "ssl":
+        return (
+            "the server sent no greeting: the port probably expects TLS from the first "
+            "byte (implicit TLS, e.g. 465/993/995). Try --security ssl"
+        )
+    lowered = s.message.lower()
+    if s.kind == "tls" and any(
+        hint in lowered for hint in ("wrong version number", "record layer", "unexpected eof")
+    ):
+        return (
+            "the TLS handshake failed in a way typical of a plain-text port: the port "
+            "probably expects STARTTLS (e.g. 587/143/110). Try --security starttls"
+        )
+    if s.kind == "tls" and "does not offer starttls" in lowered:
+        return (
+            "the server does not offer STARTTLS on this port: use its implicit-TLS port "
+            "(465/993/995) with --security ssl"
+        )
+    return None
+
+
+def _unreachable(s: Situation) -> str | None:
+    if s.kind not in ("connection", "timeout"):
+        return None
+    return (
+        f"could not talk to {s.host or 'the server'}: check the host name and --port, "
+        f"and that no firewall blocks outgoing connections to it (many networks block "
+        f"port 25 and some block 465/587)"
+    )
+
+
+def _wrong_user(s: Situation) -> str | None:
+    if s.kind != "auth" or not s.claims:
+        return None
+    owner = _token_user(s.claims)
+    if owner and s.username and owner.lower() != s.username.lower():
+        return f"the token belongs to {owner}, but the check logged in as {s.username}"
+    return None
+
+
+def _challenge_scope(s: Situation) -> str | None:
+    if s.kind != "auth" or not s.challenge_scope:
+        return None
+    return (
+        f"the server's error challenge asks for the scope {s.challenge_scope} "
+        f"(status {s.challenge_status or '?'}): make sure the token was requested with "
+        f"it, for {s.username or 'this user'}, and has not been revoked"
+    )
+
+
+def _generic_auth(s: Situation) -> str | None:
+    if s.kind != "auth":
+        return None
+    if is_google(s):
+        return (
+            "Gmail rejected the token: it must carry the scope https://mail.google.com/ "
+            "and belong to this address; for a Workspace account check that the admin "
+            "allows IMAP/POP and third-party apps"
+        )
+    if is_microsoft(s):
+        return (
+            f"Exchange Online rejected the token: check that it is an Outlook token "
+            f"({_outlook_scope(s.protocol)}), that it belongs to this mailbox, and that "
+            f"{s.protocol.upper()} is enabled for the mailbox (Set-CASMailbox)"
+        )
+    return (
+        "the server rejected the token even after a refresh: check that it belongs to "
+        "this user, that its scope is one the server accepts, and that the grant has "
+        "not been revoked"
+    )
+
+
+def _generic_token(s: Situation) -> str | None:
+    if s.kind != "token":
+        return None
+    if s.oauth_error == "expired":
+        return (
+            "the access token has expired and there is nothing to refresh it with: use "
+            "--store-key with a stored credential (mailoauth login) instead of --token"
+        )
+    if s.oauth_error == "invalid_grant":
+        return (
+            "the token endpoint refused the grant (invalid_grant): the refresh token "
+            "was revoked or has expired. Sign in again with mailoauth login"
+        )
+    return None
+
+
+#: In order: the first rules are the most specific. :func:`diagnose` returns all hits.
+RULES: Final[tuple[Rule, ...]] = (
+    _smtp_auth_disabled,
+    _graph_audience,
+    _missing_permission,
+    _google_testing_mode,
+    _microsoft_offline_access,
+    _microsoft_grant_codes,
+    _invalid_client,
+    _certificate,
+    _tls_mode,
+    _wrong_user,
+)
+#: Used only when no rule of :data:`RULES` matched.
+FALLBACKS: Final[tuple[Rule, ...]] = (
+    _exchange_service_principal,
+    _challenge_scope,
+    _generic_auth,
+    _generic_token,
+    _unreachable,
+)
+
+
+def diagnose(s: Situation) -> list[str]:
+    """The diagnoses that apply to ``s``, most specific first; empty when none does."""
+    found = [text for rule in RULES if (text := rule(s)) is not None]
+    if found:
+        return found
+    for rule in FALLBACKS:
+        text = rule(s)
+        if text is not None:
+            return [text]
+    return []

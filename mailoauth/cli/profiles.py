@@ -1,0 +1,169 @@
+"""Where the command keeps credentials: a :class:`~mailoauth.FileTokenStore` plus a
+profiles file beside it.
+
+The token store (default ``~/.config/mailoauth/tokens.json``, mode 0600) holds the
+tokens under a key, the profile name: ``google``, ``microsoft`` or ``oauth2`` unless
+``login --name`` says otherwise. The profiles file (``tokens.profiles.json`` next to
+it, also 0600) holds what is needed to refresh them: token URL, client id, client
+secret if any, scope and username. Library code can use the same store and key::
+
+    provider = OAuth2TokenProvider(token_url, RefreshTokenGrant(refresh_token),
+                                   client_id=..., store=FileTokenStore(path),
+                                   store_key="google")
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailoauth.errors import ConfigurationError
+from mailoauth.tokens.grants import RefreshTokenGrant
+from mailoauth.tokens.oauth2 import OAuth2TokenProvider
+from mailoauth.tokens.stores import FileTokenStore, StoredCredential
+
+__all__ = [
+    "DEFAULT_STORE",
+    "Profile",
+    "add_store_argument",
+    "load_profiles",
+    "profiles_path",
+    "provider_for",
+    "save_profile",
+]
+
+#: The token store used when ``--store`` is not given (``~`` is expanded).
+DEFAULT_STORE = "~/.config/mailoauth/tokens.json"
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="PATH",
+        default=os.environ.get("MAILOAUTH_STORE", DEFAULT_STORE),
+        help=f"token store file (default: $MAILOAUTH_STORE or {DEFAULT_STORE}); the "
+        "profiles file sits next to it",
+    )
+
+
+def store_path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def profiles_path(store: Path) -> Path:
+    """``tokens.json`` → ``tokens.profiles.json``, in the same directory."""
+    return store.with_name(f"{store.stem}.profiles.json")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to refresh the credential stored under ``key``. The repr hides the secret."""
+
+    key: str
+    kind: str
+    token_url: str
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    scope: str | None = None
+    username: str | None = None
+    authorization_url: str | None = None
+    device_authorization_url: str | None = None
+
+    @classmethod
+    def from_json(cls, key: str, data: dict[str, Any]) -> Profile:
+        def text(name: str) -> str | None:
+            value = data.get(name)
+            return value if isinstance(value, str) and value else None
+
+        token_url, client_id = text("token_url"), text("client_id")
+        if token_url is None or client_id is None:
+            raise ConfigurationError(f"profile {key!r} lacks token_url or client_id")
+        return cls(
+            key=key,
+            kind=text("kind") or "oauth2",
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=text("client_secret"),
+            scope=text("scope"),
+            username=text("username"),
+            authorization_url=text("authorization_url"),
+            device_authorization_url=text("device_authorization_url"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["key"]
+        return {k: v for k, v in data.items() if v is not None}
+
+
+def load_profiles(store: Path) -> dict[str, Profile]:
+    """Every profile next to ``store``; empty if there is no profiles file."""
+    path = profiles_path(store)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise ConfigurationError(f"{str(path)!r} is not valid JSON; fix or delete it") from exc
+    profiles = doc.get("profiles") if isinstance(doc, dict) else None
+    if not isinstance(profiles, dict):
+        raise ConfigurationError(f"{str(path)!r} is not a mailoauth profiles file")
+    return {
+        key: Profile.from_json(key, value)
+        for key, value in profiles.items()
+        if isinstance(value, dict)
+    }
+
+
+def save_profile(store: Path, profile: Profile) -> None:
+    """Add or replace ``profile``; the file is written atomically with mode 0600."""
+    path = profiles_path(store)
+    profiles = {key: p.to_json() for key, p in load_profiles(store).items()}
+    profiles[profile.key] = profile.to_json()
+    data = json.dumps({"version": 1, "profiles": profiles}, indent=2).encode()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+async def load_credential(store: Path, key: str) -> tuple[Profile, StoredCredential]:
+    """The profile and stored tokens named ``key``; ConfigurationError naming the keys
+    there are when it is missing."""
+    profiles = load_profiles(store)
+    credential = await FileTokenStore(store).load(key)
+    if key not in profiles or credential is None:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ConfigurationError(
+            f"no stored credential {key!r} in {str(store)!r} (stored: {known}); run "
+            f"mailoauth login first, or pass --store"
+        )
+    return profiles[key], credential
+
+
+def provider_for(profile: Profile, store: Path, refresh_token: str) -> OAuth2TokenProvider:
+    """A provider refreshing ``refresh_token`` that keeps the store up to date."""
+    return OAuth2TokenProvider(
+        profile.token_url,
+        RefreshTokenGrant(refresh_token),
+        client_id=profile.client_id,
+        client_secret=profile.client_secret,
+        scope=profile.scope,
+        store=FileTokenStore(store),
+        store_key=profile.key,
+    )
