@@ -104,7 +104,7 @@ class Poller:
         for name, value in (
             ("max_connections", max_connections),
             ("max_per_host", max_per_host),
-            ("max_per_account", max_per_account or 1),
+            ("max_per_account", 1 if max_per_account is None else max_per_account),
             ("fetch_batch", fetch_batch),
         ):
             if not isinstance(value, int) or value < 1:

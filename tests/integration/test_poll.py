@@ -349,3 +349,21 @@ async def test_cancellation_closes_every_connection(
     await asyncio.sleep(0)
     leftover = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     assert leftover == set()
+
+
+async def test_polling_without_idle_keeps_its_connection_when_uncontended(
+    mail_servers: MailServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = count_connections(monkeypatch)
+    boxes, _ = make_boxes(mail_servers, imap=1, pop3=0)
+    store = MemoryPollStateStore()
+    async with Poller(boxes, state_store=store, use_idle=False, interval=0.2) as poller:
+        await wait_for_baselines(store, boxes)
+        deliver(mail_servers, boxes[0].username, "poll one")
+        first = await collect(poller, 1)
+        deliver(mail_servers, boxes[0].username, "poll two")
+        second = await collect(poller, 1)
+    assert [e.message()["Subject"] for e in first + second] == ["poll one", "poll two"]
+    assert second[0].uid is not None and first[0].uid is not None
+    assert second[0].uid > first[0].uid
+    assert len(seen["clients"]) == 1  # one session, searched every 0.2 s
