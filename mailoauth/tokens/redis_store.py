@@ -1,0 +1,177 @@
+"""RedisTokenStore: one token store for a fleet of machines (``mailoauth[redis]``).
+
+Credentials are JSON values under ``{prefix}cred:{key}``. :meth:`RedisTokenStore.lock`
+is a distributed lock (redis-py's asyncio ``Lock``, a random token under
+``{prefix}lock:{key}`` set with ``NX`` and a lease), which the providers hold around
+"load the newest → refresh if still needed → save". So a fleet refreshes each
+credential once, and two workers never spend the same rotating refresh token at once
+(with Microsoft, the second use would invalidate the first).
+
+The lease is renewed while the lock is held, so a slow token endpoint does not let the
+lock lapse under a live holder; a worker that dies (even ``kill -9``) holding the lock
+stops renewing it, and the others get it at most one lease later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Final
+
+from mailoauth.errors import ConfigurationError, TransientTokenError
+from mailoauth.tokens.stores import StoredCredential
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["DEFAULT_LOCK_LEASE", "DEFAULT_LOCK_TIMEOUT", "RedisTokenStore"]
+
+log = logging.getLogger("mailoauth.tokens")
+
+DEFAULT_LOCK_LEASE: Final = 30.0
+"""Seconds a lock lives without renewal: how long a dead holder can block the others."""
+DEFAULT_LOCK_TIMEOUT: Final = 60.0
+"""Seconds to wait for a lock held by another worker before giving up."""
+_LOCK_POLL: Final = 0.05
+
+
+def _import_redis() -> Any:
+    try:
+        import redis.asyncio
+        import redis.exceptions
+    except ImportError as exc:
+        raise ConfigurationError(
+            "RedisTokenStore needs the redis package: pip install 'mailoauth[redis]'"
+        ) from exc
+    return redis
+
+
+@contextlib.contextmanager
+def _map_redis_errors(what: str) -> Iterator[None]:
+    redis = _import_redis()
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise TransientTokenError(
+            f"the Redis token store failed while {what}: {type(exc).__name__}: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise TransientTokenError(f"could not reach the Redis token store while {what}") from exc
+
+
+class RedisTokenStore:
+    """A :class:`~mailoauth.tokens.stores.LockingTokenStore` in Redis.
+
+    ``redis`` is a URL (``redis://host:6379/0``; the store then owns the client and
+    :meth:`aclose` closes it) or a ``redis.asyncio.Redis`` client to share. Keys begin
+    with ``prefix``. ``lock_lease`` bounds how long a dead lock holder blocks the fleet;
+    ``lock_timeout`` how long :meth:`lock` waits. Raises
+    :class:`~mailoauth.errors.ConfigurationError` when redis-py is not installed, and
+    :class:`~mailoauth.errors.TransientTokenError` when Redis cannot be reached or a
+    lock is not granted in time. Stored values hold secrets: protect the Redis server
+    (``requirepass``/ACLs, TLS with ``rediss://``).
+    """
+
+    def __init__(
+        self,
+        redis: str | Redis,
+        *,
+        prefix: str = "mailoauth:",
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        module = _import_redis()
+        if not lock_lease > 0 or not lock_timeout >= 0:
+            raise ConfigurationError("lock_lease must be > 0 and lock_timeout >= 0 seconds")
+        if isinstance(redis, str):
+            self._redis: Redis = module.asyncio.Redis.from_url(redis)
+            self._owns = True
+        else:
+            self._redis = redis
+            self._owns = False
+        self.prefix = prefix
+        self.lock_lease = lock_lease
+        self.lock_timeout = lock_timeout
+
+    def _cred_key(self, key: str) -> str:
+        return f"{self.prefix}cred:{key}"
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}lock:{key}"
+
+    async def load(self, key: str) -> StoredCredential | None:
+        with _map_redis_errors("loading a credential"):
+            raw = await self._redis.get(self._cred_key(key))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            log.warning("ignoring a malformed credential in Redis for %s", key)
+            return None
+        return StoredCredential.from_json(data) if isinstance(data, dict) else None
+
+    async def save(self, key: str, credential: StoredCredential) -> None:
+        data = json.dumps(credential.to_json())
+        with _map_redis_errors("saving a credential"):
+            await self._redis.set(self._cred_key(key), data)
+
+    async def delete(self, key: str) -> None:
+        with _map_redis_errors("deleting a credential"):
+            await self._redis.delete(self._cred_key(key))
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold the fleet-wide lock for ``key`` (renewed while held)."""
+        return self._lock(key)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        from redis.asyncio.lock import Lock
+
+        lock = Lock(
+            self._redis,
+            self._lock_key(key),
+            timeout=self.lock_lease,
+            sleep=_LOCK_POLL,
+            blocking_timeout=self.lock_timeout,
+            thread_local=False,
+        )
+        with _map_redis_errors("taking the lock"):
+            acquired = await lock.acquire()
+        if not acquired:
+            raise TransientTokenError(
+                f"another worker held the Redis token lock for {key} over {self.lock_timeout:g} s"
+            )
+        renewer = asyncio.get_running_loop().create_task(self._renew(lock, key))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            try:
+                with _map_redis_errors("releasing the lock"):
+                    await lock.release()
+            except TransientTokenError as exc:
+                # The lease ran out (or Redis went away): the key frees itself.
+                log.warning("could not release the Redis token lock for %s: %s", key, exc)
+
+    async def _renew(self, lock: Any, key: str) -> None:
+        while True:
+            await asyncio.sleep(self.lock_lease / 3)
+            try:
+                await lock.reacquire()
+            except Exception as exc:  # the holder carries on; the lease may lapse
+                log.warning("could not renew the Redis token lock for %s: %r", key, exc)
+
+    async def aclose(self) -> None:
+        """Close the Redis client if this store created it."""
+        if self._owns:
+            await self._redis.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisTokenStore(prefix={self.prefix!r})"

@@ -1,0 +1,256 @@
+"""RedisTokenStore against a real redis-server started by the tests.
+
+A fleet of 4 processes x 250 concurrent callers shares one expired credential on a
+server that rotates refresh tokens: exactly one token request. A worker killed with
+SIGKILL while holding the lock blocks the others no longer than the lock's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from mailoauth.errors import TransientTokenError
+from mailoauth.testing._process import free_ports
+from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
+from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant, StoredCredential
+from mailoauth.tokens.redis_store import RedisTokenStore
+from tests.integration.conftest import skip_or_fail
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.realserver]
+
+ROOT = str(Path(__file__).resolve().parents[2])
+PROCESSES = 4
+CALLERS = 250
+SECRET = "cs-redis-fleet-secret"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        skip_or_fail("redis-server is not installed (apt-get install redis-server)")
+    (port,) = free_ports(1)
+    workdir = tempfile.mkdtemp(prefix="mo-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisTokenStore]:
+    prefix = f"t{os.urandom(4).hex()}:"
+    store = RedisTokenStore(redis_url, prefix=prefix, lock_lease=2.0, lock_timeout=20.0)
+    yield store
+    await store.aclose()
+
+
+def provider(server: FakeOAuthServer, rt: str, store: RedisTokenStore) -> OAuth2TokenProvider:
+    return OAuth2TokenProvider(
+        server.token_url,
+        RefreshTokenGrant(rt),
+        client_id="cid",
+        client_secret=SECRET,
+        store=store,
+        store_key="fleet-key",
+    )
+
+
+async def test_round_trip_and_delete(store: RedisTokenStore) -> None:
+    cred = StoredCredential(refresh_token="rt-1", access_token="at-1", scope="mail")
+    assert await store.load("k") is None
+    await store.save("k", cred)
+    assert await store.load("k") == cred
+    await store.delete("k")
+    assert await store.load("k") is None
+    assert "rt-1" not in repr(store) and "at-1" not in repr(cred)
+
+
+async def test_lock_excludes_a_second_holder(store: RedisTokenStore) -> None:
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with store.lock("k"):
+            order.append(f"{name} in")
+            await asyncio.sleep(0.2)
+            order.append(f"{name} out")
+
+    await asyncio.wait_for(asyncio.gather(hold("a"), hold("b")), 10)
+    assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+async def test_lease_is_renewed_while_held(store: RedisTokenStore) -> None:
+    async with store.lock("k"):
+        await asyncio.sleep(store.lock_lease * 1.6)  # longer than one lease
+        other = RedisTokenStore(store._redis, prefix=store.prefix, lock_timeout=0.3)
+        with pytest.raises(TransientTokenError, match="held the Redis token lock"):
+            async with other.lock("k"):
+                pass
+
+
+async def test_unreachable_redis_is_transient() -> None:
+    (port,) = free_ports(1)
+    store = RedisTokenStore(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(TransientTokenError):
+        await asyncio.wait_for(store.load("k"), 10)
+    await store.aclose()
+
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant
+    from mailoauth.tokens.redis_store import RedisTokenStore
+
+    async def main():
+        url, redis_url, prefix, rt, callers = sys.argv[1:6]
+        store = RedisTokenStore(redis_url, prefix=prefix, lock_lease=5.0, lock_timeout=30.0)
+        provider = OAuth2TokenProvider(
+            url, RefreshTokenGrant(rt), client_id="cid", client_secret=sys.argv[6],
+            store=store, store_key="fleet-key",
+        )
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        tokens = await asyncio.gather(
+            *[provider.get_access_token() for _ in range(int(callers))]
+        )
+        print(" ".join(sorted({t.value for t in tokens})), flush=True)
+        await provider.aclose()
+        await store.aclose()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WORKER if args[0] == "worker" else HOLDER,
+        *args[1:],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+
+
+async def test_fleet_of_4x250_refreshes_an_expired_token_once(store: RedisTokenStore) -> None:
+    with FakeOAuthServer(rotate_refresh_tokens=True) as server:
+        server.add_client("cid", SECRET)
+        rt0 = server.issue_refresh_token("fleet@example.test")
+        expired = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+        await store.save(
+            "fleet-key",
+            StoredCredential(
+                refresh_token=rt0, access_token="at-old", expires_at=expired, issued_at=expired
+            ),
+        )
+        # Slow the one refresh so that every worker is waiting on the lock meanwhile.
+        server.script(ScriptedResponse(status=0, delay=0.5))
+        redis_url = f"redis://127.0.0.1:{store._redis.connection_pool.connection_kwargs['port']}/0"
+        workers = [
+            await spawn(
+                "worker", server.token_url, redis_url, store.prefix, rt0, str(CALLERS), SECRET
+            )
+            for _ in range(PROCESSES)
+        ]
+        for worker in workers:
+            assert worker.stdout is not None
+            line = await asyncio.wait_for(worker.stdout.readline(), 30)
+            assert line.strip() == b"ready"
+        for worker in workers:  # all at once
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+        outputs = [await asyncio.wait_for(w.communicate(), 60) for w in workers]
+        for worker, (_, err) in zip(workers, outputs, strict=True):
+            assert worker.returncode == 0, err.decode()[-2000:]
+        values = {out.decode().strip() for out, _ in outputs}
+        assert server.stats.token_requests == 1
+        assert len(values) == 1 and " " not in next(iter(values))
+        assert server.is_active(values.pop())
+        stored = await store.load("fleet-key")
+        assert stored is not None and stored.refresh_token not in (None, rt0)
+
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from mailoauth.tokens.redis_store import RedisTokenStore
+
+    async def main():
+        redis_url, prefix, lease = sys.argv[1:4]
+        store = RedisTokenStore(redis_url, prefix=prefix, lock_lease=float(lease))
+        async with store.lock("fleet-key"):
+            print("locked", flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_worker_killed_holding_the_lock_blocks_others_only_for_the_lease(
+    store: RedisTokenStore,
+) -> None:
+    lease = store.lock_lease
+    with FakeOAuthServer(rotate_refresh_tokens=True) as server:
+        server.add_client("cid", SECRET)
+        rt0 = server.issue_refresh_token("killed@example.test")
+        redis_url = f"redis://127.0.0.1:{store._redis.connection_pool.connection_kwargs['port']}/0"
+        holder = await spawn("holder", redis_url, store.prefix, str(lease))
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 30)).strip() == b"locked"
+        await asyncio.sleep(lease)  # the holder renews: it keeps the lock past one lease
+        locked_until = await store._redis.pttl(store._lock_key("fleet-key"))
+        assert locked_until > 0
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+        killed_at = time.monotonic()
+        async with provider(server, rt0, store) as survivor:
+            token = await asyncio.wait_for(survivor.get_access_token(), lease * 5)
+        waited = time.monotonic() - killed_at
+        assert server.is_active(token.value)
+        assert waited <= lease + 1.0, waited
+        assert server.stats.token_requests == 1
