@@ -17,7 +17,7 @@ from typing import Any
 
 from mailoauth.cli import diagnose
 from mailoauth.cli.claims import claim_list, decode_jwt
-from mailoauth.cli.output import Printer, Timer, redact, relative_time
+from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
 from mailoauth.cli.probe import probe
 from mailoauth.cli.profiles import add_store_argument, load_credential, provider_for, store_path
 from mailoauth.errors import (
@@ -290,9 +290,4 @@ def _report_failure(out: Printer, step: str, exc: BaseException, s: diagnose.Sit
             out.detail(f"server reply: {exc.server_reply}")
         if exc.challenge is not None:
             out.detail(f"error challenge: {exc.challenge.describe()}")
-    paragraphs = diagnose.diagnose(s)
-    if paragraphs:
-        out.line()
-        out.line("Diagnosis:")
-        for text in paragraphs:
-            out.line(f"  - {text}")
+    print_diagnosis(out, diagnose.diagnose(s))

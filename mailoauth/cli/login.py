@@ -1,7 +1,485 @@
+"""``mailoauth login google|microsoft|oauth2``: get a refresh token interactively.
+
+The authorization-code flow with PKCE (S256) on a loopback redirect: a one-shot HTTP
+server (the standard library's :mod:`http.server`, in a thread) listens on
+``127.0.0.1`` on a free port, the user signs in in a browser, the browser is sent
+back to ``http://127.0.0.1:PORT/`` with the code, and the code is exchanged at the
+token URL. Or, for headless machines, the device-code flow (RFC 8628). Either way the
+tokens are saved in the token store (see :mod:`mailoauth.cli.profiles`).
+"""
+
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import hashlib
+import secrets
+import threading
+import urllib.parse
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from mailoauth.cli.claims import decode_jwt
+from mailoauth.cli.output import Printer, Timer, redact, relative_time
+from mailoauth.cli.profiles import Profile, add_store_argument, save_profile, store_path
+from mailoauth.errors import ConfigurationError, MailTimeoutError, PermanentTokenError
+from mailoauth.tokens.access_token import AccessToken, utcnow
+from mailoauth.tokens.endpoint import TokenEndpoint
+from mailoauth.tokens.grants import DeviceCodeGrant
+from mailoauth.tokens.microsoft import microsoft_endpoint
+from mailoauth.tokens.oauth2 import OAuth2TokenProvider
+from mailoauth.tokens.responses import DeviceAuthorization
+from mailoauth.tokens.scopes import (
+    GOOGLE_MAIL_SCOPE,
+    GOOGLE_TOKEN_URL,
+    MS_AUTHORITY,
+    MS_DELEGATED_SCOPES,
+    MS_OFFLINE_ACCESS,
+)
+from mailoauth.tokens.stores import FileTokenStore, StoredCredential
+
+__all__ = ["LoopbackRedirect", "add_parser", "authorization_code_flow", "run"]
+
+GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+#: Seconds to wait for the browser to come back (or the device code to be entered).
+DEFAULT_LOGIN_TIMEOUT = 300.0
+_PAGE = (
+    b"<!doctype html><meta charset=utf-8><title>mailoauth</title>"
+    b"<p>%s You can close this tab and return to the terminal.</p>"
+)
+
+#: Opens the authorization URL; tests replace it with a scripted browser.
+open_browser: Callable[[str], object] = webbrowser.open
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    subparsers.add_parser("login")
+    parser = subparsers.add_parser(
+        "login",
+        help="sign in interactively and save a refresh token",
+        description=(
+            "Sign in with the authorization-code flow and PKCE (a browser and a loopback "
+            "redirect to 127.0.0.1) or the device-code flow (--device, for headless "
+            "machines), and save the tokens in the token store under --name."
+        ),
+    )
+    providers = parser.add_subparsers(title="providers", metavar="PROVIDER", required=True)
+
+    google = providers.add_parser(
+        "google",
+        help="Gmail (scope https://mail.google.com/)",
+        description="Sign in to Google for Gmail's IMAP, POP3 and SMTP (needs a Desktop "
+        "app OAuth client: its client id and secret).",
+    )
+    _common(google, "google", secret_required=True)
+    google.set_defaults(
+        handler=run,
+        provider="google",
+        default_authorization_url=GOOGLE_AUTHORIZATION_URL,
+        default_token_url=GOOGLE_TOKEN_URL,
+        default_scope=GOOGLE_MAIL_SCOPE,
+        extra_params={"access_type": "offline", "prompt": "consent"},
+        device=False,
+        device_authorization_url=None,
+    )
+
+    microsoft = providers.add_parser(
+        "microsoft",
+        help="Microsoft 365 / Outlook (IMAP, POP, SMTP delegated + offline_access)",
+        description="Sign in to the Microsoft identity platform for Exchange Online's "
+        "IMAP, POP3 and SMTP (an app registration with 'Mobile and desktop' redirect "
+        "http://localhost, or public client flows on for --device).",
+    )
+    _common(microsoft, "microsoft", secret_required=False)
+    microsoft.add_argument(
+        "--tenant", default="organizations", help="tenant id or domain (default: organizations)"
+    )
+    microsoft.add_argument(
+        "--authority", default=MS_AUTHORITY, help=f"identity platform (default: {MS_AUTHORITY})"
+    )
+    _device_arguments(microsoft)
+    microsoft.set_defaults(
+        handler=run,
+        provider="microsoft",
+        default_scope=" ".join((*MS_DELEGATED_SCOPES, MS_OFFLINE_ACCESS)),
+        extra_params={"prompt": "select_account"},
+    )
+
+    generic = providers.add_parser(
+        "oauth2",
+        help="any OAuth 2.0 server (endpoints and scope given explicitly)",
+        description="Sign in to any OAuth 2.0 authorization server.",
+    )
+    _common(generic, "oauth2", secret_required=False, scope_required=True)
+    _device_arguments(generic)
+    generic.set_defaults(handler=run, provider="oauth2", extra_params={})
+
+
+def _common(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    secret_required: bool,
+    scope_required: bool = False,
+) -> None:
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument(
+        "--client-secret",
+        required=secret_required,
+        help="the OAuth client's secret (stored in the profiles file, mode 0600)",
+    )
+    parser.add_argument(
+        "--scope",
+        required=scope_required,
+        help="space-separated scopes" + ("" if scope_required else " (default: the mail scopes)"),
+    )
+    parser.add_argument("--authorization-url", help="override the authorization endpoint")
+    parser.add_argument("--token-url", help="override the token endpoint")
+    parser.add_argument(
+        "--name", default=name, help=f"key to save the credential under (default: {name})"
+    )
+    parser.add_argument("--username", help="the mailbox address, remembered for 'check'")
+    parser.add_argument(
+        "--no-browser", action="store_true", help="print the URL only; do not open a browser"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_LOGIN_TIMEOUT,
+        help=f"seconds to wait for the sign-in (default: {DEFAULT_LOGIN_TIMEOUT:g})",
+    )
+    add_store_argument(parser)
+
+
+def _device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", action="store_true", help="device-code flow (no browser on this machine)"
+    )
+    parser.add_argument("--device-authorization-url", help="override the device endpoint")
+
+
+@dataclass(frozen=True)
+class _Endpoints:
+    authorization_url: str | None
+    token_url: str
+    device_authorization_url: str | None
+    scope: str
+
+
+def _endpoints(args: argparse.Namespace) -> _Endpoints:
+    scope = args.scope or getattr(args, "default_scope", None)
+    if not scope:
+        raise ConfigurationError("give --scope")
+    if args.provider == "microsoft":
+        return _Endpoints(
+            args.authorization_url or microsoft_endpoint(args.authority, args.tenant, "authorize"),
+            args.token_url or microsoft_endpoint(args.authority, args.tenant, "token"),
+            args.device_authorization_url
+            or microsoft_endpoint(args.authority, args.tenant, "devicecode"),
+            scope,
+        )
+    authorization_url = args.authorization_url or getattr(args, "default_authorization_url", None)
+    token_url = args.token_url or getattr(args, "default_token_url", None)
+    if not token_url:
+        raise ConfigurationError("give --token-url")
+    if args.device and not args.device_authorization_url:
+        raise ConfigurationError("--device needs --device-authorization-url")
+    if not args.device and not authorization_url:
+        raise ConfigurationError("give --authorization-url (or --device)")
+    return _Endpoints(authorization_url, token_url, args.device_authorization_url, scope)
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(login(args, Printer()))
+
+
+async def login(args: argparse.Namespace, out: Printer) -> int:
+    """Sign in, save the tokens and the profile; the exit status."""
+    endpoints = _endpoints(args)
+    store = store_path(args.store)
+    timer = Timer()
+    if args.device:
+        token = await device_code_flow(
+            token_url=endpoints.token_url,
+            device_authorization_url=endpoints.device_authorization_url or "",
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            scope=endpoints.scope,
+            out=out,
+            timeout=args.timeout,
+        )
+    else:
+        token = await authorization_code_flow(
+            authorization_url=endpoints.authorization_url or "",
+            token_url=endpoints.token_url,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            scope=endpoints.scope,
+            extra_params=args.extra_params,
+            out=out,
+            timeout=args.timeout,
+            browser=None if args.no_browser else open_browser,
+        )
+    expiry = (
+        relative_time((token.expires_at - utcnow()).total_seconds())
+        if token.expires_at
+        else "at an unknown time"
+    )
+    out.ok("TOKEN", f"access token {redact(token.value)} (expires {expiry})", timer)
+    if not token.refresh_token:
+        out.warn(
+            "the server sent no refresh token: the credential stops working when this "
+            "access token expires"
+            + (" (request offline_access)" if args.provider == "microsoft" else "")
+        )
+    username = args.username or _username_from(token)
+    await FileTokenStore(store).save(args.name, StoredCredential.from_token(token))
+    save_profile(
+        store,
+        Profile(
+            key=args.name,
+            kind=args.provider,
+            token_url=endpoints.token_url,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            scope=endpoints.scope,
+            username=username,
+            authorization_url=endpoints.authorization_url,
+            device_authorization_url=endpoints.device_authorization_url if args.device else None,
+        ),
+    )
+    out.ok(
+        "SAVED",
+        f"refresh token {redact(token.refresh_token)} as {args.name!r} in {store} (mode 0600)",
+    )
+    user_flag = "" if username else " --user YOU@EXAMPLE.COM"
+    out.detail(f"next: mailoauth check imap HOST --store-key {args.name}{user_flag}")
+    return 0
+
+
+def _username_from(token: AccessToken) -> str | None:
+    decoded = decode_jwt(token.value)
+    if decoded is None:
+        return None
+    for name in ("upn", "preferred_username", "email", "unique_name"):
+        value = decoded.claims.get(name)
+        if isinstance(value, str) and "@" in value:
+            return value
+    return None
+
+
+# -- the authorization-code flow -------------------------------------------------------
+
+
+@dataclass
+class RedirectResult:
+    """What came back to the redirect URI (the code is a secret: never printed)."""
+
+    code: str | None = None
+    state: str | None = None
+    error: str | None = None
+    error_description: str | None = None
+
+
+class LoopbackRedirect:
+    """A one-shot HTTP server on ``127.0.0.1:0`` receiving the authorization redirect.
+
+    Use as a context manager; :attr:`redirect_uri` is ``http://127.0.0.1:PORT/``;
+    :meth:`wait` returns the first request carrying ``code`` or ``error``. Other
+    requests (a browser's favicon) get 404 and are otherwise ignored. Enter it from a
+    coroutine (its loop is woken when the redirect arrives).
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.result: RedirectResult | None = None
+        self._done = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the query string holds the authorization code
+
+            def do_GET(self) -> None:
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                if owner._done.is_set() or not ({"code", "error"} & query.keys()):
+                    self.send_error(404)
+                    return
+                owner.result = RedirectResult(
+                    code=query.get("code"),
+                    state=query.get("state"),
+                    error=query.get("error"),
+                    error_description=query.get("error_description"),
+                )
+                message = b"Signed in." if owner.result.error is None else b"Sign-in failed."
+                body = _PAGE % message
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+                owner._done.set()
+                owner._loop.call_soon_threadsafe(owner._arrived.set)
+
+        self._server = HTTPServer((host, 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="mailoauth-login-redirect",
+            daemon=True,
+        )
+
+    @property
+    def redirect_uri(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def __enter__(self) -> LoopbackRedirect:
+        # Entered from a coroutine: the handler thread wakes it through its loop.
+        self._loop = asyncio.get_running_loop()
+        self._arrived = asyncio.Event()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    async def wait(self, timeout: float) -> RedirectResult:
+        """The redirect's parameters; MailTimeoutError after ``timeout`` seconds."""
+        try:
+            with anyio.fail_after(timeout):
+                await self._arrived.wait()
+        except TimeoutError:
+            raise MailTimeoutError(
+                f"no sign-in came back to {self.redirect_uri} within {timeout:g} s; run "
+                "login again (--timeout to wait longer)"
+            ) from None
+        assert self.result is not None
+        return self.result
+
+
+def _pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(64)  # 86 characters, within RFC 7636's 43..128
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+async def authorization_code_flow(
+    *,
+    authorization_url: str,
+    token_url: str,
+    client_id: str,
+    client_secret: str | None,
+    scope: str,
+    extra_params: dict[str, str],
+    out: Printer,
+    timeout: float,
+    browser: Callable[[str], object] | None,
+) -> AccessToken:
+    """Run the authorization-code flow with PKCE on a loopback redirect; the token.
+
+    Raises :class:`MailTimeoutError` when the browser does not come back in time,
+    :class:`PermanentTokenError` when the server reports an error, the state does not
+    match, or the code is refused.
+    """
+    verifier, challenge = _pkce_pair()
+    state = secrets.token_urlsafe(16)
+    with LoopbackRedirect() as redirect:
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect.redirect_uri,
+            "scope": scope,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            **extra_params,
+        }
+        sep = "&" if "?" in authorization_url else "?"
+        url = authorization_url + sep + urllib.parse.urlencode(params)
+        out.line("Open this URL in a browser and sign in:")
+        out.line(f"  {url}")
+        if browser is not None:
+            try:
+                browser(url)
+            except Exception as exc:  # a missing browser must not end the login
+                out.warn(f"could not open a browser ({type(exc).__name__}); open the URL")
+        with out.waiting(f"waiting for the sign-in to come back to {redirect.redirect_uri}"):
+            result = await redirect.wait(timeout)
+    if result.state != state:
+        raise PermanentTokenError(
+            "the redirect's state does not match this login (a stale or forged redirect); "
+            "run login again"
+        )
+    if result.error is not None or not result.code:
+        raise PermanentTokenError(
+            f"the authorization server refused the sign-in: {result.error or 'no code'}"
+            + (f" ({result.error_description})" if result.error_description else ""),
+            error=result.error,
+            error_description=result.error_description,
+        )
+    endpoint = TokenEndpoint(token_url, client_id=client_id, client_secret=client_secret)
+    try:
+        return await endpoint.request_token(
+            {
+                "grant_type": "authorization_code",
+                "code": result.code,
+                "redirect_uri": redirect.redirect_uri,
+                "code_verifier": verifier,
+            },
+            grant="authorization_code",
+        )
+    finally:
+        await endpoint.aclose()
+
+
+# -- the device-code flow --------------------------------------------------------------
+
+
+async def device_code_flow(
+    *,
+    token_url: str,
+    device_authorization_url: str,
+    client_id: str,
+    client_secret: str | None,
+    scope: str,
+    out: Printer,
+    timeout: float,
+) -> AccessToken:
+    """Run the device-code flow (RFC 8628) through :class:`DeviceCodeGrant`."""
+
+    def prompt(auth: DeviceAuthorization) -> None:
+        out.line(auth.message)
+        out.detail(f"code {auth.user_code}, valid {relative_time(auth.expires_in)}")
+
+    provider = OAuth2TokenProvider(
+        token_url,
+        DeviceCodeGrant(device_authorization_url, on_prompt=prompt),
+        client_id=client_id,
+        client_secret=client_secret,
+        scope=scope,
+    )
+    try:
+        with out.waiting("waiting for the code to be entered"):
+            try:
+                with anyio.fail_after(timeout):
+                    return await provider.get_access_token()
+            except TimeoutError:
+                raise MailTimeoutError(
+                    f"nobody entered the code within {timeout:g} s; run login again"
+                ) from None
+    finally:
+        await provider.aclose()

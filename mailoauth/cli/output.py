@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
-__all__ = ["REDACT_KEEP", "Printer", "Timer", "redact", "relative_time"]
+__all__ = ["REDACT_KEEP", "Printer", "Timer", "print_diagnosis", "redact", "relative_time"]
 
 #: Characters of a token shown before the ellipsis.
 REDACT_KEEP = 6
@@ -121,3 +121,13 @@ class Printer:
         """Say what long work is under way (``… text``) before it starts."""
         self.line(f"… {text}" if _can_encode(self.stream, "…") else f"... {text}")
         yield
+
+
+def print_diagnosis(out: Printer, paragraphs: list[str]) -> None:
+    """The ``Diagnosis:`` block after a failed step (nothing when no rule applied)."""
+    if not paragraphs:
+        return
+    out.line()
+    out.line("Diagnosis:")
+    for text in paragraphs:
+        out.line(f"  - {text}")

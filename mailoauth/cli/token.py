@@ -1,7 +1,231 @@
+"""``mailoauth token show|refresh``: what the token store holds, and refresh now.
+
+``show`` prints each credential with every secret redacted (six characters and an
+ellipsis): token URL, client id, user, scopes, expiry, and for a JWT access token its
+header and claims, decoded without verification (the signature is never shown).
+``refresh`` refreshes through the provider machinery and saves the rotated refresh
+token.
+"""
+
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from mailoauth.cli import diagnose
+from mailoauth.cli.claims import decode_jwt
+from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
+from mailoauth.cli.profiles import (
+    Profile,
+    add_store_argument,
+    load_credential,
+    load_profiles,
+    store_path,
+)
+from mailoauth.errors import ConfigurationError, MailOAuthError
+from mailoauth.tokens.access_token import utcnow
+from mailoauth.tokens.grants import RefreshTokenGrant
+from mailoauth.tokens.oauth2 import OAuth2TokenProvider
+from mailoauth.tokens.stores import FileTokenStore, StoredCredential
+
+__all__ = ["add_parser", "run_refresh", "run_show"]
+
+#: Claims printed first, in this order; the others follow.
+_CLAIM_ORDER = (
+    "aud", "scp", "scope", "roles", "upn", "preferred_username", "email", "sub", "tid",
+    "appid", "azp", "iss", "exp", "iat", "nbf",
+)  # fmt: skip
+_TIME_CLAIMS = frozenset({"exp", "iat", "nbf", "auth_time"})
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    subparsers.add_parser("token")
+    parser = subparsers.add_parser(
+        "token",
+        help="show the stored tokens (redacted) or refresh them now",
+        description="Inspect or refresh the credentials in the token store.",
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="what is stored: expiry, scopes, JWT claims; secrets redacted",
+        description="Print each stored credential (or only KEY) with secrets redacted; "
+        "a JWT access token's header and claims are decoded without verification.",
+    )
+    show.add_argument("key", nargs="?", help="only this credential")
+    add_store_argument(show)
+    show.set_defaults(handler=run_show)
+    refresh = actions.add_parser(
+        "refresh",
+        help="refresh a stored credential now and save the rotated refresh token",
+        description="Use the stored refresh token now; save the new access token and "
+        "the new refresh token if the server rotated it.",
+    )
+    refresh.add_argument("key", nargs="?", help="the credential (default: the only one)")
+    add_store_argument(refresh)
+    refresh.set_defaults(handler=run_refresh)
+
+
+def _stored_keys(store: Path) -> list[str]:
+    try:
+        doc = json.loads(store.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except ValueError as exc:
+        raise ConfigurationError(f"{str(store)!r} is not valid JSON; fix or delete it") from exc
+    creds = doc.get("credentials") if isinstance(doc, dict) else None
+    return sorted(creds) if isinstance(creds, dict) else []
+
+
+def run_show(args: argparse.Namespace) -> int:
+    return asyncio.run(show(store_path(args.store), args.key, Printer()))
+
+
+def run_refresh(args: argparse.Namespace) -> int:
+    return asyncio.run(refresh(store_path(args.store), args.key, Printer()))
+
+
+async def show(store: Path, only: str | None, out: Printer) -> int:
+    """Print the credentials in ``store`` (or only ``only``), secrets redacted."""
+    keys = await anyio.to_thread.run_sync(_stored_keys, store)
+    profiles = load_profiles(store)
+    if only is not None:
+        if only not in keys:
+            raise ConfigurationError(
+                f"no credential {only!r} in {str(store)!r} (stored: {', '.join(keys) or 'none'})"
+            )
+        keys = [only]
+    if not keys:
+        out.line(
+            f"no credentials in {store}; sign in with: mailoauth login google|microsoft|oauth2"
+        )
+        return 0
+    out.line(f"token store {store}")
+    file_store = FileTokenStore(store)
+    for key in keys:
+        credential = await file_store.load(key)
+        if credential is not None:
+            _show_one(out, key, profiles.get(key), credential)
+    return 0
+
+
+def _field(out: Printer, name: str, value: object) -> None:
+    out.line(f"  {name:<15} {value}")
+
+
+def _when(moment: dt.datetime | None) -> str:
+    if moment is None:
+        return "unknown"
+    relative = relative_time((moment - utcnow()).total_seconds())
+    return f"{moment.isoformat(timespec='seconds')} ({relative})"
+
+
+def _show_one(
+    out: Printer, key: str, profile: Profile | None, credential: StoredCredential
+) -> None:
+    out.line()
+    out.line(key)
+    if profile is not None:
+        _field(out, "provider", profile.kind)
+        _field(out, "token URL", profile.token_url)
+        _field(out, "client id", profile.client_id)
+        _field(out, "client secret", "stored (not shown)" if profile.client_secret else "none")
+        _field(out, "user", profile.username or "unknown")
+    else:
+        _field(out, "profile", "none (saved by a library provider, not by login)")
+    _field(out, "refresh token", redact(credential.refresh_token))
+    _field(out, "access token", redact(credential.access_token))
+    state = ""
+    if credential.expires_at is not None:
+        state = " (expired)" if credential.expires_at <= utcnow() else ""
+    _field(out, "expires", _when(credential.expires_at) + state)
+    _field(out, "scopes", credential.scope or (profile.scope if profile else None) or "unknown")
+    decoded = decode_jwt(credential.access_token or "")
+    if decoded is None:
+        if credential.access_token:
+            _field(out, "format", "opaque (not a JWT)")
+        return
+    header = ", ".join(f"{k}={v}" for k, v in decoded.header.items())
+    _field(out, "JWT header", header)
+    out.line("  JWT claims (unverified; signature not shown):")
+    claims = dict(decoded.claims)
+    ordered = [c for c in _CLAIM_ORDER if c in claims] + sorted(
+        c for c in claims if c not in _CLAIM_ORDER
+    )
+    for name in ordered:
+        out.line(f"    {name:<18} {_claim_text(name, claims[name])}")
+    for protocol in ("imap", "pop3", "smtp"):
+        for warning in diagnose.preflight(protocol, "", claims):
+            out.warn(f"{protocol.upper()}: {warning}")
+
+
+def _claim_text(name: str, value: Any) -> str:
+    if name in _TIME_CLAIMS and isinstance(value, (int, float)):
+        return _when(dt.datetime.fromtimestamp(value, dt.timezone.utc))
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+async def refresh(store: Path, key: str | None, out: Printer) -> int:
+    """Refresh ``key`` now (under the store's lock) and save the result."""
+    if key is None:
+        keys = sorted(load_profiles(store))
+        if len(keys) != 1:
+            raise ConfigurationError(
+                f"name the credential to refresh (stored: {', '.join(keys) or 'none'})"
+            )
+        key = keys[0]
+    file_store = FileTokenStore(store)
+    async with file_store.lock(key):
+        profile, credential = await load_credential(store, key)
+        if not credential.refresh_token:
+            raise ConfigurationError(
+                f"the credential {key!r} has no refresh token to refresh with; sign in "
+                "again with mailoauth login"
+                + (" (request offline_access)" if profile.kind == "microsoft" else "")
+            )
+        # No store on the provider: a stored access token that is still fresh would be
+        # handed back; here the point is a new one. The lock above keeps other
+        # processes from spending the same refresh token meanwhile.
+        provider = OAuth2TokenProvider(
+            profile.token_url,
+            RefreshTokenGrant(credential.refresh_token),
+            client_id=profile.client_id,
+            client_secret=profile.client_secret,
+            scope=profile.scope,
+        )
+        timer = Timer()
+        try:
+            token = await provider.get_access_token()
+        except MailOAuthError as exc:
+            out.fail("TOKEN", str(exc), timer)
+            situation = diagnose.situation_from_error(
+                exc,
+                diagnose.Situation(
+                    protocol="token", token_url=profile.token_url, has_refresh_token=True
+                ),
+            )
+            print_diagnosis(out, diagnose.diagnose(situation))
+            return 1
+        finally:
+            await provider.aclose()
+        newest = provider.current_refresh_token or credential.refresh_token
+        await file_store.save(key, StoredCredential.from_token(token, refresh_token=newest))
+    expiry = _when(token.expires_at)
+    out.ok(
+        "TOKEN", f"refreshed {key!r}: access token {redact(token.value)}, expires {expiry}", timer
+    )
+    if newest != credential.refresh_token:
+        out.detail(
+            f"the server rotated the refresh token: {redact(credential.refresh_token)} → "
+            f"{redact(newest)} (saved)"
+        )
+    else:
+        out.detail("refresh token unchanged")
+    return 0

@@ -345,6 +345,16 @@ class FakeOAuthServer:
                     return
         raise KeyError(f"no pending device authorization with user code {user_code!r}")
 
+    def pending_user_codes(self) -> list[str]:
+        """User codes of device authorizations not yet approved or denied, oldest
+        first (a test approves them as the user would)."""
+        with self._lock:
+            return [
+                rec.user_code
+                for rec in self._devices.values()
+                if rec.username is None and not rec.denied
+            ]
+
     def deny_device(self, user_code: str) -> None:
         """Deny a pending device authorization (the poller then gets access_denied)."""
         with self._lock:

@@ -9,17 +9,26 @@ with the test acting as the browser.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import re
+import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from mailoauth.cli import main
-from mailoauth.cli.profiles import Profile, save_profile
+from mailoauth.cli import login, main
+from mailoauth.cli.profiles import Profile, load_profiles, profiles_path, save_profile
+from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import FileTokenStore, StoredCredential
@@ -37,7 +46,7 @@ def test_demo_subprocess_transcript() -> None:
     out = proc.stdout
     for needle in (
         "✓ TOKEN",
-        "✓ SMTP   sent 'Hello from mailoauth'",
+        "sent 'Hello from mailoauth'",
         "over STARTTLS (OAUTHBEARER)",
         "✓ IMAP",
         "✓ POP3",
@@ -152,3 +161,256 @@ def test_check_store_key_with_revoked_grant(
     out = capsys.readouterr().out
     assert "✗ TOKEN" in out and "invalid_grant" in out and "mailoauth login" in out
     assert user.refresh_token not in out
+
+
+# -- login -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def oauth() -> Iterator[FakeOAuthServer]:
+    with FakeOAuthServer(rotate_refresh_tokens=True) as server:
+        server.authorize_username = "me@example.test"
+        yield server
+
+
+def act_as_browser(visits: list[httpx.Response]) -> Callable[[str], bool]:
+    """An ``open_browser`` that follows the authorization URL, as a browser would,
+    from another thread: the authorization server redirects to the loopback URI."""
+
+    def open_url(url: str) -> bool:
+        def visit() -> None:
+            visits.append(httpx.get(url, follow_redirects=True, timeout=10))
+
+        threading.Thread(target=visit, daemon=True).start()
+        return True
+
+    return open_url
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def stored(store: Path, key: str) -> dict[str, Any]:
+    entry: dict[str, Any] = json.loads(store.read_text())["credentials"][key]
+    return entry
+
+
+def test_login_authorization_code_with_pkce(
+    oauth: FakeOAuthServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    visits: list[httpx.Response] = []
+    monkeypatch.setattr(login, "open_browser", act_as_browser(visits))
+    store = tmp_path / "config" / "tokens.json"
+    argv = [
+        "login", "oauth2", "--authorization-url", oauth.authorization_url,
+        "--token-url", oauth.token_url, "--client-id", "cli-test",
+        "--scope", "mail offline_access", "--store", str(store), "--timeout", "10",
+        "--username", "me@example.test",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert visits[0].status_code == 200 and "Signed in." in visits[0].text
+    assert visits[0].url.host == "127.0.0.1"
+    assert "code_challenge_method=S256" in out and "✓ SAVED" in out
+    credential = stored(store, "oauth2")
+    assert credential["refresh_token"].startswith("rt-")
+    assert credential["refresh_token"] not in out and credential["access_token"] not in out
+    assert mode(store) == 0o600 and mode(profiles_path(store)) == 0o600
+    form = oauth.token_forms[-1]
+    assert form["grant_type"] == "authorization_code" and len(form["code_verifier"]) >= 43
+    assert form["redirect_uri"].startswith("http://127.0.0.1:")
+    profile = load_profiles(store)["oauth2"]
+    assert (profile.token_url, profile.username) == (oauth.token_url, "me@example.test")
+
+
+def test_login_google_no_browser_url_from_output(
+    oauth: FakeOAuthServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    oauth.add_client("desktop-app", "desktop-secret")
+    store = tmp_path / "tokens.json"
+    argv = [
+        "login", "google", "--client-id", "desktop-app", "--client-secret", "desktop-secret",
+        "--authorization-url", oauth.authorization_url, "--token-url", oauth.token_url,
+        "--store", str(store), "--no-browser", "--timeout", "10",
+    ]  # fmt: skip
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    runner.start()
+    printed = ""
+    deadline = time.monotonic() + 10
+    while "response_type=code" not in printed and time.monotonic() < deadline:
+        time.sleep(0.02)
+        printed += capsys.readouterr().out
+    url = next(w for w in printed.split() if w.startswith(oauth.authorization_url))
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert query["access_type"] == "offline" and query["prompt"] == "consent"
+    assert query["scope"] == "https://mail.google.com/"
+    assert httpx.get(url, follow_redirects=True, timeout=10).status_code == 200
+    runner.join(10)
+    assert result == [0]
+    assert "desktop-secret" not in printed + capsys.readouterr().out
+    assert stored(store, "google")["refresh_token"].startswith("rt-")
+    assert load_profiles(store)["google"].client_secret == "desktop-secret"
+
+
+def test_login_state_mismatch_is_refused(
+    oauth: FakeOAuthServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def forged(url: str) -> bool:
+        redirect = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["redirect_uri"]
+        threading.Thread(
+            target=lambda: httpx.get(redirect + "?code=stolen&state=forged", timeout=10),
+            daemon=True,
+        ).start()
+        return True
+
+    monkeypatch.setattr(login, "open_browser", forged)
+    argv = [
+        "login", "oauth2", "--authorization-url", oauth.authorization_url,
+        "--token-url", oauth.token_url, "--client-id", "c", "--scope", "mail",
+        "--store", str(tmp_path / "t.json"), "--timeout", "10",
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "state does not match" in err and "Traceback" not in err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_login_microsoft_device_code(
+    oauth: FakeOAuthServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "tokens.json"
+    argv = [
+        "login", "microsoft", "--device", "--client-id", "public-client",
+        "--authority", oauth.base_url, "--tenant", "contoso", "--store", str(store),
+        "--timeout", "10",
+    ]  # fmt: skip
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not oauth.pending_user_codes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (user_code,) = oauth.pending_user_codes()
+    oauth.approve_device(user_code, "me@contoso.test")
+    runner.join(10)
+    assert result == [0]
+    out = capsys.readouterr().out
+    assert user_code in out and "✓ SAVED" in out
+    assert stored(store, "microsoft")["refresh_token"].startswith("rt-")
+    assert "offline_access" in (load_profiles(store)["microsoft"].scope or "")
+    assert oauth.token_forms[-1]["grant_type"].endswith("device_code")
+
+
+# -- token -----------------------------------------------------------------------------
+
+
+def fake_jwt(claims: dict[str, Any]) -> str:
+    def part(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'kid': 'k1'})}.{part(claims)}.U0lHTkFUVVJFLXNlY3JldA"
+
+
+def test_token_show_redacts_and_decodes_claims(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "tokens.json"
+    access = fake_jwt(
+        {
+            "aud": "00000003-0000-0000-c000-000000000000",
+            "scp": "Mail.Read User.Read",
+            "upn": "me@contoso.com",
+            "tid": "tenant-1",
+            "exp": int(time.time()) + 3000,
+        }
+    )
+    refresh_token = "0.AAAA-refresh-token-secret-value"
+    save_profile(
+        store,
+        Profile("microsoft", "microsoft", "https://login.example/token", "app-1",
+                client_secret="client-secret-value", username="me@contoso.com"),
+    )  # fmt: skip
+    asyncio.run(
+        FileTokenStore(store).save(
+            "microsoft", StoredCredential(refresh_token=refresh_token, access_token=access)
+        )
+    )
+    assert main(["token", "show", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    for secret in (access, refresh_token, "client-secret-value", access.split(".")[2]):
+        assert secret not in out
+    assert "0.AAAA…" in out and "stored (not shown)" in out
+    assert "Mail.Read User.Read" in out and "me@contoso.com" in out and "kid=k1" in out
+    assert "Microsoft Graph" in out  # the pre-flight warning
+    assert main(["token", "show", "--store", str(store), "nothing"]) == 1
+    assert "no credential 'nothing'" in capsys.readouterr().err
+
+
+def test_token_refresh_saves_the_rotated_refresh_token(
+    oauth: FakeOAuthServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "tokens.json"
+    first = oauth.issue_refresh_token("me@example.test")
+    save_profile(store, Profile("work", "oauth2", oauth.token_url, "cli-test", scope="mail"))
+    asyncio.run(FileTokenStore(store).save("work", StoredCredential(refresh_token=first)))
+    assert main(["token", "refresh", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    second = stored(store, "work")["refresh_token"]
+    assert second != first and second.startswith("rt-")
+    assert "rotated" in out and first not in out and second not in out
+    assert stored(store, "work")["access_token"].startswith("at-")
+    oauth.revoke(second)
+    assert main(["token", "refresh", "--store", str(store), "work"]) == 1
+    out = capsys.readouterr().out
+    assert "invalid_grant" in out and "Diagnosis:" in out
+
+
+# -- the command itself ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["demo"],
+        ["login"],
+        ["login", "google"],
+        ["login", "microsoft"],
+        ["login", "oauth2"],
+        ["token"],
+        ["token", "show"],
+        ["token", "refresh"],
+        ["check"],
+    ],
+)
+def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: mailoauth" in capsys.readouterr().out
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "imap"])
+    assert exit_info.value.code == 2
+
+
+def test_errors_are_one_paragraph_and_debug_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["token", "refresh", "--store", str(tmp_path / "none.json"), "missing"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mailoauth: error: no stored credential 'missing'")
+    assert "Traceback" not in err and "--debug" in err
+    assert main(["--debug", *argv]) == 1
+    assert "Traceback" in capsys.readouterr().err
