@@ -168,6 +168,12 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
         raise ProtocolError(f"SMTP error with {where}: {exc}") from exc
 
 
+def _check_addresses(sender: str, recipients: Sequence[str]) -> None:
+    for value in [sender, *recipients]:
+        if any(c in value for c in "\r\n\x00"):
+            raise ConfigurationError("an address contains CR, LF or NUL; refusing to send it")
+
+
 class SmtpClient(BaseClient):
     """Send mail over SMTP, authenticated with an OAuth 2.0 bearer token.
 
@@ -303,9 +309,7 @@ class SmtpClient(BaseClient):
         server accepted it with 250 after DATA.
         """
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
-        for field_value in [sender, *rcpts]:
-            if any(c in field_value for c in "\r\n\x00"):
-                raise ConfigurationError("an address contains CR, LF or NUL; refusing to send it")
+        _check_addresses(sender, rcpts)
         if not rcpts:
             raise ConfigurationError("sendmail needs at least one recipient")
         smtp = await self._ensure_connected()
@@ -326,6 +330,8 @@ class SmtpClient(BaseClient):
         """Send an :class:`email.message.EmailMessage`; sender and recipients default to
         its From/Sender and To/Cc/Bcc headers (Bcc is not transmitted). Raises as
         :meth:`sendmail`."""
+        explicit = [recipients] if isinstance(recipients, str) else list(recipients or ())
+        _check_addresses(sender or "", explicit)
         smtp = await self._ensure_connected()
         with _map_smtp_errors(self.host, self.port):
             errors, data_reply = await smtp.send_message(
