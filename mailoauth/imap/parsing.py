@@ -139,7 +139,7 @@ def parse_list(lines: list[bytes | bytearray]) -> list[Folder]:
         m = _LIST.match(line)
         if not m:
             continue
-        flags = frozenset(m.group(1).decode().split())
+        flags = frozenset(m.group(1).decode("utf-8", "replace").split())
         delim = None if m.group(2) == b"NIL" else _unquote(m.group(2))
         raw_name = m.group(3)
         literal = re.match(rb"^\{(\d+)\}$", raw_name)
@@ -166,7 +166,7 @@ def parse_select(name: str, lines: list[bytes | bytearray], readonly: bool) -> M
         elif m := re.search(rb"\[UIDNEXT (\d+)\]", line):
             uidnext = int(m.group(1))
         elif m := re.match(rb"^FLAGS \(([^)]*)\)", line):
-            flags = frozenset(m.group(1).decode().split())
+            flags = frozenset(m.group(1).decode("utf-8", "replace").split())
         elif b"[READ-ONLY]" in line:
             readonly = True
     return MailboxInfo(name, exists, uidvalidity, uidnext, flags, readonly)
@@ -176,7 +176,7 @@ def parse_status(lines: list[bytes | bytearray]) -> dict[str, int]:
     """``{"MESSAGES": 3, "UIDNEXT": 7, ...}`` from a STATUS response."""
     for line in lines:
         if isinstance(line, bytes) and (m := _STATUS.match(line)):
-            parts = m.group(2).decode().split()
+            parts = m.group(2).decode("ascii", "replace").split()
             return {k.upper(): int(v) for k, v in zip(parts[::2], parts[1::2], strict=False)}
     return {}
 
