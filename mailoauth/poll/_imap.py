@@ -66,10 +66,16 @@ class ImapWatcher:
         idle = settings.use_idle and "IDLE" in await client.capabilities()
         log.debug("%s: connected, %s", ctx.mailbox.key, "IDLE" if idle else "polling")
         reconnects = client.reconnects
+        fresh = True  # EXAMINE has just looked at the folder
         while True:
             if client.reconnects != reconnects:  # the client re-selected on its own
                 reconnects = client.reconnects
                 await self._examine(client)
+            elif not fresh:
+                # RFC 3501 §6.1.2: NOOP is the poll. Servers need not look for new mail
+                # on other commands (Dovecot may not, for seconds).
+                await client.noop()
+            fresh = False
             await self._report_new(client)
             ctx.healthy()
             if ctx.limits.contended():
