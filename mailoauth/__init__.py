@@ -27,6 +27,16 @@ from mailoauth.errors import (
     TransientTokenError,
 )
 from mailoauth.imap.client import IdleEvent, ImapClient
+from mailoauth.poll import (
+    FilePollStateStore,
+    Mailbox,
+    MailboxFailed,
+    MemoryPollStateStore,
+    NewMessage,
+    Poller,
+    PollEvent,
+    PollStateStore,
+)
 from mailoauth.pop3.client import MailboxStat, Pop3Client
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SendResult, SmtpClient
@@ -51,6 +61,7 @@ __all__ = [
     "CommandError",
     "ConfigurationError",
     "ConnectionLostError",
+    "FilePollStateStore",
     "FileTokenStore",
     "GoogleTokenProvider",
     "IdleEvent",
@@ -60,11 +71,18 @@ __all__ = [
     "MailConnectionError",
     "MailOAuthError",
     "MailTimeoutError",
+    "Mailbox",
+    "MailboxFailed",
     "MailboxStat",
+    "MemoryPollStateStore",
     "MemoryTokenStore",
     "MicrosoftTokenProvider",
+    "NewMessage",
     "OAuth2TokenProvider",
     "PermanentTokenError",
+    "PollEvent",
+    "PollStateStore",
+    "Poller",
     "Pop3Client",
     "ProtocolError",
     "SecurityOptions",

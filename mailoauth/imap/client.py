@@ -241,14 +241,20 @@ class ImapClient(BaseClient):
                 log.debug("LOGOUT to %s:%s failed: %r", self.host, self.port, exc)
         transport.close()
 
-    def _session_expiring(self) -> bool:
-        """Whether the session's token expires within the re-authentication margin:
-        :data:`REAUTH_MARGIN`, or a quarter of the token's lifetime if that is less."""
+    def _seconds_until_reauth(self) -> float | None:
+        """Seconds until the session should re-authenticate: when its token is within
+        :data:`REAUTH_MARGIN` of expiry, or a quarter of its lifetime if that is less.
+        None when the token's expiry is unknown."""
         token, since = self._token, self._authenticated_at
         if token is None or token.expires_at is None or since is None:
-            return False
+            return None
         lifetime = (token.expires_at - since).total_seconds()
-        return token.expires_within(min(REAUTH_MARGIN, lifetime / 4), now=utcnow())
+        margin = min(REAUTH_MARGIN, lifetime / 4)
+        return (token.expires_at - utcnow()).total_seconds() - margin
+
+    def _session_expiring(self) -> bool:
+        left = self._seconds_until_reauth()
+        return left is not None and left <= 0
 
     async def _reconnect(self) -> None:
         log.debug("reconnecting to %s:%s (new token, same mailbox)", self.host, self.port)
@@ -519,9 +525,9 @@ class ImapClient(BaseClient):
             if "IDLE" not in protocol.capabilities:
                 raise CommandError(f"{self.host} does not support IDLE", command="IDLE")
             renew_at = anyio.current_time() + self.idle_renew_after
-            if self._token is not None and self._token.expires_at is not None:
-                left = (self._token.expires_at - utcnow()).total_seconds() - REAUTH_MARGIN
-                renew_at = min(renew_at, anyio.current_time() + max(left, 1.0))
+            until_reauth = self._seconds_until_reauth()
+            if until_reauth is not None:
+                renew_at = min(renew_at, anyio.current_time() + max(until_reauth, 1.0))
             if deadline is not None:
                 renew_at = min(renew_at, deadline)
             idle_task = asyncio.ensure_future(protocol.idle())
@@ -541,13 +547,15 @@ class ImapClient(BaseClient):
                     if protocol.lost:
                         break
             finally:
-                if not protocol.lost and not idle_task.done():
-                    protocol.idle_done()
-                    try:
-                        await self._guard(idle_task, "ending IDLE on")
-                    except Exception as exc:  # the next command will reconnect
-                        log.debug("ending IDLE on %s failed: %r", self.host, exc)
-                idle_task.cancel()
+                try:
+                    if not protocol.lost and not idle_task.done():
+                        protocol.idle_done()
+                        try:
+                            await self._guard(idle_task, "ending IDLE on")
+                        except Exception as exc:  # the next command will reconnect
+                            log.debug("ending IDLE on %s failed: %r", self.host, exc)
+                finally:
+                    idle_task.cancel()  # also when we are cancelled while ending IDLE
             if protocol.lost:
                 await self._reconnect()
             if deadline is not None and anyio.current_time() >= deadline:

@@ -586,3 +586,25 @@ async def test_imap_operations_against_dovecot(mail_servers: MailServers) -> Non
         assert [f.name for f in folders] == ["INBOX"]
         with pytest.raises(Exception, match="CR, LF or NUL"):
             await imap.uid_search("ALL\r\nA1 LOGOUT")
+
+
+async def test_idle_reauthenticates_before_the_token_expires(mail_servers: MailServers) -> None:
+    user = new_user()
+    provider = IssuingProvider(mail_servers.oauth, user, lifetime=4.0)
+    async with ImapClient(
+        "localhost",
+        mail_servers.dovecot.imaps_port,
+        user,
+        provider,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=mail_servers.client_context(),
+    ) as imap:
+        await imap.select()
+        started = asyncio.get_running_loop().time()
+        async for _event in imap.idle(timeout=4.5):
+            pass
+        assert asyncio.get_running_loop().time() - started >= 4.0
+        # A quarter of the 4 s lifetime before expiry, the session was renewed.
+        assert imap.reconnects >= 1
+        assert provider.calls >= 2
+        assert await imap.uid_search("ALL") == []

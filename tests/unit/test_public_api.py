@@ -7,6 +7,14 @@ import inspect
 import mailoauth
 
 EXPECTED = {
+    "FilePollStateStore",
+    "Mailbox",
+    "MailboxFailed",
+    "MemoryPollStateStore",
+    "NewMessage",
+    "PollEvent",
+    "Poller",
+    "PollStateStore",
     "AccessToken",
     "AuthenticationError",
     "CommandError",
