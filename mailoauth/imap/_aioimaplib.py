@@ -61,6 +61,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.limit_error: LimitExceededError | None = None
         self._held: list[bytes] = []
         self._held_size = 0
+        self._wire_lines: dict[str, str] = {}
 
     async def welcome(self, command: bytes) -> None:
         # aioimaplib accepts any line containing "OK" and raises its own Error inside a
@@ -101,6 +102,18 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         if line.startswith(b"* BYE"):
             self.bye = line[2:]
         return super()._untagged_response(line)
+
+    async def execute(self, command: _aio.Command, scrub: str | None = None) -> _aio.Response:
+        # aioimaplib sends str(command), which a RawCommand keeps free of secrets.
+        if isinstance(command, RawCommand):
+            self._wire_lines[str(command)] = command.wire_line()
+        try:
+            return await super().execute(command, scrub=scrub)
+        finally:
+            self._wire_lines.pop(str(command), None)
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        super().send(self._wire_lines.pop(line, line), scrub=scrub)
 
     def data_received(self, d: bytes) -> None:
         if self.limit_error is not None:
@@ -170,10 +183,15 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
 
 
 class RawCommand(_aio.Command):  # type: ignore[misc]
-    """A command whose repr never shows its arguments (aioimaplib logs reprs)."""
+    """A command whose str and repr never show its arguments: aioimaplib logs both
+    (``continuation line appended to pending sync command %s``). The line sent on the
+    wire is :meth:`wire_line`; :meth:`ImapProtocol.execute` arranges for it."""
+
+    def wire_line(self) -> str:
+        return str(super().__repr__())
 
     def __str__(self) -> str:
-        return str(super().__repr__())
+        return self.__repr__()
 
     def __repr__(self) -> str:
         return f"{self.tag} {self.name} <arguments hidden>"

@@ -41,11 +41,28 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["FakeOAuthServer", "ScriptedResponse", "TokenRecord"]
+__all__ = ["FakeOAuthServer", "ScriptedResponse", "TokenRecord", "issued_secrets"]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _MICROSOFT_PATH = re.compile(r"/[^/]+/oauth2/v2\.0/(token|devicecode)")
+
+
+_registry_lock = threading.Lock()
+_issued: set[str] = set()
+
+
+def _register(*secrets_: str | None) -> None:
+    with _registry_lock:
+        _issued.update(s for s in secrets_ if s)
+
+
+def issued_secrets() -> frozenset[str]:
+    """Every access token, refresh token, client secret and password that any
+    FakeOAuthServer in this process issued or was given: what a test run scans its
+    logs and error messages for (none may ever appear there)."""
+    with _registry_lock:
+        return frozenset(_issued)
 
 
 @dataclass
@@ -222,6 +239,7 @@ class FakeOAuthServer:
     def add_client(self, client_id: str, client_secret: str | None = None) -> None:
         """Register a client. Unregistered client ids are accepted too (lenient mode)
         until the first client is registered; from then on, only registered ones."""
+        _register(client_secret)
         with self._lock:
             self._clients[client_id] = client_secret
 
@@ -263,6 +281,7 @@ class FakeOAuthServer:
 
     def add_user(self, username: str, password: str) -> None:
         """Register a user for the password (ROPC) grant."""
+        _register(password)
         with self._lock:
             self._passwords[username] = password
 
@@ -276,6 +295,7 @@ class FakeOAuthServer:
     ) -> str:
         """Mint an access token for ``username`` valid for ``lifetime`` seconds."""
         token = "at-" + secrets.token_urlsafe(24)
+        _register(token)
         life = self.access_token_lifetime if lifetime is None else lifetime
         with self._lock:
             self._tokens[token] = TokenRecord(
@@ -288,6 +308,7 @@ class FakeOAuthServer:
     ) -> str:
         """Mint a refresh token for ``username``."""
         token = "rt-" + secrets.token_urlsafe(24)
+        _register(token)
         with self._lock:
             self._refresh[token] = _RefreshRecord(username, scope or self.default_scope, client_id)
         return token
@@ -429,6 +450,7 @@ class FakeOAuthServer:
                 if self.rotate_refresh_tokens:
                     rec.revoked = True
                     new_refresh = "rt-" + secrets.token_urlsafe(24)
+                    _register(new_refresh)
                     self._refresh[new_refresh] = _RefreshRecord(
                         rec.username, rec.scope, rec.client_id
                     )
