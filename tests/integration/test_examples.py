@@ -3,6 +3,7 @@ hosts users type routed to it."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 from collections.abc import AsyncIterator
@@ -88,6 +89,29 @@ async def test_scenario_3_custom_provider(
     assert "MailboxInfo(name='INBOX'" in capsys.readouterr().out
 
 
+@pytest.mark.asyncio
+async def test_scenario_5_poll_many(
+    routed: MailSandbox, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    users = {name: routed.user(name) for name in ("a@gmail.com", "b@gmail.com")}
+    for name in users:
+        routed.store.deliver(name, f"Subject: for {name}\r\n\r\nhi\r\n".encode())
+    accounts = {name: user.refresh_token for name, user in users.items()}
+    example = load("poll_many")
+    state = str(tmp_path / "state.json")
+    with pytest.raises(TimeoutError):  # a poller runs until it is stopped
+        await asyncio.wait_for(example.main(accounts, "id", "secret", state), 3)
+    lines = capsys.readouterr().out.splitlines()
+    # Each account's message reported once over IMAP and once over POP3.
+    hosts = {"imap": "imap", "pop3": "pop"}
+    expected = [f"for {n} in {p}://{n}@{h}" for n in accounts for p, h in hosts.items()]
+    assert sorted(line.split(".gmail.com:")[0] for line in lines) == sorted(expected)
+    # A restart reports nothing again.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(example.main(accounts, "id", "secret", state), 1.5)
+    assert capsys.readouterr().out == ""
+
+
 def test_custom_provider_is_a_dozen_lines() -> None:
     source = (EXAMPLES / "custom_provider.py").read_text()
     body = source.split("class Office365Provider")[1].split("\n\n\n")[0]
@@ -98,7 +122,7 @@ def test_custom_provider_is_a_dozen_lines() -> None:
 def test_readme_shows_the_examples_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    for name in ("access_token", "providers", "custom_provider", "test_with_plugin"):
+    for name in ("access_token", "providers", "custom_provider", "test_with_plugin", "poll_many"):
         source = (EXAMPLES / f"{name}.py").read_text()
         body = source.split('"""', 2)[2].lstrip("\n")  # without the docstring
         assert any(body.strip() in block or block.strip() in body for block in blocks), name
