@@ -52,7 +52,7 @@ def test_list_quoted_literal_and_utf7_names() -> None:
         b'(\\HasNoChildren) "." INBOX',
         b'LIST (\\HasChildren \\Noselect) "/" "Sent Items"',
         b'(\\HasNoChildren) "." "&AMk-t&AOk-"',
-        b'(\\HasNoChildren) NIL {5}',
+        b"(\\HasNoChildren) NIL {5}",
         bytearray(b"Plain"),
         b"List completed.",
     ]
