@@ -119,3 +119,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"{_stats['exceptions']} exceptions scanned against {len(issued_secrets())} "
         f"secrets; leaks fail their test"
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: long-running load test; sized by MAILOAUTH_SOAK_* (small by default)"
+    )
