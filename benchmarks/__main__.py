@@ -19,6 +19,7 @@ BENCHMARKS = {
     "imap_polling": "N mailboxes: connect, auth, select, UID SEARCH UNSEEN",
     "smtp": "500 messages over one STARTTLS connection to Postfix",
     "idle_memory": "RSS per idle IMAP IDLE connection",
+    "pop3_parser": "the sans-IO POP3 parser alone vs a bare terminator scan (no sockets)",
 }
 
 

@@ -12,6 +12,7 @@ import datetime as dt
 import email.message
 import email.policy
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ IDLE_RENEW_AFTER = 28 * 60.0
 REAUTH_MARGIN = 60.0
 
 _parser = BytesParser(policy=email.policy.default)
+#: ``[CAPABILITY IMAP4rev1 ...]`` at the start of a tagged OK's text (RFC 3501 §7.1).
+_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]\r\n]+)\]", re.IGNORECASE)
 
 
 def _uid_set(uids: Iterable[int]) -> str:
@@ -191,6 +194,7 @@ class ImapClient(BaseClient):
         offered = [c[5:] for c in protocol.capabilities if c.upper().startswith("AUTH=")]
         mechanism = choose_mechanism(offered, self.mechanism, "imap")
         sasl_ir = "SASL-IR" in protocol.capabilities
+        ok_lines: list[bytes | bytearray] = []
 
         async def exchange(mech: Mechanism) -> SaslOutcome:
             command = AuthenticateCommand(
@@ -206,6 +210,8 @@ class ImapClient(BaseClient):
             )
             reply = f"{response.result} {_last(response.lines)}"
             if response.result == "OK":
+                nonlocal ok_lines
+                ok_lines = list(response.lines)
                 return SaslOutcome(ok=True, reply=reply)
             temporary = b"[UNAVAILABLE]" in _last_bytes(response.lines)
             return SaslOutcome(
@@ -224,8 +230,14 @@ class ImapClient(BaseClient):
         self._authenticated_at = utcnow()
         self.mechanism_used = mechanism
         protocol.state = AUTH
-        # Capabilities change after login (RFC 3501 §6.2.2): read them again.
-        await self._guard(protocol.capability(), "reading capabilities from")
+        # Capabilities change after login (RFC 3501 §6.2.2): read them again, unless
+        # the server sent them with its OK (an untagged CAPABILITY, §7.2.1, or a
+        # CAPABILITY response code, §7.1), as Dovecot does; saves a round trip.
+        sent = _capabilities_sent(ok_lines)
+        if sent is not None:
+            protocol.capabilities = sent
+        else:
+            await self._guard(protocol.capability(), "reading capabilities from")
 
     async def _close(self) -> None:
         protocol, transport = self._protocol, self._transport
@@ -568,6 +580,18 @@ def _idle_event(line: bytes) -> IdleEvent | None:
         return IdleEvent(parts[1].decode("ascii", "replace").upper(), int(parts[0]), line)
     if parts and parts[0] not in (b"OK", b"+"):
         return IdleEvent(parts[0].decode("ascii", "replace").upper(), None, line)
+    return None
+
+
+def _capabilities_sent(lines: list[bytes | bytearray]) -> set[str] | None:
+    """The capabilities in a command's response, if the server volunteered them."""
+    for line in lines:
+        raw = bytes(line)
+        code = _CAPABILITY_CODE.match(raw)
+        if code is not None:
+            raw = b"CAPABILITY " + code.group(1)
+        if raw[:11].upper() == b"CAPABILITY ":
+            return set(raw[11:].decode("ascii", "replace").split())
     return None
 
 
