@@ -153,7 +153,7 @@ async def _hold_and_exit(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool = False, repeat: int | None = None) -> Report:
     sizes = [50, 100, 200] if quick else [100, 500, 1000]
-    repeat = repeat or (2 if quick else 3)
+    repeat = repeat or 2
     report = Report("idle_memory", quick)
     per: dict[tuple[int, str], Samples] = {}
     with servers() as srv:

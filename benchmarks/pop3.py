@@ -23,7 +23,16 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from benchmarks._common import HOST, Report, Samples, Servers, interleaved, pct, servers
+from benchmarks._common import (
+    HOST,
+    Report,
+    Samples,
+    Servers,
+    cpu_seconds,
+    interleaved,
+    pct,
+    servers,
+)
 from mailoauth.pop3 import Pop3Client
 from mailoauth.sasl import XOAuth2
 from mailoauth.security import SecurityOptions
@@ -32,7 +41,7 @@ TERMINATOR = b"\r\n.\r\n"
 READ_SIZE = 256 * 1024
 LINE = b"The quick brown fox jumps over the lazy dog. 0123456789 .,;:!?\r\n"
 
-Variant = Callable[[Servers, str, str, list[int]], tuple[float, int]]
+Variant = Callable[[Servers, str, str, list[int]], tuple[float, int, float]]
 
 
 def big_message(size: int) -> bytes:
@@ -54,7 +63,7 @@ def _recv_line(sock: ssl.SSLSocket) -> bytes:
     return data
 
 
-def bare(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+def bare(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int, float]:
     ctx = srv.client_context()
     raw = socket.create_connection((HOST, srv.dovecot.pop3s_port))
     with ctx.wrap_socket(raw, server_hostname=HOST) as sock:
@@ -63,7 +72,7 @@ def bare(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float
         sock.sendall(b"AUTH XOAUTH2 " + b64 + b"\r\n")
         if not _recv_line(sock).startswith(b"+OK"):
             raise RuntimeError("AUTH failed")
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         sock.sendall(b"".join(b"RETR %d\r\n" % n for n in numbers))
         found = total = 0
         tail = b""
@@ -74,29 +83,31 @@ def bare(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float
             total += len(data)
             found += data.count(TERMINATOR) + (tail + data[:4]).count(TERMINATOR)
             tail = (tail + data[-4:])[-4:]
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         sock.sendall(b"QUIT\r\n")
-    return elapsed, total
+    return elapsed, total, cpu
 
 
-def stdlib(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+def stdlib(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int, float]:
     pop = poplib.POP3_SSL(HOST, srv.dovecot.pop3s_port, context=srv.client_context())
     try:
         b64 = XOAuth2(user, token).initial_response_b64().decode()
         pop._shortcmd("AUTH XOAUTH2 " + b64)  # type: ignore[attr-defined]
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         total = 0
         for n in numbers:
             _, _lines, octets = pop.retr(n)
             total += octets
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     finally:
         pop.quit()
-    return elapsed, total
+    return elapsed, total, cpu
 
 
 def _mailoauth(mode: str) -> Variant:
-    async def session(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+    async def session(
+        srv: Servers, user: str, token: str, numbers: list[int]
+    ) -> tuple[float, int, float]:
         async with Pop3Client(
             HOST,
             srv.dovecot.pop3s_port,
@@ -107,7 +118,7 @@ def _mailoauth(mode: str) -> Variant:
             mechanism="XOAUTH2",
             timeout=120,
         ) as pop:
-            start = time.perf_counter()
+            cpu, start = cpu_seconds(), time.perf_counter()
             total = 0
             if mode == "retrieve":
                 for n in numbers:
@@ -119,9 +130,9 @@ def _mailoauth(mode: str) -> Variant:
                 for n in numbers:
                     async for chunk in pop.iter_message(n):
                         total += len(chunk)
-            return time.perf_counter() - start, total
+            return time.perf_counter() - start, total, cpu_seconds() - cpu
 
-    def run(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int]:
+    def run(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int, float]:
         return asyncio.run(session(srv, user, token, numbers))
 
     return run
@@ -179,13 +190,15 @@ def measure(
         VARIANTS[name](srv, user, token, numbers)
     mbps: dict[str, Samples] = {n: Samples() for n in names}
     msgs: dict[str, Samples] = {n: Samples() for n in names}
+    cpu_per_mb: dict[str, Samples] = {n: Samples() for n in names}
     sizes: dict[str, int] = {}
 
     def one(name: str) -> None:
-        elapsed, total = VARIANTS[name](srv, user, token, numbers)
+        elapsed, total, cpu = VARIANTS[name](srv, user, token, numbers)
         sizes[name] = total
         mbps[name].add(total / elapsed / 1e6)
         msgs[name].add(len(numbers) / elapsed)
+        cpu_per_mb[name].add(cpu / (total / 1e6) * 1000)
 
     interleaved(names, repeat, one)
     t = report.table(
@@ -196,6 +209,8 @@ def measure(
         "spread",
         "x bare",
         "x poplib",
+        "client CPU ms/MB",
+        "CPU x bare",
     )
     for name in names:
         t.add(
@@ -205,11 +220,14 @@ def measure(
             pct(mbps[name].spread),
             mbps[name].median / mbps["bare"].median,
             mbps[name].median / mbps["poplib"].median,
+            cpu_per_mb[name].median,
+            cpu_per_mb[name].median / cpu_per_mb["bare"].median,
         )
     report.data[title] = {
         "wire_bytes": sizes,
         "MB_per_s": {n: s.as_json() for n, s in mbps.items()},
         "msgs_per_s": {n: s.as_json() for n, s in msgs.items()},
+        "client_cpu_ms_per_MB": {n: s.as_json() for n, s in cpu_per_mb.items()},
     }
     return {"MB/s": mbps}
 
@@ -217,7 +235,7 @@ def measure(
 def run(quick: bool = False, repeat: int | None = None) -> Report:
     big_mb = 10 if quick else 50
     n_small = 500 if quick else 2000
-    repeat = repeat or (3 if quick else 7)
+    repeat = repeat or (3 if quick else 9)
     report = Report("pop3", quick)
     with servers() as srv:
         srv.dovecot.deliver("big@example.test", big_message(big_mb * 1_000_000))
