@@ -2,9 +2,10 @@
 
 aioimaplib (2.x) parses IMAP well but: it has no STARTTLS, never answers an
 AUTHENTICATE error challenge (it waits until its timeout), has no OAUTHBEARER, logs
-command arguments at DEBUG, and leaves pending commands waiting forever when the
-connection drops. This module adds what is missing around its protocol object without
-forking it.
+command arguments at DEBUG, leaves pending commands (and the wait for the greeting)
+waiting forever when the connection drops, accepts any greeting containing "OK", and
+buffers lines and literals without bound (re-scanning a partial line on every read).
+This module adds what is missing around its protocol object without forking it.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 Every session runs NOOPs for the whole duration; each re-authenticates (reconnects)
 before its token expires. Asserted: zero failed operations, and the number of token
-requests is what the lifetimes imply. With lifetime ``L`` a session reconnects when
-its token has ``L/4`` left (:data:`~mailoauth.imap.client.REAUTH_MARGIN` is larger),
-and the manager refreshes a token past half its life; so the first reconnect after
-``0.75 L`` refreshes, once for all sessions: one request at the start, then one every
-``0.75 L`` to ``0.75 L + p`` seconds (``p``: the longest pause between operations).
+requests is what the lifetimes imply. With lifetime ``L``, the manager never replaces
+a token younger than ``L/2`` (its refresh margin is half a short token's life), so at
+most one request per ``L/2``; and every session reconnects when its token has ``L/4``
+left (:data:`~mailoauth.imap.client.REAUTH_MARGIN` is larger), which needs a new token
+at least every ``0.75 L + p`` (``p``: the longest pause between operations). When the
+sessions reconnect in one wave (small runs) the count sits at the low end; when their
+reconnects spread out (1,000 sessions), near ``1 + elapsed / (L/2)``.
 
 Sizes come from the environment, small by default for CI:
 ``MAILOAUTH_SOAK_CONNECTIONS`` (200), ``MAILOAUTH_SOAK_SECONDS`` (20),
@@ -94,14 +96,14 @@ async def test_sessions_share_short_lived_tokens_without_a_failure(
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
         await provider.aclose()
 
-    interval = LIFETIME - min(REAUTH_MARGIN, LIFETIME / 4)
-    fewest = 1 + math.floor(elapsed / (interval + PAUSE[1]))
-    most = 1 + math.floor(elapsed / interval)
+    longest = LIFETIME - min(REAUTH_MARGIN, LIFETIME / 4) + PAUSE[1]
+    fewest = 1 + math.floor(elapsed / longest)
+    most = 1 + math.floor(elapsed / (LIFETIME / 2))
     print(
         f"\nsoak: {CONNECTIONS} sessions, {elapsed:.1f} s, token lifetime {LIFETIME:g} s: "
         f"{ops} operations, {len(failures)} failed, {reconnects} re-authentications, "
         f"{requests} token requests (lifetimes imply {fewest}..{most})"
     )
     assert failures == []
-    assert ops >= CONNECTIONS * (SECONDS / PAUSE[1]) * 0.5
+    assert ops >= CONNECTIONS * SECONDS / 4  # every session kept working throughout
     assert fewest <= requests <= most
