@@ -14,6 +14,7 @@ from mailoauth.tokens.grants import (
 from mailoauth.tokens.manager import DEFAULT_REFRESH_MARGIN, TokenManager, wrap_provider
 from mailoauth.tokens.microsoft import MicrosoftTokenProvider
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider, ProviderOptions
+from mailoauth.tokens.redis_store import RedisTokenStore
 from mailoauth.tokens.responses import DeviceAuthorization, parse_token_response
 from mailoauth.tokens.scopes import (
     GOOGLE_MAIL_SCOPE,
@@ -60,6 +61,7 @@ __all__ = [
     "OAuth2TokenProvider",
     "PasswordGrant",
     "ProviderOptions",
+    "RedisTokenStore",
     "RefreshTokenGrant",
     "StaticTokenProvider",
     "StoredCredential",

@@ -31,6 +31,7 @@ EXPECTED = {
     "MailTimeoutError",
     "MailboxStat",
     "Pop3Client",
+    "RedisTokenStore",
     "MemoryTokenStore",
     "MicrosoftTokenProvider",
     "OAuth2TokenProvider",
