@@ -15,14 +15,13 @@ secret if any, scope and username. Library code can use the same store and key::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailoauth._core.files import write_atomically
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import RefreshTokenGrant
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
@@ -127,19 +126,7 @@ def save_profile(store: Path, profile: Profile) -> None:
     profiles = {key: p.to_json() for key, p in load_profiles(store).items()}
     profiles[profile.key] = profile.to_json()
     data = json.dumps({"version": 1, "profiles": profiles}, indent=2).encode()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, data)
 
 
 async def load_credential(store: Path, key: str) -> tuple[Profile, StoredCredential]:

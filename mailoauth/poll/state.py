@@ -10,10 +10,8 @@ to survive restarts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio.to_thread
 
+from mailoauth._core.files import write_atomically
 from mailoauth.errors import ConfigurationError
 
 __all__ = [
@@ -194,26 +193,7 @@ class FilePollStateStore:
         return states
 
     def _write(self, data: bytes) -> None:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomically(self.path, data)
 
     def __repr__(self) -> str:
         return f"FilePollStateStore({str(self.path)!r})"

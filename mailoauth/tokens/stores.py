@@ -16,7 +16,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -27,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
+from mailoauth._core.files import write_atomically
 from mailoauth.errors import ConfigurationError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken
 
@@ -228,21 +228,7 @@ class FileTokenStore:
         else:
             creds[key] = entry
         data = json.dumps({"version": 1, "credentials": creds}, indent=2).encode()
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
+        write_atomically(self.path, data)
 
     # -- locking ---------------------------------------------------------------------
 
@@ -290,16 +276,3 @@ class FileTokenStore:
 def _open_lock_file(lock_path: Path) -> int:
     lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open directories
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
