@@ -38,8 +38,6 @@ class TestCA:
     the directory may be shared with unprivileged service users. The key is a test key.
     """
 
-    __test__ = False  # a server, not a test class: pytest must not collect it
-
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:

@@ -13,25 +13,21 @@ from __future__ import annotations
 import base64
 import enum
 import re
-import ssl
 from typing import TYPE_CHECKING, Final
 
-from mailoauth.testing._serving import Channel, LineTooLongError, StreamServer
+from mailoauth.testing._mail_server import BearerMailServer
+from mailoauth.testing._serving import Channel, LineTooLongError
 from mailoauth.testing.bearer_auth import (
     SUPPORTED_MECHANISMS,
     AuthOutcome,
     SaslParseError,
-    TokenChecker,
-    Validator,
     decode_sasl_response,
-    oauth_validator,
     run_exchange,
 )
-from mailoauth.testing.mailstore import INBOX, MailStore, StoredMessage
-from mailoauth.testing.personality import Personality
+from mailoauth.testing.mailstore import INBOX, StoredMessage
 
 if TYPE_CHECKING:
-    from mailoauth.testing.oauth_server import FakeOAuthServer
+    pass
 
 __all__ = ["MAX_LINE_LENGTH", "Pop3State", "TestPop3Server", "dot_stuff"]
 
@@ -81,7 +77,7 @@ def dot_stuff(data: bytes) -> bytes:
     return data + b".\r\n"
 
 
-class TestPop3Server(StreamServer):
+class TestPop3Server(BearerMailServer):
     """A POP3 server on loopback that takes bearer tokens.
 
     Arguments:
@@ -99,49 +95,8 @@ class TestPop3Server(StreamServer):
     :attr:`store`, :attr:`checker` (see :meth:`fail_next`), :attr:`personality`.
     """
 
-    __test__ = False  # a server, not a test class: pytest must not collect it
-
     __test__ = False
     MAX_LINE = MAX_LINE_LENGTH
-
-    def __init__(
-        self,
-        store: MailStore | None = None,
-        *,
-        oauth: FakeOAuthServer | None = None,
-        validator: Validator | None = None,
-        personality: Personality = Personality.RFC,
-        ssl_context: ssl.SSLContext | None = None,
-        host: str = "127.0.0.1",
-        implicit_tls: bool = True,
-        starttls: bool = True,
-        require_tls: bool = True,
-        tls_port: int = 0,
-        starttls_port: int = 0,
-        timeout: float = 300.0,
-    ) -> None:
-        super().__init__(
-            ssl_context=ssl_context,
-            host=host,
-            implicit_tls=implicit_tls,
-            starttls=starttls,
-            require_tls=require_tls,
-            tls_port=tls_port,
-            starttls_port=starttls_port,
-            timeout=timeout,
-        )
-        if (oauth is None) == (validator is None):
-            raise ValueError("pass exactly one of oauth= or validator=")
-        if validator is None:
-            assert oauth is not None
-            validator = oauth_validator(oauth)
-        self.store = store if store is not None else MailStore()
-        self.checker = TokenChecker(validator)
-        self.personality = personality
-
-    def fail_next(self, count: int = 1) -> None:
-        """Reject the next ``count`` authentications whatever their token."""
-        self.checker.fail_next(count)
 
     async def handle(self, channel: Channel) -> None:
         await _Pop3Session(self, channel).run()

@@ -170,8 +170,6 @@ class TestSmtpServer(LoopService):
     :attr:`personality` (may be changed while running).
     """
 
-    __test__ = False  # a server, not a test class: pytest must not collect it
-
     __test__ = False
 
     def __init__(

@@ -1,0 +1,65 @@
+"""What the IMAP and POP3 test servers share: the mail store, the token checker and
+the personality, on top of :class:`~mailoauth.testing._serving.StreamServer`."""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+from mailoauth.testing._serving import StreamServer
+from mailoauth.testing.bearer_auth import TokenChecker, Validator, oauth_validator
+from mailoauth.testing.mailstore import MailStore
+from mailoauth.testing.personality import Personality
+
+if TYPE_CHECKING:
+    from mailoauth.testing.oauth_server import FakeOAuthServer
+
+__all__ = ["BearerMailServer"]
+
+
+class BearerMailServer(StreamServer):
+    """A stream server over a :class:`MailStore` that accepts bearer tokens.
+
+    Pass exactly one of ``oauth`` (tokens issued by that :class:`FakeOAuthServer` to
+    the SASL user) or ``validator`` (``validate(username, token) -> bool``); otherwise
+    ``ValueError``. The other arguments are :class:`StreamServer`'s.
+    """
+
+    def __init__(
+        self,
+        store: MailStore | None = None,
+        *,
+        oauth: FakeOAuthServer | None = None,
+        validator: Validator | None = None,
+        personality: Personality = Personality.RFC,
+        ssl_context: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+        implicit_tls: bool = True,
+        starttls: bool = True,
+        require_tls: bool = True,
+        tls_port: int = 0,
+        starttls_port: int = 0,
+        timeout: float = 300.0,
+    ) -> None:
+        super().__init__(
+            ssl_context=ssl_context,
+            host=host,
+            implicit_tls=implicit_tls,
+            starttls=starttls,
+            require_tls=require_tls,
+            tls_port=tls_port,
+            starttls_port=starttls_port,
+            timeout=timeout,
+        )
+        if (oauth is None) == (validator is None):
+            raise ValueError("pass exactly one of oauth= or validator=")
+        if validator is None:
+            assert oauth is not None
+            validator = oauth_validator(oauth)
+        self.store = store if store is not None else MailStore()
+        self.checker = TokenChecker(validator)
+        self.personality = personality
+
+    def fail_next(self, count: int = 1) -> None:
+        """Reject the next ``count`` authentications whatever their token."""
+        self.checker.fail_next(count)
