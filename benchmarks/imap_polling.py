@@ -182,8 +182,8 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
     )
     report.notes.append(
         "asyncio variants run all N sessions concurrently; imaplib uses 32 threads. "
-        "Wall includes TLS handshakes and LOGOUT; mailoauth also re-reads CAPABILITY "
-        "after authenticating (RFC 3501 6.2.2), which the bare variants skip"
+        "Wall includes TLS handshakes and LOGOUT. All three send the same commands "
+        "(aioimaplib's CAPABILITY after the greeting included)"
     )
     report.data = {
         "rate": {f"{n}/{v}": s.as_json() for (n, v), s in rate.items()},
