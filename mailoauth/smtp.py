@@ -23,8 +23,7 @@ from aiosmtplib.typing import SMTPStatus
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
-from mailoauth._core.connection import Connection
-from mailoauth._core.stream_transport import StreamTransport
+from mailoauth._core.connection import Connection, ProtocolTransport
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
@@ -91,7 +90,7 @@ class _CoreSMTP(aiosmtplib.SMTP):
             local_hostname=client.local_hostname,
         )
         self._client = client
-        self._mo_transport: StreamTransport | None = None
+        self._mo_transport: ProtocolTransport | None = None
 
     async def _create_connection(self, timeout: float | None) -> SMTPResponse:
         client = self._client
@@ -103,7 +102,7 @@ class _CoreSMTP(aiosmtplib.SMTP):
             timeout=client.timeout,
         )
         protocol = SMTPProtocol(loop=self.loop, connection_lost_callback=self._on_connection_lost)
-        transport = StreamTransport(conn, protocol)
+        transport = conn.attach(protocol)
         self.protocol = protocol
         self.transport = transport
         self._mo_transport = transport

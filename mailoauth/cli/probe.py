@@ -15,8 +15,6 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from anyio.streams.tls import TLSAttribute
-
 from mailoauth._core.connection import Connection
 from mailoauth.cli.output import Timer
 from mailoauth.errors import (
@@ -104,7 +102,7 @@ async def _pop3_multiline(lines: _Lines) -> list[str]:
 
 
 def _record_tls(conn: Connection, result: ProbeResult) -> None:
-    ssl_object = conn.stream.extra(TLSAttribute.ssl_object, None)
+    ssl_object = conn.extra("ssl_object")
     if isinstance(ssl_object, ssl.SSLObject):
         result.tls_version = ssl_object.version()
         cipher = ssl_object.cipher()

@@ -11,6 +11,7 @@ This module adds what is missing around its protocol object without forking it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -34,6 +35,10 @@ __all__ = [
     "ImapProtocol",
     "RawCommand",
 ]
+
+#: Unsolicited mailbox-size updates kept between commands; older ones add nothing.
+MAX_UNSOLICITED: Final = 64
+_MAILBOX_SIZE = re.compile(rb"^\* \d+ (EXISTS|RECENT)\b")
 
 AUTH = _aio.AUTH
 NONAUTH = _aio.NONAUTH
@@ -60,6 +65,8 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.greeting_error: MailOAuthError | None = None
         #: Set when the server went over :data:`MAX_LINE` or :data:`MAX_LITERAL`.
         self.limit_error: LimitExceededError | None = None
+        #: ``N EXISTS`` / ``N RECENT`` the server sent beside an unrelated command.
+        self.unsolicited: list[bytes] = []
         self._held: list[bytes] = []
         self._held_size = 0
         self._wire_lines: dict[str, str] = {}
@@ -102,6 +109,15 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     def _untagged_response(self, line: bytes) -> object:
         if line.startswith(b"* BYE"):
             self.bye = line[2:]
+        elif (
+            self.pending_sync_command is None
+            and _MAILBOX_SIZE.match(line)
+            and len(self.unsolicited) < MAX_UNSOLICITED
+        ):
+            # A server reports new mail with whatever command runs next (RFC 3501
+            # §7.3.1); aioimaplib drops it when that command is SEARCH or FETCH. Keep
+            # it, so that an IDLE starting next does not wait for a change already seen.
+            self.unsolicited.append(line[2:])
         return super()._untagged_response(line)
 
     async def execute(self, command: _aio.Command, scrub: str | None = None) -> _aio.Response:

@@ -23,8 +23,7 @@ import anyio
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
-from mailoauth._core.connection import Connection
-from mailoauth._core.stream_transport import StreamTransport
+from mailoauth._core.connection import Connection, ProtocolTransport
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
@@ -128,7 +127,7 @@ class ImapClient(BaseClient):
         )
         self.idle_renew_after = idle_renew_after
         self._protocol: ImapProtocol | None = None
-        self._transport: StreamTransport | None = None
+        self._transport: ProtocolTransport | None = None
         self._token: AccessToken | None = None
         self._selected: tuple[str, bool] | None = None
         self._authenticated_at: dt.datetime | None = None
@@ -151,7 +150,7 @@ class ImapClient(BaseClient):
             timeout=self.timeout,
         )
         protocol = ImapProtocol(asyncio.get_running_loop())
-        transport = StreamTransport(conn, protocol)
+        transport = conn.attach(protocol)
         self._protocol, self._transport = protocol, transport
         try:
             await self._guard(
@@ -172,7 +171,7 @@ class ImapClient(BaseClient):
             self._protocol = self._transport = None
             raise
 
-    async def _starttls(self, protocol: ImapProtocol, transport: StreamTransport) -> None:
+    async def _starttls(self, protocol: ImapProtocol, transport: ProtocolTransport) -> None:
         if "STARTTLS" not in protocol.capabilities:
             raise TLSError(
                 f"{self.host}:{self.port} does not offer STARTTLS, and STARTTLS is required "
@@ -190,7 +189,7 @@ class ImapClient(BaseClient):
         protocol.capabilities = set()
         await self._guard(protocol.capability(), "reading capabilities from")
 
-    async def _authenticate(self, protocol: ImapProtocol, transport: StreamTransport) -> None:
+    async def _authenticate(self, protocol: ImapProtocol, transport: ProtocolTransport) -> None:
         offered = [c[5:] for c in protocol.capabilities if c.upper().startswith("AUTH=")]
         mechanism = choose_mechanism(offered, self.mechanism, "imap")
         sasl_ir = "SASL-IR" in protocol.capabilities
@@ -357,6 +356,7 @@ class ImapClient(BaseClient):
         command = "EXAMINE" if readonly else "SELECT"
 
         async def op(p: ImapProtocol) -> Any:
+            p.unsolicited.clear()  # the new selection reports its own size
             if readonly:
                 response = await p.simple_command("EXAMINE", name)
                 if response.result == "OK":
@@ -542,6 +542,13 @@ class ImapClient(BaseClient):
                 renew_at = min(renew_at, anyio.current_time() + max(until_reauth, 1.0))
             if deadline is not None:
                 renew_at = min(renew_at, deadline)
+            # Changes the server reported beside earlier commands come first: IDLE will
+            # not announce them again.
+            seen, protocol.unsolicited = protocol.unsolicited, []
+            for line in seen:
+                event = _idle_event(line)
+                if event is not None:
+                    yield event
             idle_task = asyncio.ensure_future(protocol.idle())
             try:
                 await self._guard(protocol.wait_for_idle_response(), "starting IDLE on")

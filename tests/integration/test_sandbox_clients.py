@@ -190,3 +190,27 @@ async def test_office365_bye_access_token_expired_is_survived(sandbox: MailSandb
         await imap.uid_search("ALL")
         assert imap.reconnects == 1
     assert provider.calls == 2
+
+
+async def test_new_mail_reported_beside_a_search_is_not_lost_to_idle(sandbox: MailSandbox) -> None:
+    name = "erin@example.test"
+    user = sandbox.user(name)
+    async with ImapClient(
+        sandbox.imap.host,
+        sandbox.imap.tls_port,
+        name,
+        user.access_token(),
+        S.SSL_IMPLICIT,
+        ssl_context=sandbox.ssl_context,
+    ) as imap:
+        await imap.select()
+        sandbox.store.deliver(name, b"Subject: raced\r\n\r\nhi\r\n")
+        await asyncio.sleep(0.05)
+        # The server announces "* 1 EXISTS" beside this SEARCH's reply...
+        await imap.uid_search("ALL")
+        # ...and will not announce it again: IDLE must still report it, at once.
+        events = []
+        async for event in imap.idle(timeout=5):
+            events.append(event)
+            break
+        assert events and events[0].kind == "EXISTS" and events[0].number == 1

@@ -1,0 +1,224 @@
+"""The connection core without sockets: a fake socket transport, and TLS handshakes
+run in memory against a server-side SSLObject."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+
+import pytest
+import trustme
+
+from mailoauth._core.connection import (
+    PAUSE_READING_AT,
+    RECEIVE_CHUNK,
+    RESUME_READING_AT,
+    Connection,
+)
+from mailoauth.errors import ConnectionLostError, MailTimeoutError, TLSError
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeSocket(asyncio.Transport):
+    """What asyncio's socket transport would do, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+        self.reading = True
+        self.protocol: Connection | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            assert self.protocol is not None
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost: list[Exception | None] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+def connect(
+    timeout: float = 1.0, ctx: ssl.SSLContext | None = None
+) -> tuple[Connection, FakeSocket]:
+    conn = Connection(host="localhost", port=1, ssl_context=ctx, timeout=timeout)
+    sock = FakeSocket()
+    sock.protocol = conn
+    conn.connection_made(sock)
+    return conn, sock
+
+
+class TlsPeer:
+    """The server side of a TLS session, in memory, pumping through a FakeSocket."""
+
+    def __init__(self, ca: trustme.CA, conn: Connection, sock: FakeSocket) -> None:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(server_ctx)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.ssl = server_ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.conn, self.sock = conn, sock
+
+    def pump(self) -> None:
+        if self.sock.sent:
+            self.incoming.write(bytes(self.sock.sent))
+            self.sock.sent.clear()
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.ssl.do_handshake()
+        if self.outgoing.pending:
+            self.conn.data_received(self.outgoing.read())
+
+    async def handshake_with(self, upgrade: asyncio.Future[None]) -> None:
+        while not upgrade.done():
+            self.pump()
+            await asyncio.sleep(0)
+        upgrade.result()
+        self.pump()  # the server reads the client's last handshake flight
+
+    def send(self, data: bytes) -> None:
+        self.ssl.write(data)
+        self.conn.data_received(self.outgoing.read())
+
+    def received(self) -> bytes:
+        self.incoming.write(bytes(self.sock.sent))
+        self.sock.sent.clear()
+        out = bytearray()
+        while True:
+            try:
+                out += self.ssl.read(65536)
+            except ssl.SSLWantReadError:
+                return bytes(out)
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+async def test_attached_protocol_gets_bytes_in_order_and_writes_reach_the_socket() -> None:
+    conn, sock = connect()
+    conn.data_received(b"* OK early greeting\r\n")  # before anything is attached
+    proto = Recorder()
+    transport = conn.attach(proto)
+    conn.data_received(b"* CAPABILITY IMAP4rev1\r\n")
+    assert bytes(proto.data) == b"* OK early greeting\r\n* CAPABILITY IMAP4rev1\r\n"
+    transport.write(b"A1 NOOP\r\n")
+    assert bytes(sock.sent) == b"A1 NOOP\r\n"
+    transport.close()
+    await asyncio.sleep(0)
+    assert proto.lost == [None] and transport.is_closing()
+
+
+async def test_receive_splits_at_max_bytes_and_ends_with_connection_lost() -> None:
+    conn, _sock = connect()
+    conn.data_received(b"abcdef")
+    assert await conn.receive(4) == b"abcd"
+    assert await conn.receive() == b"ef"
+    conn.eof_received()
+    with pytest.raises(ConnectionLostError):
+        await conn.receive()
+
+
+async def test_receive_times_out_and_closes() -> None:
+    conn, sock = connect(timeout=0.05)
+    with pytest.raises(MailTimeoutError, match="timed out reading from localhost:1"):
+        await conn.receive()
+    assert conn.closed and sock.closed
+
+
+async def test_reading_pauses_above_the_watermark_and_resumes_below() -> None:
+    conn, sock = connect()
+    chunk = b"x" * RECEIVE_CHUNK
+    while sock.reading:
+        conn.data_received(chunk)
+    assert conn._buffered > PAUSE_READING_AT
+    while not sock.reading:
+        await conn.receive()
+    assert conn._buffered < RESUME_READING_AT
+
+
+async def test_implicit_style_tls_in_memory_both_ways() -> None:
+    ca = trustme.CA()
+    conn, sock = connect(ctx=client_context(ca))
+    peer = TlsPeer(ca, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    assert conn.tls_active and conn.extra("version") in ("TLSv1.2", "TLSv1.3")
+    peer.send(b"+OK ready\r\n")
+    assert await conn.receive() == b"+OK ready\r\n"
+    await conn.send(b"CAPA\r\n")
+    assert peer.received() == b"CAPA\r\n"
+
+
+async def test_starttls_discards_plaintext_received_before_the_handshake() -> None:
+    ca = trustme.CA()
+    conn, sock = connect(ctx=client_context(ca))
+    conn.data_received(b"+OK Begin TLS\r\n")
+    assert await conn.receive() == b"+OK Begin TLS\r\n"
+    conn.data_received(b"+OK injected by a man in the middle\r\n")
+    peer = TlsPeer(ca, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    peer.send(b"+OK over TLS\r\n")
+    assert await conn.receive() == b"+OK over TLS\r\n"
+
+
+async def test_attached_starttls_calls_discard_before_the_handshake() -> None:
+    ca = trustme.CA()
+    conn, sock = connect(ctx=client_context(ca))
+    proto = Recorder()
+    transport = conn.attach(proto)
+    conn.data_received(b"220 go ahead\r\n250 injected\r\n")
+    discarded = []
+
+    def discard() -> None:
+        discarded.append(bytes(proto.data))
+        proto.data.clear()
+
+    peer = TlsPeer(ca, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(transport.start_tls(discard)))
+    assert discarded == [b"220 go ahead\r\n250 injected\r\n"]
+    peer.send(b"250 after TLS\r\n")
+    assert bytes(proto.data) == b"250 after TLS\r\n"
+
+
+async def test_certificate_from_another_ca_is_a_tls_error() -> None:
+    conn, sock = connect(ctx=client_context(trustme.CA()))
+    peer = TlsPeer(trustme.CA(), conn, sock)
+    with pytest.raises(TLSError, match="certificate"):
+        await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    assert conn.closed
+
+
+async def test_garbage_after_the_handshake_fails_the_attached_protocol_with_tls_error() -> None:
+    ca = trustme.CA()
+    conn, sock = connect(ctx=client_context(ca))
+    peer = TlsPeer(ca, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    proto = Recorder()
+    conn.attach(proto)
+    conn.data_received(b"\x17\x03\x03\x00\x10" + b"\x00" * 16)  # a record that won't decrypt
+    await asyncio.sleep(0)
+    assert len(proto.lost) == 1 and isinstance(proto.lost[0], TLSError)
