@@ -47,8 +47,8 @@ RECEIVE_CHUNK: Final = 65536
 #: In :meth:`Connection.receive` mode, stop reading the socket while this much
 #: plaintext waits unread, and resume below :data:`RESUME_READING_AT`: memory stays
 #: bounded however fast the server sends.
-PAUSE_READING_AT: Final = 1024 * 1024
-RESUME_READING_AT: Final = 256 * 1024
+PAUSE_READING_AT: Final = 256 * 1024
+RESUME_READING_AT: Final = 64 * 1024
 
 
 @contextmanager
@@ -274,7 +274,12 @@ class Connection(asyncio.Protocol):
             parts.append(chunk)
         self._flush_outgoing()  # e.g. a TLS 1.3 KeyUpdate answer
         if parts:
-            self._deliver(parts[0] if len(parts) == 1 else b"".join(parts))
+            if self._sink is not None:
+                # One call per socket read: parsers rescan partial lines on every call.
+                self._sink.data_received(parts[0] if len(parts) == 1 else b"".join(parts))
+            else:
+                for part in parts:  # queued as read: no copy, and each at most a chunk
+                    self._deliver(part)
         if self._eof:
             self._wake()
 
@@ -364,7 +369,8 @@ class Connection(asyncio.Protocol):
     async def receive(
         self, max_bytes: int = RECEIVE_CHUNK, *, timeout: float | None = None
     ) -> bytes:
-        """At least one byte, at most ``max_bytes``. Raises
+        """At least one byte, at most ``max_bytes`` (whole chunks as they were read,
+        joined up to that size: fewer awaits when the reader is behind). Raises
         :class:`ConnectionLostError` at the end of the stream, and
         :class:`MailTimeoutError` (closing the connection) when nothing comes."""
         if not self._chunks:
@@ -378,10 +384,18 @@ class Connection(asyncio.Protocol):
             except BaseException:
                 self.close()
                 raise
-        data = self._chunks.popleft()
+        chunks = self._chunks
+        data = chunks.popleft()
         if len(data) > max_bytes:
-            self._chunks.appendleft(data[max_bytes:])
+            chunks.appendleft(data[max_bytes:])
             data = data[:max_bytes]
+        elif chunks and len(data) + len(chunks[0]) <= max_bytes:
+            parts = [data]
+            size = len(data)
+            while chunks and size + len(chunks[0]) <= max_bytes:
+                size += len(chunks[0])
+                parts.append(chunks.popleft())
+            data = b"".join(parts)
         self._buffered -= len(data)
         if self._reading_paused and self._buffered < RESUME_READING_AT and self._raw:
             self._reading_paused = False

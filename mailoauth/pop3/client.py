@@ -381,28 +381,41 @@ class Pop3Client(BaseClient):
         after the messages before it were yielded."""
         todo = list(numbers)
         window = PIPELINE_WINDOW if self._caps and "PIPELINING" in self._caps else 1
+        next_buffered = self._proto.next_event
         sent = 0
         for done, number in enumerate(todo):
             # Keep between window/2 and window commands in flight.
             if sent < len(todo) and sent - done <= window // 2:
                 batch = todo[sent : done + window]
-                await self._send(b"".join(self._proto.retr(n) for n in batch))
+                await self._send(self._proto.retr_many(batch))
                 sent += len(batch)
-            event = await self._next_event()
-            if not isinstance(event, Reply) or not event.ok:
+            # Events already buffered come straight from the protocol; only when it
+            # needs data does the loop await _next_event(). Per small message, the
+            # wrappers would cost as much as the parsing.
+            try:
+                event = next_buffered()
+                if event is NEED_DATA or type(event) is ConnectionClosed:
+                    event = await self._next_event()
+                if type(event) is Reply and event.ok:
+                    chunks = []
+                    while True:
+                        event = next_buffered()
+                        if event is NEED_DATA or type(event) is ConnectionClosed:
+                            event = await self._next_event()
+                        if type(event) is not MessageData:
+                            break
+                        chunks.append(event.data)
+            except MailOAuthError:  # the server broke the protocol: session unusable
+                self._broken = True
+                raise
+            if type(event) is Reply:  # -ERR
                 self._broken = sent > done + 1  # replies still in flight: session unusable
-                text = event.text if isinstance(event, Reply) else repr(event)
                 raise CommandError(
-                    f"{self.host}:{self.port} refused RETR {number}: -ERR {text}",
+                    f"{self.host}:{self.port} refused RETR {number}: -ERR {event.text}",
                     command="RETR",
-                    reply=f"-ERR {text}",
+                    reply=f"-ERR {event.text}",
                 )
-            # The body loop of _body_chunks, inlined: per small message the async
-            # generator cost as much as parsing it.
-            chunks = []
-            while type(event := await self._next_event()) is MessageData:
-                chunks.append(event.data)
-            if not isinstance(event, MessageEnd):
+            if type(event) is not MessageEnd:
                 self._broken = True
                 raise ProtocolError(f"unexpected {event!r} inside a message from {self.host}")
             yield number, b"".join(chunks)

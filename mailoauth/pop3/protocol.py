@@ -38,7 +38,7 @@ import enum
 import hashlib
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -109,7 +109,8 @@ _RESP_CODE: Final = re.compile(rb"\[([A-Za-z0-9-]+(?:/[A-Za-z0-9-]+)*)\]")
 # RFC 1939 §7: the APOP timestamp is a msg-id, "<" ... "@" ... ">", in the greeting.
 _APOP_TIMESTAMP: Final = re.compile(rb"<[^<>\s@]+@[^<>\s]+>")
 _LINE_DOT: Final = re.compile(rb"\r\n\.")
-# Dots not at a line start tolerated per read before the body scan stops using memchr.
+# Dots not at a line start tolerated before the body scan stops using memchr for the
+# rest of the session (see _unstuff).
 _DOT_SCAN_MISSES: Final = 8
 
 
@@ -252,7 +253,7 @@ class _Kind(enum.Enum):
 _MULTILINE_KINDS: Final = frozenset({_Kind.LIST_ALL, _Kind.UIDL_ALL, _Kind.CAPA})
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Pending:
     verb: str
     kind: _Kind
@@ -336,6 +337,7 @@ class Pop3Protocol:
         self._listing_lines: list[bytes] = []
         self._listing_size = 0
         self._body_line_start = True
+        self._scan_dots = True
         self._body_ended = False
 
     # -- introspection ----------------------------------------------------------------
@@ -522,6 +524,17 @@ class Pop3Protocol:
         """``RETR n``. Raises ConfigurationError if illegal now or n < 1."""
         _check_msg_number(number)
         return self._command("RETR", _Kind.MESSAGE, str(number))
+
+    def retr_many(self, numbers: Sequence[int]) -> bytes:
+        """``RETR n`` for each of ``numbers``, as one write (for PIPELINING, RFC 2449;
+        the replies come back in order). Raises ConfigurationError like :meth:`retr`,
+        before anything is queued."""
+        for number in numbers:
+            _check_msg_number(number)
+        self._check_can_send("RETR")
+        pending = _Pending("RETR", _Kind.MESSAGE)  # immutable: one serves them all
+        self._pending.extend(pending for _ in numbers)
+        return b"".join(b"RETR %d\r\n" % number for number in numbers)
 
     def top(self, number: int, lines: int) -> bytes:
         """``TOP n lines``. Raises ConfigurationError if illegal now, n < 1 or lines < 0."""
@@ -780,7 +793,7 @@ class Pop3Protocol:
                     self._finish()
                     return MessageEnd()
             self._body_line_start = False
-        data, consumed, ended = _unstuff(buf, start)
+        data, consumed, ended, self._scan_dots = _unstuff(buf, start, self._scan_dots)
         self._consume(consumed)
         if ended:
             if not data:
@@ -792,17 +805,24 @@ class Pop3Protocol:
         return MessageData(data)
 
 
-def _unstuff(buf: bytes | bytearray, start: int) -> tuple[bytes, int, bool]:
-    """Unstuff ``buf[start:]`` up to the terminator: (content, bytes consumed, ended).
+def _unstuff(
+    buf: bytes | bytearray, start: int, scan_dots: bool = True
+) -> tuple[bytes, int, bool, bool]:
+    """Unstuff ``buf[start:]`` up to the terminator: (content, bytes consumed, ended,
+    whether to keep scanning for lone dots).
 
     ``buf[start:]`` is never at the start of a line. Bytes that may be the beginning
-    of a CRLF "." sequence split across reads are left unconsumed.
+    of a CRLF "." sequence split across reads are left unconsumed. ``scan_dots`` picks
+    the search: a memchr for "." (fastest when dots are rare) or a search for CRLF "."
+    (steady when they are common, as in mail full of addresses); the first gives way
+    to the second after :data:`_DOT_SCAN_MISSES` dots that start no line, and the
+    caller keeps that choice for the rest of the session.
     """
     n = len(buf)
     pieces: list[memoryview] = []
     ended = False
     search = start  # where the next CRLF "." may begin
-    misses = 0
+    misses = 0 if scan_dots else _DOT_SCAN_MISSES
     with memoryview(buf) as view:
         while True:
             # Looking for a lone "." is a memchr, many times faster than searching for
@@ -855,7 +875,7 @@ def _unstuff(buf: bytes | bytearray, start: int) -> tuple[bytes, int, bool]:
             for piece in pieces:
                 piece.release()
     consumed = cut + 3 if ended else cut
-    return data, consumed, ended
+    return data, consumed, ended, misses < _DOT_SCAN_MISSES
 
 
 def _parse_scan(text: bytes, what: str) -> tuple[int, int]:

@@ -1008,3 +1008,37 @@ def test_matches_poplib(fake_server: FakePop3Server) -> None:
         # poplib strips each line's CRLF; we keep the bytes as sent.
         assert b"".join(line + b"\r\n" for line in lines) == mine
         assert mine == normalized(original)
+
+
+# -- pipelined RETR ---------------------------------------------------------------------
+
+
+def test_retr_many_is_one_write_and_replies_come_in_order(
+    feed: Callable[[Pop3Protocol, bytes], list[Event]],
+) -> None:
+    proto = transaction()
+    assert proto.retr_many([2, 1, 3]) == b"RETR 2\r\nRETR 1\r\nRETR 3\r\n"
+    assert proto.pending_responses == 3
+    wire = b"".join(b"+OK\r\nmessage %d\r\n.\r\n" % n for n in (2, 1, 3))
+    events = feed(proto, wire)
+    bodies = [e.data for e in events if isinstance(e, MessageData)]
+    assert bodies == [b"message 2\r\n", b"message 1\r\n", b"message 3\r\n"]
+    assert sum(isinstance(e, MessageEnd) for e in events) == 3
+
+
+@pytest.mark.parametrize("bad", [[1, 0], [1, -2], [True]])
+def test_retr_many_refuses_a_bad_number_before_queueing_any(bad: list[int]) -> None:
+    proto = transaction()
+    with pytest.raises(ConfigurationError, match="message numbers start at 1"):
+        proto.retr_many(bad)
+    assert proto.pending_responses == 0
+
+
+def test_dot_scan_gives_way_for_the_session_when_dots_are_common() -> None:
+    proto = transaction()
+    dotted = b"".join(b"a.b.c line %d with e.g. example.test\r\n" % i for i in range(20))
+    proto.retr_many([1, 2])
+    drain(proto, b"+OK\r\n" + dotted + b".\r\n")
+    assert proto._scan_dots is False  # many dots not at a line start: CRLF-dot search
+    events = drain(proto, b"+OK\r\n..stuffed\r\n" + dotted + b".\r\n")
+    assert [e.data for e in events if isinstance(e, MessageData)] == [b".stuffed\r\n" + dotted]
