@@ -272,6 +272,8 @@ class Connection(asyncio.Protocol):
                 self._eof = True
                 break
             parts.append(chunk)
+            if not self._incoming.pending and not self._ssl.pending():
+                break  # all read: skip the read that would only raise SSLWantReadError
         self._flush_outgoing()  # e.g. a TLS 1.3 KeyUpdate answer
         if parts:
             if self._sink is not None:
