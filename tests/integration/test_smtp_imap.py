@@ -7,6 +7,7 @@ import datetime as dt
 import email.message
 import ssl
 import uuid
+from typing import Any
 
 import pytest
 import trustme
@@ -22,10 +23,12 @@ from mailoauth.imap.client import ImapClient
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
 from mailoauth.testing.oauth_server import FakeOAuthServer
-from mailoauth.tokens.access_token import AccessToken, utcnow
+from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
 from tests.integration.conftest import MailServers
 
 pytestmark = pytest.mark.asyncio
+
+Token = str | AccessToken | TokenProvider
 
 MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]
 
@@ -54,6 +57,31 @@ class IssuingProvider:
         value = self.oauth.issue_access_token(self.username, lifetime=self.lifetime)
         self.issued.append(value)
         return AccessToken(value, utcnow() + dt.timedelta(seconds=self.lifetime))
+
+
+def imaps(servers: MailServers, user: str, token: Token, **options: Any) -> ImapClient:
+    """An ImapClient for Dovecot's implicit-TLS port, trusting the test CA."""
+    return ImapClient(
+        "localhost",
+        servers.dovecot.imaps_port,
+        user,
+        token,
+        SecurityOptions.SSL_IMPLICIT,
+        ssl_context=servers.client_context(),
+        **options,
+    )
+
+
+def submission(servers: MailServers, user: str, token: Token, **options: Any) -> SmtpClient:
+    """An SmtpClient for Postfix's submission port (STARTTLS), trusting the test CA."""
+    return SmtpClient(
+        "localhost",
+        servers.postfix.submission_port,
+        user,
+        token,
+        ssl_context=servers.client_context(),
+        **options,
+    )
 
 
 def new_user() -> str:
@@ -138,14 +166,7 @@ async def test_send_then_read_back(
 
 async def test_mechanism_default_prefers_oauthbearer(mail_servers: MailServers) -> None:
     user = new_user()
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        mail_servers.token(user),
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=mail_servers.client_context(),
-    ) as imap:
+    async with imaps(mail_servers, user, mail_servers.token(user)) as imap:
         assert imap.mechanism_used == "OAUTHBEARER"
         assert "IMAP4REV1" in {c.upper() for c in await imap.capabilities()}
 
@@ -243,45 +264,14 @@ async def test_revoked_token_is_refreshed_and_retried_once(
 ) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
-    ctx = mail_servers.client_context()
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=ctx,
-        mechanism=mechanism,
-    ) as imap:
+    async with imaps(mail_servers, user, provider, mechanism=mechanism) as imap:
         await imap.select()
     mail_servers.oauth.revoke(provider.issued[-1])
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=ctx,
-        mechanism=mechanism,
-    ) as imap:
+    async with imaps(mail_servers, user, provider, mechanism=mechanism) as imap:
         await imap.select()
-    async with SmtpClient(
-        "localhost",
-        mail_servers.postfix.submission_port,
-        user,
-        provider,
-        ssl_context=ctx,
-        mechanism=mechanism,
-    ) as smtp:
+    async with submission(mail_servers, user, provider, mechanism=mechanism) as smtp:
         mail_servers.oauth.revoke(provider.issued[-1])
-    async with SmtpClient(
-        "localhost",
-        mail_servers.postfix.submission_port,
-        user,
-        provider,
-        ssl_context=ctx,
-        mechanism=mechanism,
-    ) as smtp:
+    async with submission(mail_servers, user, provider, mechanism=mechanism) as smtp:
         await smtp.sendmail(user, [user], b"Subject: after revoke\r\n\r\nok\r\n")
     assert provider.calls == 3  # the first token, then one refresh per revocation
 
@@ -300,31 +290,15 @@ async def test_rejected_twice_raises_with_server_reply(
             return AccessToken(mail_servers.oauth.issue_access_token("someone-else@example.test"))
 
     provider = WrongUserProvider()
-    ctx = mail_servers.client_context()
     with pytest.raises(AuthenticationError) as info:
-        async with ImapClient(
-            "localhost",
-            mail_servers.dovecot.imaps_port,
-            user,
-            provider,
-            SecurityOptions.SSL_IMPLICIT,
-            ssl_context=ctx,
-            mechanism=mechanism,
-        ):
+        async with imaps(mail_servers, user, provider, mechanism=mechanism):
             pass
     assert "AUTHENTICATIONFAILED" in info.value.server_reply
     assert info.value.challenge is not None
     assert "scope" in str(info.value)
     assert provider.calls == 2
     with pytest.raises(AuthenticationError) as smtp_info:
-        async with SmtpClient(
-            "localhost",
-            mail_servers.postfix.submission_port,
-            user,
-            provider,
-            ssl_context=ctx,
-            mechanism=mechanism,
-        ):
+        async with submission(mail_servers, user, provider, mechanism=mechanism):
             pass
     assert smtp_info.value.server_reply.startswith("535")
     assert smtp_info.value.challenge is not None
@@ -335,14 +309,7 @@ async def test_static_token_rejected_says_pass_a_provider(mail_servers: MailServ
     token = mail_servers.token(user)
     mail_servers.oauth.revoke(token)
     with pytest.raises(AuthenticationError, match="pass a TokenProvider"):
-        async with ImapClient(
-            "localhost",
-            mail_servers.dovecot.imaps_port,
-            user,
-            token,
-            SecurityOptions.SSL_IMPLICIT,
-            ssl_context=mail_servers.client_context(),
-        ):
+        async with imaps(mail_servers, user, token):
             pass
 
 
@@ -364,26 +331,12 @@ async def test_refresh_that_fails_permanently(mail_servers: MailServers) -> None
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
     ctx = mail_servers.client_context()
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=ctx,
-    ) as imap:
+    async with imaps(mail_servers, user, provider) as imap:
         await imap.select()
     mail_servers.oauth.revoke_user(user)
     provider.dead = True
     for client in (
-        ImapClient(
-            "localhost",
-            mail_servers.dovecot.imaps_port,
-            user,
-            provider,
-            SecurityOptions.SSL_IMPLICIT,
-            ssl_context=ctx,
-        ),
+        imaps(mail_servers, user, provider),
         SmtpClient(
             "localhost",
             mail_servers.postfix.smtps_port,
@@ -401,29 +354,17 @@ async def test_refresh_that_fails_permanently(mail_servers: MailServers) -> None
 async def test_token_expiring_between_operations(mail_servers: MailServers) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user, lifetime=3.0)
-    ctx = mail_servers.client_context()
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=ctx,
-    ) as imap:
+    async with imaps(mail_servers, user, provider) as imap:
         await imap.select()
         await asyncio.sleep(3.2)  # the session's token has expired now
         assert await imap.uid_search("ALL") == []
         assert imap.reconnects == 1  # re-authenticated with a fresh token, reselected
-    async with SmtpClient(
-        "localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx
-    ) as smtp:
+    async with submission(mail_servers, user, provider) as smtp:
         await smtp.sendmail(user, [user], b"Subject: one\r\n\r\n1\r\n")
         await asyncio.sleep(3.2)
         # The authenticated session outlives its token; a new connection gets a new one.
         await smtp.sendmail(user, [user], b"Subject: two\r\n\r\n2\r\n")
-    async with SmtpClient(
-        "localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx
-    ) as smtp:
+    async with submission(mail_servers, user, provider) as smtp:
         await smtp.sendmail(user, [user], b"Subject: three\r\n\r\n3\r\n")
     assert provider.calls >= 3
 
@@ -434,23 +375,17 @@ async def test_static_token_expiring_between_operations_fails_clearly(
     user = new_user()
     value = mail_servers.oauth.issue_access_token(user, lifetime=2.0)
     token = AccessToken(value, utcnow() + dt.timedelta(seconds=2))
-    ctx = mail_servers.client_context()
-    async with SmtpClient(
-        "localhost", mail_servers.postfix.submission_port, user, token, ssl_context=ctx
-    ) as smtp:
+    async with submission(mail_servers, user, token) as smtp:
         await smtp.sendmail(user, [user], b"Subject: before\r\n\r\nok\r\n")
     await asyncio.sleep(2.2)
     with pytest.raises(TokenExpiredError, match="provider"):
-        async with SmtpClient(
-            "localhost", mail_servers.postfix.submission_port, user, token, ssl_context=ctx
-        ):
+        async with submission(mail_servers, user, token):
             pass
 
 
 async def test_200_concurrent_clients_share_one_refresh(mail_servers: MailServers) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user, lifetime=3600)
-    ctx = mail_servers.client_context()
     # Prime the manager with a token that has already expired.
     from mailoauth.tokens.manager import wrap_provider
 
@@ -461,14 +396,7 @@ async def test_200_concurrent_clients_share_one_refresh(mail_servers: MailServer
     calls_before = provider.calls
 
     async def one() -> int:
-        async with ImapClient(
-            "localhost",
-            mail_servers.dovecot.imaps_port,
-            user,
-            provider,
-            SecurityOptions.SSL_IMPLICIT,
-            ssl_context=ctx,
-        ) as imap:
+        async with imaps(mail_servers, user, provider) as imap:
             return (await imap.select()).exists
 
     results = await asyncio.gather(*(one() for _ in range(200)))
@@ -479,23 +407,12 @@ async def test_200_concurrent_clients_share_one_refresh(mail_servers: MailServer
 async def test_idle_reports_new_mail_and_renews(mail_servers: MailServers) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
-    ctx = mail_servers.client_context()
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=ctx,
-        idle_renew_after=0.5,
-    ) as imap:
+    async with imaps(mail_servers, user, provider, idle_renew_after=0.5) as imap:
         await imap.select()
 
         async def deliver() -> None:
             await asyncio.sleep(1.2)  # after at least one renewal of the IDLE
-            async with SmtpClient(
-                "localhost", mail_servers.postfix.submission_port, user, provider, ssl_context=ctx
-            ) as smtp:
+            async with submission(mail_servers, user, provider) as smtp:
                 await smtp.sendmail(user, [user], b"Subject: pushed\r\n\r\nhi\r\n")
 
         task = asyncio.create_task(deliver())
@@ -514,14 +431,7 @@ async def test_imap_session_reconnects_after_server_drops_it(mail_servers: MailS
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
     mail_servers.dovecot.deliver(user, b"Subject: kept\r\n\r\nbody\r\n")
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=mail_servers.client_context(),
-    ) as imap:
+    async with imaps(mail_servers, user, provider) as imap:
         await imap.select()
         assert imap._transport is not None
         imap._transport.close()  # as if the server reset the connection
@@ -533,13 +443,7 @@ async def test_imap_session_reconnects_after_server_drops_it(mail_servers: MailS
 async def test_smtp_reconnects_when_connection_was_dropped(mail_servers: MailServers) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
-    async with SmtpClient(
-        "localhost",
-        mail_servers.postfix.submission_port,
-        user,
-        provider,
-        ssl_context=mail_servers.client_context(),
-    ) as smtp:
+    async with submission(mail_servers, user, provider) as smtp:
         await smtp.sendmail(user, [user], b"Subject: 1\r\n\r\n1\r\n")
         assert smtp._smtp is not None and smtp._smtp.transport is not None
         smtp._smtp.transport.close()
@@ -550,14 +454,7 @@ async def test_smtp_reconnects_when_connection_was_dropped(mail_servers: MailSer
 
 async def test_imap_operations_against_dovecot(mail_servers: MailServers) -> None:
     user = new_user()
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        mail_servers.token(user),
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=mail_servers.client_context(),
-    ) as imap:
+    async with imaps(mail_servers, user, mail_servers.token(user)) as imap:
         uid = await imap.append(
             b"Subject: appended\r\nFrom: a@example.test\r\n\r\nbody\r\n", flags=["\\Flagged"]
         )
@@ -591,14 +488,7 @@ async def test_imap_operations_against_dovecot(mail_servers: MailServers) -> Non
 async def test_idle_reauthenticates_before_the_token_expires(mail_servers: MailServers) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user, lifetime=4.0)
-    async with ImapClient(
-        "localhost",
-        mail_servers.dovecot.imaps_port,
-        user,
-        provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=mail_servers.client_context(),
-    ) as imap:
+    async with imaps(mail_servers, user, provider) as imap:
         await imap.select()
         started = asyncio.get_running_loop().time()
         async for _event in imap.idle(timeout=4.5):
