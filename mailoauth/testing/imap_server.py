@@ -44,7 +44,6 @@ from mailoauth.testing._imap_syntax import (
 from mailoauth.testing._mail_server import BearerMailServer
 from mailoauth.testing._serving import Channel, LineTooLongError
 from mailoauth.testing.bearer_auth import (
-    SUPPORTED_MECHANISMS,
     AuthOutcome,
     BearerCredentials,
     SaslParseError,
@@ -316,7 +315,7 @@ class _ImapSession:
             if not self.ch.tls and self.server.ssl_context is not None:
                 caps.append("STARTTLS")
             if self.ch.tls or not self.server.require_tls:
-                caps += [f"AUTH={m}" for m in SUPPORTED_MECHANISMS]
+                caps += [f"AUTH={m}" for m in self.server.personality.replies.mechanisms]
             caps.append("LOGINDISABLED")
         return " ".join(caps)
 
@@ -358,7 +357,7 @@ class _ImapSession:
         if not args or len(args) > 2:
             raise ImapSyntaxError("AUTHENTICATE <mechanism> [initial response]")
         mechanism = text_of(args[0]).upper()
-        if mechanism not in SUPPORTED_MECHANISMS:
+        if mechanism not in self.server.personality.replies.mechanisms:
             await self._tagged(tag, "NO [CANNOT] Unsupported authentication mechanism.")
             return
         if self.server.require_tls and not self.ch.tls:

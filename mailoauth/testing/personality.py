@@ -8,9 +8,9 @@ what it answers to a rejected bearer token.
   credentials.``
 - :attr:`Personality.OFFICE365`: no challenge, an immediate ``NO AUTHENTICATE
   failed.``, ``535 5.7.3 Authentication unsuccessful`` or ``-ERR Authentication
-  failure: unknown user name or bad password.``; and an IMAP session whose token has
+  failure: unknown user name or bad password.``; an IMAP session whose token has
   expired ends at the next command with ``* BYE Session invalidated -
-  AccessTokenExpired``.
+  AccessTokenExpired``; and only XOAUTH2 is offered, as Exchange Online does.
 - :attr:`Personality.RFC`: what an RFC 7628 server such as Dovecot does: an error
   challenge (``{"status":"invalid_token",...}`` for OAUTHBEARER, ``{"status":"401",
   "schemes":"bearer","scope":"mail"}`` for XOAUTH2), then ``NO [AUTHENTICATIONFAILED]
@@ -59,6 +59,8 @@ class Replies:
 
     expires_sessions: bool = False
     """Whether an IMAP session ends when its token expires (Office 365)."""
+    mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")
+    """The bearer mechanisms offered and accepted (Office 365 has no OAUTHBEARER)."""
     imap_expired_bye: str = "* BYE Session invalidated - AccessTokenExpired"
 
     def error_challenge(self, mechanism: str) -> bytes | None:
@@ -100,6 +102,7 @@ _OFFICE365 = Replies(
     pop3_auth_ok="+OK User successfully authenticated.",
     pop3_auth_failed="-ERR Authentication failure: unknown user name or bad password.",
     expires_sessions=True,
+    mechanisms=("XOAUTH2",),
 )
 
 _RFC = Replies(

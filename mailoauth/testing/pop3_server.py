@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Final
 from mailoauth.testing._mail_server import BearerMailServer
 from mailoauth.testing._serving import Channel, LineTooLongError
 from mailoauth.testing.bearer_auth import (
-    SUPPORTED_MECHANISMS,
     AuthOutcome,
     SaslParseError,
     decode_sasl_response,
@@ -154,7 +153,7 @@ class _Pop3Session:
             if not self.ch.tls and self.server.ssl_context is not None:
                 caps.append("STLS")
             if self.ch.tls or not self.server.require_tls:
-                caps.append("SASL " + " ".join(SUPPORTED_MECHANISMS))
+                caps.append("SASL " + " ".join(self.server.personality.replies.mechanisms))
         caps.append("IMPLEMENTATION mailoauth-test")
         await self._multiline("+OK Capability list follows", caps)
 
@@ -173,11 +172,11 @@ class _Pop3Session:
 
     async def _cmd_AUTH(self, arg: str) -> None:
         if not arg:
-            await self._multiline("+OK", list(SUPPORTED_MECHANISMS))
+            await self._multiline("+OK", list(self.server.personality.replies.mechanisms))
             return
         mechanism, _, rest = arg.partition(" ")
         mechanism = mechanism.upper()
-        if mechanism not in SUPPORTED_MECHANISMS:
+        if mechanism not in self.server.personality.replies.mechanisms:
             await self.ch.send_line("-ERR Unsupported authentication mechanism.")
             return
         if self.server.require_tls and not self.ch.tls:

@@ -28,6 +28,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from mailoauth.testing._serving import LoopService
 from mailoauth.testing.bearer_auth import (
+    SUPPORTED_MECHANISMS,
     AuthOutcome,
     BearerCredentials,
     SaslParseError,
@@ -251,7 +252,8 @@ class TestSmtpServer(LoopService):
             timeout=self.timeout,
             auth_required=True,
             auth_require_tls=True,
-            auth_exclude_mechanism=["PLAIN", "LOGIN"],
+            auth_exclude_mechanism=["PLAIN", "LOGIN"]
+            + [m for m in SUPPORTED_MECHANISMS if m not in self.personality.replies.mechanisms],
             loop=asyncio.get_running_loop(),
         )
         if implicit or not self.require_starttls:
