@@ -25,6 +25,8 @@ Choose the provider the servers imitate with a marker::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
 import pytest_asyncio
@@ -33,8 +35,11 @@ from mailoauth.imap.client import ImapClient
 from mailoauth.pop3.client import Pop3Client
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
+from mailoauth.testing.imap_server import TestImapServer
 from mailoauth.testing.personality import Personality
+from mailoauth.testing.pop3_server import TestPop3Server
 from mailoauth.testing.sandbox import MailSandbox, SandboxUser
+from mailoauth.testing.smtp_server import TestSmtpServer
 from mailoauth.tokens.grants import RefreshTokenGrant
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 
@@ -49,6 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_USER = "alice@example.test"
+
+_Client = TypeVar("_Client", SmtpClient, ImapClient, Pop3Client)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -109,6 +116,24 @@ async def mailoauth_provider(
         yield provider
 
 
+@asynccontextmanager
+async def _logged_in(
+    cls: type[_Client],
+    server: TestSmtpServer | TestImapServer | TestPop3Server,
+    box: MailSandbox,
+    user: SandboxUser,
+    provider: OAuth2TokenProvider,
+    *,
+    implicit_tls: bool,
+) -> AsyncIterator[_Client]:
+    port = server.tls_port if implicit_tls else server.starttls_port
+    security = SecurityOptions.SSL_IMPLICIT if implicit_tls else SecurityOptions.SSL_EXPLICIT
+    async with cls(
+        server.host, port, user.username, provider, security, ssl_context=box.ssl_context
+    ) as client:
+        yield client
+
+
 @pytest_asyncio.fixture
 async def mailoauth_smtp(
     mailoauth_sandbox: MailSandbox,
@@ -117,14 +142,8 @@ async def mailoauth_smtp(
 ) -> AsyncIterator[SmtpClient]:
     """An :class:`~mailoauth.SmtpClient` logged in as the user over STARTTLS."""
     box = mailoauth_sandbox
-    async with SmtpClient(
-        box.smtp.host,
-        box.smtp.starttls_port,
-        mailoauth_user.username,
-        mailoauth_provider,
-        SecurityOptions.SSL_EXPLICIT,
-        ssl_context=box.ssl_context,
-    ) as client:
+    args = (box, mailoauth_user, mailoauth_provider)
+    async with _logged_in(SmtpClient, box.smtp, *args, implicit_tls=False) as client:
         yield client
 
 
@@ -136,14 +155,8 @@ async def mailoauth_imap(
 ) -> AsyncIterator[ImapClient]:
     """An :class:`~mailoauth.ImapClient` logged in as the user over implicit TLS."""
     box = mailoauth_sandbox
-    async with ImapClient(
-        box.imap.host,
-        box.imap.tls_port,
-        mailoauth_user.username,
-        mailoauth_provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=box.ssl_context,
-    ) as client:
+    args = (box, mailoauth_user, mailoauth_provider)
+    async with _logged_in(ImapClient, box.imap, *args, implicit_tls=True) as client:
         yield client
 
 
@@ -155,12 +168,6 @@ async def mailoauth_pop3(
 ) -> AsyncIterator[Pop3Client]:
     """A :class:`~mailoauth.Pop3Client` logged in as the user over implicit TLS."""
     box = mailoauth_sandbox
-    async with Pop3Client(
-        box.pop3.host,
-        box.pop3.tls_port,
-        mailoauth_user.username,
-        mailoauth_provider,
-        SecurityOptions.SSL_IMPLICIT,
-        ssl_context=box.ssl_context,
-    ) as client:
+    args = (box, mailoauth_user, mailoauth_provider)
+    async with _logged_in(Pop3Client, box.pop3, *args, implicit_tls=True) as client:
         yield client

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -81,8 +82,15 @@ async def proxy_for(mail_servers: MailServers) -> AsyncIterator[Any]:
         await proxy.aclose()
 
 
-def imap(servers: MailServers, port: int, user: str, token: str, security: SecurityOptions) -> Any:
-    return ImapClient(
+def _client(
+    cls: type[Any],
+    servers: MailServers,
+    port: int,
+    user: str,
+    token: str,
+    security: SecurityOptions,
+) -> Any:
+    return cls(
         LOCAL,
         port,
         user,
@@ -94,30 +102,9 @@ def imap(servers: MailServers, port: int, user: str, token: str, security: Secur
     )
 
 
-def pop3(servers: MailServers, port: int, user: str, token: str, security: SecurityOptions) -> Any:
-    return Pop3Client(
-        LOCAL,
-        port,
-        user,
-        token,
-        security,
-        ssl_context=servers.client_context(),
-        timeout=TIMEOUT,
-        allow_insecure_auth=security is SecurityOptions.NONE,
-    )
-
-
-def smtp(servers: MailServers, port: int, user: str, token: str, security: SecurityOptions) -> Any:
-    return SmtpClient(
-        LOCAL,
-        port,
-        user,
-        token,
-        security,
-        ssl_context=servers.client_context(),
-        timeout=TIMEOUT,
-        allow_insecure_auth=security is SecurityOptions.NONE,
-    )
+imap = functools.partial(_client, ImapClient)
+pop3 = functools.partial(_client, Pop3Client)
+smtp = functools.partial(_client, SmtpClient)
 
 
 async def append_messages(servers: MailServers, user: str, count: int, size: int = 2000) -> None:
