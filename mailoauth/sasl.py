@@ -7,8 +7,10 @@ the JSON error challenge a server sends when it rejects a token::
     line = b"AUTHENTICATE OAUTHBEARER " + mech.initial_response_b64()
     ...  # server: "+ eyJzdGF0dXMiOi..."  -> mech.respond(challenge) -> b"AQ=="
 
-Both mechanisms refuse CR, LF and NUL in the username and token (``ValueError`` via
-:class:`~mailoauth.errors.ConfigurationError`) before anything is encoded.
+Both mechanisms refuse control characters (CR, LF, NUL, the field separator ``\x01``
+and the rest of :data:`mailoauth._text.CONTROL_CHARACTERS`) in the username, host and
+token (:class:`~mailoauth.errors.ConfigurationError`, a ``ValueError``) before anything
+is encoded: a ``\x01`` in the username would let it forge an ``auth=`` field.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
+from mailoauth._text import refuse_controls
 from mailoauth.errors import ConfigurationError
 
 __all__ = [
@@ -43,16 +46,6 @@ MECHANISMS: Final[tuple[MechanismName, ...]] = ("OAUTHBEARER", "XOAUTH2")
 SMTP_MAX_COMMAND_LINE: Final = 512
 #: RFC 5034 §4: a POP3 AUTH command line with initial response is at most 255 octets.
 POP3_MAX_AUTH_LINE: Final = 255
-
-_FORBIDDEN = ("\r", "\n", "\x00")
-
-
-def _check_field(name: str, value: str) -> None:
-    if any(ch in value for ch in _FORBIDDEN):
-        raise ConfigurationError(
-            f"the {name} contains CR, LF or NUL, which would let it inject protocol "
-            f"lines; refusing to send it"
-        )
 
 
 def escape_saslname(name: str) -> str:
@@ -169,8 +162,8 @@ class XOAuth2(_BearerMechanism):
     name: MechanismName = "XOAUTH2"
 
     def __init__(self, username: str, token: str) -> None:
-        _check_field("username", username)
-        _check_field("access token", token)
+        refuse_controls(username, "username")
+        refuse_controls(token, "access token")
         self.username = username
         self._token = token
 
@@ -191,9 +184,9 @@ class OAuthBearer(_BearerMechanism):
     name: MechanismName = "OAUTHBEARER"
 
     def __init__(self, username: str, token: str, *, host: str, port: int) -> None:
-        _check_field("username", username)
-        _check_field("access token", token)
-        _check_field("host", host)
+        refuse_controls(username, "username")
+        refuse_controls(token, "access token")
+        refuse_controls(host, "host")
         self.username = username
         self._token = token
         self.host = host
@@ -215,7 +208,7 @@ def create_mechanism(
     """Build the mechanism called ``name`` (``"XOAUTH2"`` or ``"OAUTHBEARER"``).
 
     Raises :class:`~mailoauth.errors.ConfigurationError` for any other name, or when a
-    field contains CR, LF or NUL.
+    field contains a control character (CR, LF, NUL, ``\x01``, ...).
     """
     upper = name.upper()
     if upper == "XOAUTH2":

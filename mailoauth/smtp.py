@@ -8,8 +8,10 @@ one retry on a rejected token.
 from __future__ import annotations
 
 import contextlib
+import email.errors
 import email.message
 import logging
+import re
 import ssl
 import time
 from collections.abc import Iterator, Sequence
@@ -24,12 +26,14 @@ from aiosmtplib.typing import SMTPStatus
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
 from mailoauth._core.connection import Connection, ProtocolTransport
+from mailoauth._text import refuse_controls
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
     ConnectionLostError,
     LimitExceededError,
     MailConnectionError,
+    MailOAuthError,
     MailTimeoutError,
     ProtocolError,
     TLSError,
@@ -142,6 +146,15 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
     where = f"{host}:{port}"
     try:
         yield
+    except MailOAuthError:
+        raise
+    except (ValueError, email.errors.MessageError) as exc:
+        # aiosmtplib refuses addresses and arguments it cannot put on a command line
+        # (control characters, "\x85", whitespace) with ValueError; the email package
+        # refuses headers it cannot serialise.
+        raise ConfigurationError(
+            f"could not send to {where}: {exc}; nothing was sent for this message"
+        ) from exc
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refused = ", ".join(f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients)
         raise CommandError(
@@ -168,9 +181,41 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
 
 
 def _check_addresses(sender: str, recipients: Sequence[str]) -> None:
-    for value in [sender, *recipients]:
-        if any(c in value for c in "\r\n\x00"):
-            raise ConfigurationError("an address contains CR, LF or NUL; refusing to send it")
+    refuse_controls(sender, "sender address")
+    for value in recipients:
+        refuse_controls(value, "recipient address")
+
+
+#: The headers ``send_message`` takes the envelope from (aiosmtplib's choice, RFC 5322
+#: §3.6.2/§3.6.3/§3.6.6).
+ENVELOPE_HEADERS = (
+    "From",
+    "Sender",
+    "To",
+    "Cc",
+    "Bcc",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Bcc",
+)
+# A fold is CRLF (or LF) followed by whitespace (RFC 5322 §2.2.3); any other line break
+# in a header value starts a new header.
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _check_envelope_headers(message: email.message.Message) -> None:
+    """Refuse control characters in the headers the envelope is read from.
+
+    A compat32 :class:`email.message.Message` keeps a header value as the caller set it:
+    ``msg["To"] = "a@example.com\\r\\nBcc: b@example.com"`` would add a recipient that
+    nobody wrote in To (aiosmtplib reads the envelope from these headers). Folds (a
+    line break followed by white space) are header syntax and are allowed.
+    """
+    for name in ENVELOPE_HEADERS:
+        for value in message.get_all(name, failobj=[]):
+            refuse_controls(_FOLD.sub("", str(value)), f"message's {name} header", allow="\t")
 
 
 class SmtpClient(BaseClient):
@@ -328,9 +373,13 @@ class SmtpClient(BaseClient):
     ) -> SendResult:
         """Send an :class:`email.message.EmailMessage`; sender and recipients default to
         its From/Sender and To/Cc/Bcc headers (Bcc is not transmitted). Raises as
-        :meth:`sendmail`."""
+        :meth:`sendmail`, and :class:`~mailoauth.errors.ConfigurationError` before
+        sending when an address header holds a line break that is not a fold (it would
+        add a recipient), when an address holds a control character, or when the
+        message cannot be serialised."""
         explicit = [recipients] if isinstance(recipients, str) else list(recipients or ())
         _check_addresses(sender or "", explicit)
+        _check_envelope_headers(message)
         smtp = await self._ensure_connected()
         with _map_smtp_errors(self.host, self.port):
             errors, data_reply = await smtp.send_message(

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from mailoauth._core.auth import choose_mechanism
+from mailoauth._text import refuse_controls
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
@@ -43,12 +44,12 @@ class BaseClient:
         mechanism: str | None = None,
         allow_insecure_auth: bool = False,
     ) -> None:
-        if not host or any(c in host for c in "\r\n\x00 "):
+        if not host or " " in refuse_controls(host, "host"):
             raise ConfigurationError(f"host {host!r} is not a valid host name")
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
-        if not username or any(c in username for c in "\r\n\x00"):
-            raise ConfigurationError("username must be non-empty, without CR, LF or NUL")
+        if not refuse_controls(username, "username"):
+            raise ConfigurationError("username must be non-empty")
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive seconds, not {timeout!r}")
         if mechanism is not None:

@@ -24,6 +24,7 @@ import anyio
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
 from mailoauth._core.connection import Connection, ProtocolTransport
+from mailoauth._text import refuse_controls
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
@@ -70,9 +71,8 @@ def _uid_set(uids: Iterable[int]) -> str:
 
 
 def _check_arg(value: str, what: str) -> str:
-    if any(c in value for c in "\r\n\x00"):
-        raise ConfigurationError(f"the {what} contains CR, LF or NUL; refusing to send it")
-    return value
+    # A quoted string may hold a tab (RFC 3501 TEXT-CHAR); no other control character.
+    return refuse_controls(value, what, allow="\t")
 
 
 @dataclass(frozen=True)

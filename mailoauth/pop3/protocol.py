@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from mailoauth._text import refuse_controls
 from mailoauth.errors import (
     ConfigurationError,
     ConnectionLostError,
@@ -103,7 +104,6 @@ _CRLF: Final = b"\r\n"
 _DOT: Final = 0x2E
 _CR: Final = 0x0D
 _LF: Final = 0x0A
-_FORBIDDEN_IN_ARGS: Final = ("\r", "\n", "\x00")
 # RFC 2449 §8: resp-code = "[" resp-level *("/" resp-level) "]"
 _RESP_CODE: Final = re.compile(rb"\[([A-Za-z0-9-]+(?:/[A-Za-z0-9-]+)*)\]")
 # RFC 1939 §7: the APOP timestamp is a msg-id, "<" ... "@" ... ">", in the greeting.
@@ -293,11 +293,7 @@ def _parse_int(raw: bytes, what: str) -> int:
 
 
 def _check_arg(value: str, what: str) -> None:
-    if any(ch in value for ch in _FORBIDDEN_IN_ARGS):
-        raise ConfigurationError(
-            f"the {what} contains CR, LF or NUL, which would inject POP3 commands; "
-            f"refusing to send it"
-        )
+    refuse_controls(value, what)
 
 
 def _check_msg_number(number: int) -> None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailoauth._text import CONTROL_CHARACTERS
 from mailoauth.sasl import OAuthBearer, XOAuth2
 from mailoauth.testing._imap_syntax import (
     ImapSyntaxError,
@@ -35,7 +36,7 @@ from mailoauth.testing.mailstore import MailStore, StoredMessage
 from mailoauth.testing.pop3_server import dot_stuff
 
 names = st.text(
-    alphabet=st.characters(exclude_characters="\r\n\x00\x01", exclude_categories=["Cs"]),
+    alphabet=st.characters(exclude_characters=CONTROL_CHARACTERS, exclude_categories=["Cs"]),
     min_size=1,
     max_size=40,
 )
