@@ -14,7 +14,9 @@ What it serves, all on free ports:
 
 Every user exists (static userdb, ``allow_all_users``) and authenticates with XOAUTH2
 or OAUTHBEARER only; tokens are checked by RFC 7662 introspection on every login
-(no auth cache, no failure delay, no per-IP penalty).
+(no auth cache, no failure delay, no per-IP penalty). The introspection endpoint is the
+project's fake OAuth server by default, or any real authorization server: give its
+introspection URL and the credentials of the client Dovecot introspects as.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -87,10 +90,24 @@ class DovecotServer:
         mail_user: str = DEFAULT_MAIL_USER,
         startup_timeout: float = STARTUP_TIMEOUT,
         binary: str = "dovecot",
+        introspection_client_id: str | None = None,
+        introspection_client_secret: str | None = None,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be positive")
+        if (introspection_client_secret is not None) and not introspection_client_id:
+            raise ValueError("introspection_client_secret needs introspection_client_id")
+        if urllib.parse.urlsplit(introspection_url).password is not None:
+            # Dovecot would send HTTP Basic as well as the body credentials, which RFC
+            # 6749 §2.3 forbids and real servers (node-oidc-provider) refuse; Dovecot
+            # then reports a temporary failure for every login.
+            raise ValueError(
+                "put the introspection credentials in introspection_client_id / "
+                "introspection_client_secret, not in the URL"
+            )
         self.introspection_url = introspection_url
+        self.introspection_client_id = introspection_client_id
+        self.introspection_client_secret = introspection_client_secret
         self.certs = certs
         self.max_sessions = max_sessions
         self.startup_timeout = startup_timeout
@@ -258,10 +275,20 @@ service anvil {{
 """
 
     def render_oauth2_config(self) -> str:
+        """The oauth2 passdb's args file (RFC 7662 introspection by POST).
+
+        Client credentials, when given, go in the POST body only (``client_id`` /
+        ``client_secret``, which Dovecot 2.3 adds to the introspection form).
+        """
+        credentials = ""
+        if self.introspection_client_id is not None:
+            credentials = f"client_id = {self.introspection_client_id}\n"
+            if self.introspection_client_secret is not None:
+                credentials += f"client_secret = {self.introspection_client_secret}\n"
         return f"""\
 introspection_mode = post
 introspection_url = {self.introspection_url}
-username_attribute = username
+{credentials}username_attribute = username
 active_attribute = active
 active_value = true
 timeout_msecs = 5000

@@ -33,9 +33,18 @@ from mailoauth.testing.dovecot import DovecotServer
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.postfix import PostfixServer
 
+# node-oidc-provider (tests/oidc) and Dovecot/Postfix introspecting at it.
+from tests.integration.oidc import (  # noqa: F401
+    _oidc_secrets_scanned,
+    oidc_mail_servers,
+    oidc_server,
+)
+
 # Enough for the 1,000-concurrent-sessions tests; processes start only on demand.
 MAX_SESSIONS = 1200
-REAL_SERVER_FIXTURES = frozenset({"dovecot", "postfix", "mail_servers"})
+REAL_SERVER_FIXTURES = frozenset(
+    {"dovecot", "postfix", "mail_servers", "oidc_server", "oidc_mail_servers"}
+)
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
