@@ -8,10 +8,12 @@ and reports a :class:`SaslOutcome`. It never raises for a rejection.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
+from mailoauth._core.scrub import Scrubber
 from mailoauth.errors import AuthenticationError, TokenExpiredError
 from mailoauth.sasl import MECHANISMS, ErrorChallenge, Mechanism, create_mechanism
 from mailoauth.tokens.access_token import AccessToken
@@ -92,6 +94,15 @@ def choose_mechanism(offered: Collection[str], preferred: str | None, protocol: 
     )
 
 
+def _scrubbed(outcome: SaslOutcome, scrubber: Scrubber) -> SaslOutcome:
+    challenge = outcome.challenge
+    return dataclasses.replace(
+        outcome,
+        reply=scrubber.scrub(outcome.reply),
+        challenge=None if challenge is None else scrubber.scrub_fields(challenge),
+    )
+
+
 async def authenticate(
     *,
     tokens: TokenManager,
@@ -107,12 +118,19 @@ async def authenticate(
     Returns the token that was accepted. Raises :class:`AuthenticationError` after the
     second rejection (or at once for a temporary server failure), carrying the server's
     reply and the decoded challenge; token errors (:class:`~mailoauth.errors.TokenError`)
-    from the provider propagate unchanged.
+    from the provider propagate unchanged. The access token and the SASL initial
+    response (raw and base64) are scrubbed from the reply, the challenge, any exception
+    the exchange raises and the DEBUG logs of the exchange: a server may echo them.
     """
     token = await tokens.get_access_token()
     for attempt in (1, 2):
         mech = create_mechanism(mechanism, username, token.value, host=host, port=port)
-        outcome = await exchange(mech)
+        # A server may echo what it was sent: nothing of the token may reach a message
+        # or a log through its reply (see mailoauth/_core/scrub.py).
+        scrubber = Scrubber(token.value, mech.initial_response())
+        with scrubber.active():
+            outcome = await exchange(mech)
+            outcome = _scrubbed(outcome, scrubber)
         if outcome.ok:
             return token
         detail = f"; server challenge: {outcome.challenge.describe()}" if outcome.challenge else ""
