@@ -59,6 +59,8 @@ MAIL_RESOURCE = "https://mail.example.test/"
 MAIL_SCOPE = "mail"
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SHORT_TTL = 3
+DEVICE_POLL_INTERVAL = 1
+"""Seconds between device-code polls that the server asks for (RFC 8628 §3.2)."""
 """Seconds an access token of the ``short`` client lives (expiry tests)."""
 
 
@@ -244,6 +246,7 @@ class OidcProvider:
                 if c.refresh_token_ttl is not None
             },
             "rotate_refresh_tokens": self.rotate_refresh_tokens,
+            "device_poll_interval": DEVICE_POLL_INTERVAL,
             "clients": [c.metadata() for c in self.clients.values()],
         }
 

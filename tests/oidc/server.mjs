@@ -161,6 +161,14 @@ function notePresented(ctx) {
 }
 provider.on('grant.success', notePresented);
 provider.on('grant.error', notePresented);
+// RFC 8628 §3.2: the device authorization response may say how often to poll (the
+// default is 5 s); node-oidc-provider leaves it out, so tests would wait 5 s per code.
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.oidc?.route === 'device_authorization' && ctx.status === 200 && ctx.body) {
+    ctx.body.interval = config.device_poll_interval ?? 5;
+  }
+});
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
 // -- the interaction handler: login, then consent, each one form POST ------------------
