@@ -14,6 +14,7 @@ import textwrap
 import traceback
 from collections.abc import Sequence
 
+from mailoauth._text import escape_controls
 from mailoauth.errors import MailOAuthError
 
 __all__ = ["build_parser", "main"]
@@ -50,7 +51,16 @@ def render_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, MailOAuthError):
         text = f"{exc.strerror or text}" + (f": {exc.filename}" if exc.filename else "")
+    # The message may quote server text: show its control characters, never obey them.
+    text = escape_controls(text)
     return textwrap.fill(f"mailoauth: error: {text}", width=100, break_on_hyphens=False)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """--debug log lines quote server text too; tracebacks keep their line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,11 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug: bool = args.debug
     if debug:
-        logging.basicConfig(
-            level=logging.DEBUG,
-            stream=sys.stderr,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_EscapingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.basicConfig(level=logging.DEBUG, handlers=[handler])
         logging.getLogger("mailoauth").setLevel(logging.DEBUG)
     try:
         status: int = args.handler(args)

@@ -1,7 +1,10 @@
 """How the command talks to its user: step lines with timings, warnings, redaction.
 
 Every line goes through :class:`Printer`, which never receives a secret in full: tokens
-are passed through :func:`redact` first (six characters and an ellipsis).
+are passed through :func:`redact` first (six characters and an ellipsis). Lines quote
+server text (greetings, replies, error challenges), so :meth:`Printer.line` escapes
+control characters (:func:`mailoauth._text.escape_controls`): a server cannot set the
+terminal's title, clear the screen or draw a fake ``✓ AUTH`` line of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from mailoauth._text import escape_controls
 
 __all__ = ["REDACT_KEEP", "Printer", "Timer", "print_diagnosis", "redact", "relative_time"]
 
@@ -94,7 +99,9 @@ class Printer:
         return self._stream or sys.stdout
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.stream, flush=True)
+        """Print ``text`` as exactly one line: control characters (ESC, CR, LF, C1,
+        bidirectional overrides) are shown escaped, never acted on."""
+        print(escape_controls(text), file=self.stream, flush=True)
 
     def _step(self, mark: str, label: str, text: str, timer: Timer | None) -> None:
         timing = f" in {timer.text()}" if timer is not None else ""
