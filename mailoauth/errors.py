@@ -10,7 +10,8 @@ onto this tree at the I/O boundaries, explicitly and with ``raise ... from exc``
     ├── TokenError                             getting an access token failed
     │   ├── TokenExpiredError                  a static token has expired; pass a provider
     │   ├── PermanentTokenError                the grant is dead (invalid_grant, ...)
-    │   └── TransientTokenError                5xx, timeout, network: try again later
+    │   ├── TransientTokenError                5xx, timeout, network: try again later
+    │   └── LockLostError                      a token store lock lapsed: stale save refused
     ├── AuthenticationError                    the mail server rejected the token
     ├── MailConnectionError (ConnectionError)  connecting or talking to the server failed
     │   ├── TLSError                           handshake, certificate, STARTTLS refused
@@ -38,6 +39,7 @@ __all__ = [
     "ConnectionLostError",
     "InsecureTransportError",
     "LimitExceededError",
+    "LockLostError",
     "MailConnectionError",
     "MailOAuthError",
     "MailTimeoutError",
@@ -101,6 +103,15 @@ class TransientTokenError(TokenError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class LockLostError(TokenError):
+    """A token store refused a save because this holder's lock had lapsed.
+
+    The lease ran out (a stall, a paused VM) and another worker holds the lock now, so
+    it may have saved a newer grant: overwriting it could lose the newest refresh token.
+    Nothing was written; the next call loads what the store holds and carries on.
+    """
 
 
 class AuthenticationError(MailOAuthError):

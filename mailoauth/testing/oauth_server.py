@@ -15,7 +15,18 @@ Endpoints (all under :attr:`FakeOAuthServer.base_url`):
   ``/{tenant}/oauth2/v2.0/devicecode``.
 - ``GET /authorize``: authorization endpoint; redirects at once with a code (PKCE).
 - ``POST /introspect``: RFC 7662; a bad token is HTTP 200 ``{"active": false}``.
-- ``POST /revoke``: RFC 7009.
+- ``POST /revoke``: RFC 7009, with client authentication; revoking a refresh token
+  revokes its whole grant.
+- ``GET /.well-known/openid-configuration`` and ``/.well-known/oauth-authorization-server``:
+  server metadata (RFC 8414) naming every endpoint above, issuer :attr:`base_url`.
+
+The client authenticates the same way on /token, /devicecode and /revoke (form, HTTP
+Basic or a client assertion). Like real servers, it can be made strict: with
+``reuse_detection`` a refresh token presented after it was rotated away revokes its
+whole grant (RFC 9700 §4.14); with ``grantable_scopes`` it grants only those of the
+requested scopes (and says so in the response's ``scope``); with
+``strict_refresh_scope`` a refresh asking for more than was granted is ``invalid_scope``
+(RFC 6749 §6).
 
 Tokens are opaque random strings; their lifetime is :attr:`access_token_lifetime`
 (per server, or per token via :meth:`issue_access_token`). Failures can be scripted
@@ -45,6 +56,9 @@ __all__ = ["FakeOAuthServer", "ScriptedResponse", "TokenRecord", "issued_secrets
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+_WELL_KNOWN = frozenset(
+    {"/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"}
+)
 _MICROSOFT_PATH = re.compile(r"/[^/]+/oauth2/v2\.0/(token|devicecode)")
 
 
@@ -82,6 +96,8 @@ class _RefreshRecord:
     scope: str
     client_id: str
     revoked: bool = False
+    family: str = field(default_factory=lambda: secrets.token_hex(8))
+    rotated: bool = False
 
 
 @dataclass
@@ -99,13 +115,15 @@ class ScriptedResponse:
     """A response the token endpoint gives instead of the real one.
 
     ``status`` and ``body`` (a dict is sent as JSON, a str as text/html) are what the
-    client receives after ``delay`` seconds. A ``status`` of 0 means: answer normally,
-    only late.
+    client receives after ``delay`` seconds, dripped a byte every ``drip`` seconds if
+    set. A ``status`` of 0 means: answer normally, only late.
     """
 
     status: int = 500
     body: dict[str, Any] | str = field(default_factory=lambda: {"error": "server_error"})
     delay: float = 0.0
+    drip: float = 0.0
+    """Seconds between the body's bytes: the body is sent one byte at a time."""
 
 
 @dataclass
@@ -116,6 +134,10 @@ class ServerStats:
     grants: Counter[str] = field(default_factory=Counter)
     introspections: int = 0
     device_polls: int = 0
+    device_authorizations: int = 0
+    revocations: int = 0
+    reuse_detected: int = 0
+    discovery_requests: int = 0
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
@@ -145,10 +167,20 @@ class FakeOAuthServer:
         default_scope: str = "mail",
         host: str = "127.0.0.1",
         port: int = 0,
+        reuse_detection: bool = False,
+        grantable_scopes: str | None = None,
+        strict_refresh_scope: bool = False,
     ) -> None:
         self.access_token_lifetime = access_token_lifetime
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.reuse_detection = reuse_detection
+        self.grantable_scopes = frozenset(grantable_scopes.split()) if grantable_scopes else None
+        self.strict_refresh_scope = strict_refresh_scope
         self.default_scope = default_scope
+        self.revoked_requests: list[dict[str, str]] = []
+        self.well_known_paths: frozenset[str] = _WELL_KNOWN
+        """The metadata paths served (tests remove one to check the fallback)."""
+        self.device_forms: list[dict[str, str]] = []
         self.stats = ServerStats()
         self.device_interval = 1
         self._host = host
@@ -163,6 +195,7 @@ class FakeOAuthServer:
         self._script: deque[ScriptedResponse] = deque()
         self._slow_down_next = 0
         self._jwt_keys: dict[str, Any] = {}
+        self._families: dict[str, str] = {}
         self.token_forms: list[dict[str, str]] = []
         self.authorize_username = "user@example.test"
         self._httpd: ThreadingHTTPServer | None = None
@@ -233,6 +266,45 @@ class FakeOAuthServer:
     @property
     def revocation_url(self) -> str:
         return f"{self.base_url}/revoke"
+
+    @property
+    def issuer(self) -> str:
+        """The issuer named in the metadata documents (the base URL)."""
+        return self.base_url
+
+    def metadata(self) -> dict[str, Any]:
+        """The server metadata document (RFC 8414 §2)."""
+        return {
+            "issuer": self.issuer,
+            "token_endpoint": self.token_url,
+            "authorization_endpoint": self.authorization_url,
+            "device_authorization_endpoint": self.device_authorization_url,
+            "revocation_endpoint": self.revocation_url,
+            "introspection_endpoint": self.introspection_url,
+            "scopes_supported": sorted({*self.default_scope.split(), "offline_access"}),
+            "grant_types_supported": [
+                "authorization_code",
+                "refresh_token",
+                "password",
+                "client_credentials",
+                JWT_BEARER_GRANT,
+                DEVICE_CODE_GRANT,
+            ],
+            "response_types_supported": ["code"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "client_secret_basic",
+                "private_key_jwt",
+                "none",
+            ],
+            "code_challenge_methods_supported": ["S256"],
+        }
+
+    def _granted(self, requested: str) -> str:
+        """What the server grants of ``requested`` (all unless ``grantable_scopes``)."""
+        if self.grantable_scopes is None:
+            return requested
+        return " ".join(s for s in requested.split() if s in self.grantable_scopes)
 
     # -- set-up ----------------------------------------------------------------------
 
@@ -321,6 +393,29 @@ class FakeOAuthServer:
             if token in self._refresh:
                 self._refresh[token].revoked = True
 
+    def revoke_grant(self, refresh_token: str) -> None:
+        """Revoke the whole grant of ``refresh_token``: every refresh token rotated
+        from the same start and every access token issued with them."""
+        with self._lock:
+            rec = self._refresh.get(refresh_token)
+            if rec is not None:
+                self._revoke_family(rec.family)
+
+    def _revoke_family(self, family: str) -> None:
+        # Called with self._lock held.
+        for rrec in self._refresh.values():
+            if rrec.family == family:
+                rrec.revoked = True
+        for access, fam in self._families.items():
+            if fam == family and access in self._tokens:
+                self._tokens[access].revoked = True
+
+    def is_refresh_token_active(self, refresh_token: str) -> bool:
+        """Whether ``refresh_token`` would be accepted now."""
+        with self._lock:
+            rec = self._refresh.get(refresh_token)
+            return rec is not None and not rec.revoked
+
     def revoke_user(self, username: str) -> None:
         """Revoke every access and refresh token of ``username`` (a dead grant)."""
         with self._lock:
@@ -391,14 +486,20 @@ class FakeOAuthServer:
         with self._lock:
             return self._script.popleft() if self._script else None
 
-    def _check_client(self, form: dict[str, str], auth_header: str | None) -> str | None:
-        """Return an error code, or None when the client is acceptable."""
+    @staticmethod
+    def _client_of(form: dict[str, str], auth_header: str | None) -> tuple[str | None, str | None]:
+        """The client id and secret a request presents (form or HTTP Basic)."""
         client_id = form.get("client_id")
         secret = form.get("client_secret")
         if auth_header and auth_header.lower().startswith("basic "):
             decoded = base64.b64decode(auth_header[6:]).decode()
             cid, _, csec = decoded.partition(":")
-            client_id, secret = urllib.parse.unquote(cid), urllib.parse.unquote(csec)
+            client_id, secret = urllib.parse.unquote_plus(cid), urllib.parse.unquote_plus(csec)
+        return client_id, secret
+
+    def _check_client(self, form: dict[str, str], auth_header: str | None) -> str | None:
+        """Return an error code, or None when the client is acceptable."""
+        client_id, secret = self._client_of(form, auth_header)
         assertion = form.get("client_assertion")
         if assertion:
             claims = _jwt_claims(assertion)
@@ -414,8 +515,22 @@ class FakeOAuthServer:
             return None
         return None if secret == expected else "invalid_client"
 
-    def _mint(self, username: str, scope: str, client_id: str, *, refresh: str | None) -> Any:
+    def _mint(
+        self,
+        username: str,
+        scope: str,
+        client_id: str,
+        *,
+        refresh: str | None,
+        family: str | None = None,
+    ) -> Any:
+        if refresh is not None and family is None:
+            with self._lock:
+                family = self._refresh[refresh].family
         access = self.issue_access_token(username, scope=scope, client_id=client_id)
+        if family is not None:
+            with self._lock:
+                self._families[access] = family
         with self._lock:
             lifetime = self.access_token_lifetime
         body: dict[str, Any] = {
@@ -436,26 +551,43 @@ class FakeOAuthServer:
         if client_error:
             return 401, {"error": client_error, "error_description": "client authentication failed"}
         grant = form.get("grant_type", "")
-        client_id = form.get("client_id", "test-client")
+        client_id = self._client_of(form, auth_header)[0] or "test-client"
         if grant == "refresh_token":
             old = form.get("refresh_token", "")
             with self._lock:
                 rec = self._refresh.get(old)
+                if rec is not None and rec.rotated and self.reuse_detection:
+                    # RFC 9700 §4.14.2: a rotated-away token again means theft.
+                    self.stats.reuse_detected += 1
+                    self._revoke_family(rec.family)
                 if rec is None or rec.revoked:
                     return 400, {
                         "error": "invalid_grant",
                         "error_description": "Token has been expired or revoked.",
                     }
+                requested = form.get("scope")
+                if (
+                    requested
+                    and self.strict_refresh_scope
+                    and not set(requested.split()) <= set(rec.scope.split())
+                ):
+                    return 400, {
+                        "error": "invalid_scope",
+                        "error_description": "refresh asks for scopes that were not granted",
+                    }
                 new_refresh: str | None = None
                 if self.rotate_refresh_tokens:
                     rec.revoked = True
+                    rec.rotated = True
                     new_refresh = "rt-" + secrets.token_urlsafe(24)
                     _register(new_refresh)
                     self._refresh[new_refresh] = _RefreshRecord(
-                        rec.username, rec.scope, rec.client_id
+                        rec.username, rec.scope, rec.client_id, family=rec.family
                     )
-            scope = form.get("scope") or rec.scope
-            return 200, self._mint(rec.username, scope, client_id, refresh=new_refresh)
+            scope = requested or rec.scope
+            return 200, self._mint(
+                rec.username, scope, client_id, refresh=new_refresh, family=rec.family
+            )
         if grant == "password":
             username, password = form.get("username", ""), form.get("password", "")
             with self._lock:
@@ -465,7 +597,7 @@ class FakeOAuthServer:
                     "error": "invalid_grant",
                     "error_description": "AADSTS50126: Error validating credentials.",
                 }
-            scope = form.get("scope") or self.default_scope
+            scope = self._granted(form.get("scope") or self.default_scope)
             refresh = (
                 self.issue_refresh_token(username, scope=scope, client_id=client_id)
                 if "offline_access" in scope.split()
@@ -505,12 +637,22 @@ class FakeOAuthServer:
         refresh = self.issue_refresh_token(rec.username, scope=rec.scope, client_id=rec.client_id)
         return 200, self._mint(rec.username, rec.scope, rec.client_id, refresh=refresh)
 
-    def handle_device_authorization(self, form: dict[str, str]) -> tuple[int, Any]:
+    def handle_device_authorization(
+        self, form: dict[str, str], auth_header: str | None = None
+    ) -> tuple[int, Any]:
+        """RFC 8628 §3.1; the client authenticates as on the token endpoint."""
+        with self._lock:
+            self.stats.device_authorizations += 1
+            self.device_forms.append(form)
+        client_error = self._check_client(form, auth_header)
+        if client_error:
+            return 401, {"error": client_error, "error_description": "client authentication failed"}
         device_code = secrets.token_urlsafe(24)
         user_code = "".join(secrets.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(8))
+        client_id = self._client_of(form, auth_header)[0] or ""
         with self._lock:
             self._devices[device_code] = _DeviceRecord(
-                user_code, form.get("client_id", ""), form.get("scope") or self.default_scope
+                user_code, client_id, self._granted(form.get("scope") or self.default_scope)
             )
         return 200, {
             "device_code": device_code,
@@ -528,7 +670,7 @@ class FakeOAuthServer:
         with self._lock:
             self._codes[code] = (
                 self.authorize_username,
-                query.get("scope") or self.default_scope,
+                self._granted(query.get("scope") or self.default_scope),
                 redirect,
                 query.get("code_challenge"),
             )
@@ -574,8 +716,24 @@ class FakeOAuthServer:
                 "expires_in": max(1, int(rec.expires_at - now)),
             }
 
-    def handle_revoke(self, form: dict[str, str]) -> tuple[int, Any]:
-        self.revoke(form.get("token", ""))
+    def handle_revoke(
+        self, form: dict[str, str], auth_header: str | None = None
+    ) -> tuple[int, Any]:
+        """RFC 7009: authenticate the client, revoke (a refresh token: its whole
+        grant), answer 200 even for an unknown token."""
+        with self._lock:
+            self.stats.revocations += 1
+            self.revoked_requests.append(form)
+        client_error = self._check_client(form, auth_header)
+        if client_error:
+            return 401, {"error": client_error, "error_description": "client authentication failed"}
+        token = form.get("token", "")
+        with self._lock:
+            family = self._refresh[token].family if token in self._refresh else None
+            family = family or self._families.get(token)
+            if family is not None:
+                self._revoke_family(family)
+        self.revoke(token)
         return 200, {}
 
 
@@ -604,7 +762,7 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length).decode() if length else ""
             return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
 
-        def _send(self, status: int, body: dict[str, Any] | str) -> None:
+        def _send(self, status: int, body: dict[str, Any] | str, drip: float = 0.0) -> None:
             if isinstance(body, str):
                 data, ctype = body.encode(), "text/html; charset=utf-8"
             else:
@@ -614,7 +772,14 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(data)
+            if not drip:
+                self.wfile.write(data)
+                return
+            self.wfile.flush()
+            for i in range(len(data)):
+                time.sleep(drip)
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
 
         def do_POST(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
@@ -632,7 +797,7 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
                         server.stats.grants[form.get("grant_type", "")] += 1
                     time.sleep(scripted.delay)
                     if scripted.status != 0:
-                        self._send(scripted.status, scripted.body)
+                        self._send(scripted.status, scripted.body, drip=scripted.drip)
                         return
                     with server._lock:
                         server.stats.token_requests -= 1
@@ -641,15 +806,22 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
             elif path == "/introspect":
                 status, body = server.handle_introspect(form)
             elif path == "/devicecode":
-                status, body = server.handle_device_authorization(form)
+                status, body = server.handle_device_authorization(
+                    form, self.headers.get("Authorization")
+                )
             elif path == "/revoke":
-                status, body = server.handle_revoke(form)
+                status, body = server.handle_revoke(form, self.headers.get("Authorization"))
             else:
                 status, body = 404, {"error": "not_found"}
             self._send(status, body)
 
         def do_GET(self) -> None:
             parts = urllib.parse.urlsplit(self.path)
+            if parts.path in server.well_known_paths:
+                with server._lock:
+                    server.stats.discovery_requests += 1
+                self._send(200, server.metadata())
+                return
             if parts.path == "/authorize":
                 query = dict(urllib.parse.parse_qsl(parts.query))
                 status, location = server.handle_authorize(query)

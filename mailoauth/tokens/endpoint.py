@@ -3,6 +3,15 @@
 Transient failures (5xx, 408, 429, timeouts, network errors) are retried with
 exponential backoff and jitter, at most ``max_attempts`` times in all, then raised as
 :class:`~mailoauth.errors.TransientTokenError`; permanent ones are raised at once.
+Each attempt (connect, send and the whole response) is bounded by one deadline, so a
+server dripping its answer byte by byte cannot hold a caller longer than ``timeout``.
+
+The client authenticates the same way on every endpoint it calls (token, device
+authorization, revocation): ``client_secret`` in the form, HTTP Basic, a signed client
+assertion (``private_key_jwt``) or nothing (a public client sends its ``client_id``).
+Secrets travel only over https, or over plain http to a loopback address, unless the
+caller opts in with ``allow_insecure_http=True``.
+
 Secrets never reach a message or a log line: log lines name the URL, the grant and the
 outcome; server texts are quoted with the secrets that were sent redacted.
 """
@@ -11,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
 import random
 import urllib.parse
@@ -22,16 +32,26 @@ import anyio
 import httpx
 
 from mailoauth._core.routing import route_url
-from mailoauth.errors import ConfigurationError, PermanentTokenError, TransientTokenError
+from mailoauth.errors import (
+    ConfigurationError,
+    InsecureTransportError,
+    PermanentTokenError,
+    TransientTokenError,
+)
 from mailoauth.tokens.access_token import AccessToken, utcnow
 from mailoauth.tokens.responses import (
     DeviceAuthorization,
+    Vendor,
+    hints_for,
     parse_device_authorization,
+    parse_revocation_response,
     parse_token_response,
     redact,
+    vendor_of,
 )
 
 __all__ = [
+    "CLIENT_AUTH_METHODS",
     "DEFAULT_BACKOFF",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_TIMEOUT",
@@ -42,12 +62,16 @@ __all__ = [
     "ClientAuth",
     "SleepFunc",
     "TokenEndpoint",
+    "attempt_deadline",
+    "check_transport",
+    "is_loopback_host",
 ]
 
 log = logging.getLogger("mailoauth.tokens")
 
 DEFAULT_TIMEOUT = 10.0
-"""Seconds for each phase of a token request (connect, write, read, pool)."""
+"""Seconds one attempt at a request may take in all: connect, send and the whole
+response (not per read: a response dripped byte by byte is cut off at this deadline)."""
 DEFAULT_MAX_ATTEMPTS = 3
 """Attempts per token request when failures are transient."""
 DEFAULT_BACKOFF = 0.5
@@ -73,7 +97,10 @@ SECRET_FIELDS = frozenset(
 SleepFunc = Callable[[float], Awaitable[None]]
 AssertionFactory = Callable[[str, dt.datetime], str]
 """Makes a client assertion JWT for (audience, now)."""
-ClientAuth = Literal["post", "basic", "none"]
+ClientAuth = Literal["post", "basic", "none", "private_key_jwt"]
+CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("post", "basic", "none", "private_key_jwt")
+"""``client_auth`` values: RFC 6749 §2.3.1 ``client_secret_post`` / ``client_secret_basic``,
+a public client (``none``), and RFC 7523 ``private_key_jwt`` (with ``client_assertion``)."""
 
 _T = TypeVar("_T")
 
@@ -89,13 +116,21 @@ class _Raw:
 class TokenEndpoint:
     """One OAuth token endpoint and the client that authenticates to it.
 
-    Client authentication: ``client_secret`` in the form (``client_auth="post"``, the
-    default, which Google and Microsoft accept) or HTTP Basic (``"basic"``), or a client
-    assertion made per request by ``client_assertion`` (certificate credentials), or
-    none at all (``"none"``: the grant itself authenticates, as jwt-bearer does). An
-    ``http_client`` passed in is shared and not closed; otherwise one is created on
-    first use and closed by :meth:`aclose`. ``sleep`` is awaited between attempts (tests
-    pass a fast one).
+    Client authentication, the same on the token, device authorization and revocation
+    endpoints: ``client_secret`` in the form (``client_auth="post"``, the default, which
+    Google and Microsoft accept) or HTTP Basic (``"basic"``), or a client assertion made
+    per request by ``client_assertion`` (``"private_key_jwt"``, certificate credentials;
+    chosen whenever ``client_assertion`` is given), or none at all (``"none"``: a public
+    client, or the grant itself authenticates, as jwt-bearer does). An ``http_client``
+    passed in is shared and not closed; otherwise one is created on first use and closed
+    by :meth:`aclose`. ``timeout`` bounds each attempt as a whole; ``sleep`` is awaited
+    between attempts (tests pass a fast one). ``revocation_url`` is where :meth:`revoke`
+    posts. ``vendor`` (``"google"``, ``"microsoft"`` or None; default: guessed from the
+    token URL's host) picks the hints in error messages.
+
+    Raises :class:`~mailoauth.errors.ConfigurationError` for a bad argument, and
+    :class:`~mailoauth.errors.InsecureTransportError` for a plain ``http://`` URL that
+    is not on a loopback address, unless ``allow_insecure_http=True``.
     """
 
     def __init__(
@@ -112,18 +147,34 @@ class TokenEndpoint:
         backoff: float = DEFAULT_BACKOFF,
         sleep: SleepFunc = anyio.sleep,
         clock: Callable[[], dt.datetime] = utcnow,
+        revocation_url: str | None = None,
+        allow_insecure_http: bool = False,
+        vendor: Vendor | None = None,
     ) -> None:
-        if not token_url.startswith(("https://", "http://")):
-            raise ConfigurationError(f"token_url must be an http(s) URL, not {token_url!r}")
         if not client_id:
             raise ConfigurationError("client_id must not be empty")
         if client_secret is not None and client_assertion is not None:
             raise ConfigurationError("pass client_secret or a certificate, not both")
-        if client_auth not in ("post", "basic", "none"):
-            raise ConfigurationError("client_auth must be 'post', 'basic' or 'none'")
+        if client_auth not in CLIENT_AUTH_METHODS:
+            raise ConfigurationError(
+                f"client_auth must be one of {', '.join(map(repr, CLIENT_AUTH_METHODS))}, "
+                f"not {client_auth!r}"
+            )
+        if client_auth == "private_key_jwt" and client_assertion is None:
+            raise ConfigurationError(
+                "client_auth='private_key_jwt' needs client_assertion= (a function making "
+                "the signed JWT for (audience, now))"
+            )
         if max_attempts < 1:
             raise ConfigurationError("max_attempts must be at least 1")
+        self.allow_insecure_http = allow_insecure_http
+        for what, url in (("token_url", token_url), ("revocation_url", revocation_url)):
+            if url is not None:
+                check_transport(url, allow_insecure_http=allow_insecure_http, what=what)
         self.token_url = token_url
+        self.revocation_url = revocation_url
+        self.vendor: Vendor | None = vendor if vendor is not None else vendor_of(token_url)
+        self._hints = hints_for(self.vendor)
         self.client_id = client_id
         self._client_secret = client_secret
         self._client_assertion = client_assertion
@@ -131,6 +182,7 @@ class TokenEndpoint:
         self._http = http_client
         self._owns_http = http_client is None
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self.attempt_timeout = attempt_deadline(timeout)
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.sleep = sleep
@@ -156,6 +208,7 @@ class TokenEndpoint:
                 content_type=raw.content_type,
                 endpoint=f"the token endpoint {self.token_url} ({grant} grant)",
                 secrets=secrets,
+                hints=self._hints,
             )
 
         return await self._with_retries(self.token_url, form, parse, grant=grant)
@@ -170,10 +223,18 @@ class TokenEndpoint:
     async def authorize_device(
         self, device_authorization_url: str, *, scope: str | None = None
     ) -> DeviceAuthorization:
-        """Start a device authorization (RFC 8628 §3.1); what to show the user."""
-        form = {"client_id": self.client_id}
-        if scope:
-            form["scope"] = scope
+        """Start a device authorization (RFC 8628 §3.1); what to show the user.
+
+        The client authenticates as on the token endpoint (RFC 8628 §3.1 requires it of
+        confidential clients). Raises like :meth:`request_token`.
+        """
+        check_transport(
+            device_authorization_url,
+            allow_insecure_http=self.allow_insecure_http,
+            what="device_authorization_url",
+        )
+        form = self._authenticated({"scope": scope} if scope else {})
+        secrets = _secrets_of(form)
 
         def parse(raw: _Raw) -> DeviceAuthorization:
             return parse_device_authorization(
@@ -181,9 +242,47 @@ class TokenEndpoint:
                 raw.body,
                 content_type=raw.content_type,
                 endpoint=f"the device authorization endpoint {device_authorization_url}",
+                secrets=secrets,
+                hints=self._hints,
             )
 
         return await self._with_retries(device_authorization_url, form, parse, grant="device")
+
+    async def revoke(self, token: str, *, token_type_hint: str | None = None) -> None:
+        """Revoke ``token`` at :attr:`revocation_url` (RFC 7009).
+
+        ``token_type_hint`` is ``"refresh_token"`` or ``"access_token"`` (a hint; the
+        server looks further if it is wrong). The server answers 200 for an unknown or
+        already invalid token too. Raises :class:`ConfigurationError` without a
+        revocation URL, :class:`TransientTokenError` after ``max_attempts`` transient
+        failures (503 included) and :class:`PermanentTokenError` when the server refuses
+        (``unsupported_token_type``, ``invalid_client``, ...).
+        """
+        url = self.revocation_url
+        if url is None:
+            raise ConfigurationError(
+                "no revocation endpoint: pass revocation_url= (or build the provider "
+                "with from_issuer(), which reads it from the server's metadata)"
+            )
+        if not token:
+            raise ConfigurationError("there is no token to revoke")
+        fields = {"token": token}
+        if token_type_hint:
+            fields["token_type_hint"] = token_type_hint
+        form = self._authenticated(fields)
+        secrets = [*_secrets_of(form), token]
+
+        def parse(raw: _Raw) -> None:
+            parse_revocation_response(
+                raw.status,
+                raw.body,
+                content_type=raw.content_type,
+                endpoint=f"the revocation endpoint {url}",
+                secrets=secrets,
+                hints=self._hints,
+            )
+
+        await self._with_retries(url, form, parse, grant="revocation")
 
     async def aclose(self) -> None:
         """Close the HTTP client if this endpoint created it."""
@@ -199,6 +298,10 @@ class TokenEndpoint:
     def _authenticated(self, form: dict[str, str]) -> dict[str, str]:
         form = dict(form)
         if self._client_auth == "none":
+            if "grant_type" not in form or "assertion" not in form:
+                # A public client names itself (RFC 6749 §3.2.1, RFC 8628 §3.1, RFC 7009
+                # §2.1); only a jwt-bearer grant authenticates by its assertion alone.
+                form["client_id"] = self.client_id
             return form
         if self._client_assertion is not None:
             form["client_id"] = self.client_id
@@ -228,42 +331,56 @@ class TokenEndpoint:
 
     async def _send(self, url: str, form: dict[str, str]) -> _Raw:
         auth = self._basic_auth()
+        # Decided on the address really dialled: a sandbox route to loopback is fine.
+        target = check_transport(url, allow_insecure_http=self.allow_insecure_http)
         try:
-            async with self._client().stream(
-                "POST",
-                route_url(url),  # unchanged unless mailoauth.testing routes it
-                data=form,
-                headers={"Accept": "application/json"},
-                timeout=self._timeout,
-                auth=auth,
-            ) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise PermanentTokenError(
-                            f"{url} sent a response over {MAX_RESPONSE_BYTES} bytes; "
-                            "check that the URL is the OAuth token endpoint",
-                            status_code=response.status_code,
-                        )
-                return _Raw(
-                    response.status_code,
-                    bytes(body),
-                    response.headers.get("content-type"),
-                    response.headers.get("retry-after"),
-                )
+            with anyio.fail_after(self.attempt_timeout):
+                return await self._post(url, target, form, auth)
+        except TimeoutError as exc:
+            raise TransientTokenError(
+                f"{url} did not answer in time: no whole response within "
+                f"{self.attempt_timeout:g} s (the timeout bounds connect, send and the whole "
+                "response)"
+            ) from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ConfigurationError(f"cannot POST to {url!r}: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise TransientTokenError(
                 f"{url} did not answer in time ({type(exc).__name__}, timeout "
-                f"{self._timeout.read}s)"
+                f"{self.attempt_timeout:g} s)"
             ) from exc
         except httpx.TransportError as exc:
             detail = redact(str(exc), _secrets_of(form))
             raise TransientTokenError(
                 f"could not reach {url}: {type(exc).__name__}: {detail}"
             ) from exc
+
+    async def _post(
+        self, url: str, target: str, form: dict[str, str], auth: httpx.BasicAuth | None
+    ) -> _Raw:
+        async with self._client().stream(
+            "POST",
+            target,
+            data=form,
+            headers={"Accept": "application/json"},
+            timeout=self._timeout,
+            auth=auth,
+        ) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise PermanentTokenError(
+                        f"{url} sent a response over {MAX_RESPONSE_BYTES} bytes; "
+                        "check that the URL is the OAuth token endpoint",
+                        status_code=response.status_code,
+                    )
+            return _Raw(
+                response.status_code,
+                bytes(body),
+                response.headers.get("content-type"),
+                response.headers.get("retry-after"),
+            )
 
     async def _with_retries(
         self, url: str, form: dict[str, str], parse: Callable[[_Raw], _T], *, grant: str
@@ -301,6 +418,57 @@ class TokenEndpoint:
             with contextlib.suppress(ValueError):
                 delay = max(delay, min(float(retry_after), MAX_BACKOFF))
         return delay
+
+
+def attempt_deadline(timeout: float | httpx.Timeout) -> float:
+    """Seconds one attempt may take in all, from a ``timeout`` number or httpx.Timeout
+    (the longest of its phases; :data:`DEFAULT_TIMEOUT` when none is set)."""
+    if not isinstance(timeout, httpx.Timeout):
+        seconds = float(timeout)
+    else:
+        phases = [t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t]
+        seconds = max(phases) if phases else DEFAULT_TIMEOUT
+    if not seconds > 0:
+        raise ConfigurationError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    return seconds
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_transport(url: str, *, allow_insecure_http: bool = False, what: str = "") -> str:
+    """The URL really POSTed to (after test routes); refuses to send secrets in clear.
+
+    Raises :class:`ConfigurationError` for a URL that is not http(s), and
+    :class:`InsecureTransportError` for ``http://`` to a host that is not loopback
+    (decided on the routed address: a test route to 127.0.0.1 is loopback) unless
+    ``allow_insecure_http``.
+    """
+    name = what or "the URL"
+    if not url.lower().startswith(("https://", "http://")):
+        raise ConfigurationError(f"{name} must be an http(s) URL, not {url!r}")
+    target = route_url(url)  # unchanged unless mailoauth.testing routes it
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme.lower() == "https" or allow_insecure_http:
+        return target
+    if is_loopback_host(parts.hostname or ""):
+        return target
+    raise InsecureTransportError(
+        f"refusing to send OAuth secrets (refresh tokens, client secrets, passwords) in "
+        f"clear to {url}: use https://, or a loopback address for a server on this "
+        "machine, or pass allow_insecure_http=True if the network is trusted"
+    )
 
 
 def _secrets_of(form: dict[str, str]) -> Collection[str]:

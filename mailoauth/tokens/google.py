@@ -37,6 +37,8 @@ class GoogleTokenProvider(OAuth2TokenProvider):
     lists the usual causes (app in "Testing" status: refresh tokens last 7 days).
     """
 
+    vendor = "google"
+
     def __init__(
         self,
         client_id: str,

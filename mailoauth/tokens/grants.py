@@ -178,7 +178,10 @@ class DeviceCodeGrant(Grant):
     interval; ``access_denied`` and ``expired_token`` raise
     :class:`~mailoauth.errors.PermanentTokenError`, as does running out of the code's
     lifetime. ``interval`` overrides the server's polling interval. ``account`` names
-    the signed-in user in the store key.
+    the signed-in user in the store key. ``device_authorization_url`` may be left out
+    when the provider is built with :meth:`OAuth2TokenProvider.from_issuer`, which
+    takes it from the server's metadata; without it :meth:`fetch` raises
+    :class:`~mailoauth.errors.ConfigurationError`.
     """
 
     grant_type = DEVICE_CODE_GRANT_TYPE
@@ -186,7 +189,7 @@ class DeviceCodeGrant(Grant):
 
     def __init__(
         self,
-        device_authorization_url: str,
+        device_authorization_url: str | None = None,
         *,
         on_prompt: PromptCallback | None = None,
         interval: float | None = None,
@@ -201,6 +204,11 @@ class DeviceCodeGrant(Grant):
         return self.account or "device"
 
     async def fetch(self, endpoint: TokenEndpoint, *, scope: str | None) -> AccessToken:
+        if self.device_authorization_url is None:
+            raise ConfigurationError(
+                "DeviceCodeGrant has no device_authorization_url: pass it, or build the "
+                "provider with OAuth2TokenProvider.from_issuer() to discover it"
+            )
         auth = await endpoint.authorize_device(self.device_authorization_url, scope=scope)
         shown = self._on_prompt(auth)
         if inspect.isawaitable(shown):

@@ -116,13 +116,16 @@ def make_client_assertion(
     client_id: str,
     audience: str,
     private_key: str | bytes,
-    certificate: str | bytes,
+    certificate: str | bytes | None,
     now: dt.datetime,
     lifetime: int = CLIENT_ASSERTION_LIFETIME,
+    key_id: str | None = None,
 ) -> str:
-    """A Microsoft identity platform client assertion for certificate credentials.
+    """A client assertion (RFC 7523 ``private_key_jwt``), e.g. Microsoft's certificate
+    credentials.
 
-    Header ``x5t`` is the certificate's SHA-1 thumbprint; claims ``aud`` (the token
+    Header ``x5t`` is the certificate's SHA-1 thumbprint when a certificate is given
+    (Microsoft asks for it), ``kid`` is ``key_id`` when given; claims ``aud`` (the token
     URL), ``iss`` = ``sub`` = ``client_id``, a random ``jti``, ``nbf``, ``iat``, ``exp``.
     """
     key = load_rsa_private_key(private_key)
@@ -136,7 +139,12 @@ def make_client_assertion(
         "iat": issued,
         "exp": issued + lifetime,
     }
-    return sign_rs256(claims, key, headers={"x5t": certificate_thumbprint(certificate)})
+    headers: dict[str, Any] = {}
+    if certificate is not None:
+        headers["x5t"] = certificate_thumbprint(certificate)
+    if key_id:
+        headers["kid"] = key_id
+    return sign_rs256(claims, key, headers=headers)
 
 
 def make_service_account_assertion(

@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from mailoauth.errors import ConfigurationError, TokenExpiredError
 from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
@@ -60,6 +60,9 @@ class TokenManager:
         self._settled: str | None = None
         self._flight: asyncio.Task[AccessToken] | None = None
         self._flight_forced = False
+        self.housekeeping: Callable[[], Awaitable[None]] | None = None
+        """Awaited at the start of a call while set and no refresh runs (a provider sets
+        it to retry a failed store save); must not raise."""
 
     @property
     def provider(self) -> TokenProvider:
@@ -74,6 +77,12 @@ class TokenManager:
     def cached_token(self) -> AccessToken | None:
         """The token held now (fresh or not), without refreshing."""
         return self._token
+
+    def forget(self) -> None:
+        """Drop the cached token (after it was revoked): the next call gets a new one."""
+        self._token = None
+        self._obtained_at = None
+        self._settled = None
 
     def now(self) -> dt.datetime:
         """The manager's clock."""
@@ -119,6 +128,8 @@ class TokenManager:
         Raises what the provider raises (:class:`~mailoauth.errors.TokenError`
         subclasses); all callers waiting on a failed refresh get the same error.
         """
+        if self.housekeeping is not None and self._flight is None:
+            await self.housekeeping()
         if stale is not None:
             force_refresh = True
         rejected = stale.value if stale is not None else None

@@ -54,7 +54,19 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
 
     Build it with :meth:`ropc`, :meth:`client_credentials`, :meth:`refresh_token` or
     :meth:`device_code`; options as for :class:`OAuth2TokenProvider`.
+
+    Refreshes send the scopes asked for, not the granted ones the response lists:
+    Microsoft's refresh request requires ``scope``, equal to or a subset of the scopes
+    of the original request
+    (https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow#refresh-the-access-token),
+    and ``offline_access`` is never listed in a response's scope although it must be
+    asked for to keep getting refresh tokens
+    (https://learn.microsoft.com/en-us/answers/questions/806413/scope-offline-access-isnt-being-returned-in-the-to,
+    https://learn.microsoft.com/en-us/answers/a/1898617).
     """
+
+    vendor = "microsoft"
+    keep_requested_scope = True
 
     @classmethod
     def ropc(

@@ -6,7 +6,9 @@ parsers here return a value or raise a :class:`~mailoauth.errors.TokenError` sub
 - 2xx with a JSON object holding ``access_token`` → :class:`AccessToken`;
 - 5xx, 408, 429, or ``temporarily_unavailable`` / ``server_error`` → transient;
 - any other 4xx (JSON error or not), 3xx, or a 2xx that is not a token → permanent,
-  with a hint for the usual causes of each OAuth error code.
+  with a hint for the usual causes of each OAuth error code: generic ones
+  (:data:`ERROR_HINTS`) for any server, Google's or Microsoft's own causes
+  (:data:`VENDOR_HINTS`) only when the server is theirs.
 
 Messages quote the server's ``error_description`` (shortened, with every secret that
 was sent replaced by ``<redacted>``), never the request.
@@ -19,7 +21,8 @@ import json
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from mailoauth.errors import PermanentTokenError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken
@@ -31,13 +34,20 @@ __all__ = [
     "MAX_DEVICE_INTERVAL",
     "MAX_EXPIRES_IN",
     "MIN_EXPIRES_IN",
+    "VENDOR_HINTS",
     "DeviceAuthorization",
+    "Vendor",
     "decode_json_response",
+    "hints_for",
     "parse_device_authorization",
     "parse_expires_in",
+    "parse_revocation_response",
     "parse_token_response",
     "redact",
+    "vendor_of",
 ]
+
+Vendor = Literal["google", "microsoft"]
 
 DEFAULT_EXPIRES_IN = 3600.0
 """Lifetime assumed when ``expires_in`` is missing or unusable (seconds)."""
@@ -58,41 +68,98 @@ _TRANSIENT_STATUS = frozenset({408, 425, 429})
 
 ERROR_HINTS: Mapping[str, str] = {
     "invalid_grant": (
-        "the refresh token (or password, code or assertion) was refused: it was revoked "
-        "or has expired. Usual causes: the user revoked access or changed their password; "
-        "Google: an app whose OAuth consent screen is in 'Testing' publishing status gets "
-        "refresh tokens that expire after 7 days, and unused ones expire after 6 months; "
-        "Microsoft: the password changed, MFA or Conditional Access now requires an "
-        "interactive sign-in, consent was revoked, or an old rotated refresh token was "
-        "reused (always keep the newest one, e.g. in a token store); for the password "
-        "grant: wrong username or password, or MFA is required. Sign in again to get a "
-        "new refresh token"
+        "the refresh token (or password, code or assertion) was refused: it was revoked, "
+        "has expired, or was already used (a server that rotates refresh tokens accepts "
+        "each one once; keep the newest, e.g. in a token store). Usual causes: the user "
+        "revoked access, changed their password or signed out everywhere; for the password "
+        "grant, a wrong username or password. Sign in again to get a new refresh token"
     ),
     "invalid_client": (
-        "the client was not accepted: check client_id, that the client secret (or "
-        "certificate) is right and has not expired, and whether the app is a public client "
-        "(which sends no secret) or a confidential one"
+        "the client was not accepted: check client_id, that the client secret (or key) is "
+        "right and has not expired, that client_auth matches the method the server has "
+        "registered for this client (post, basic, private_key_jwt), and whether the app "
+        "is a public client (which sends no secret) or a confidential one"
     ),
     "unauthorized_client": (
-        "this client may not use this grant: enable it for the app registration (Azure: "
-        "'Allow public client flows' for password and device code; Google: use an OAuth "
-        "client of the right type, or domain-wide delegation for a service account)"
+        "this client may not use this grant: enable the grant type for the client on the "
+        "authorization server"
     ),
     "invalid_scope": (
-        "the scope was refused: Google mail needs https://mail.google.com/; Microsoft "
-        "delegated needs https://outlook.office.com/IMAP.AccessAsUser.All, "
-        "POP.AccessAsUser.All or SMTP.Send (plus offline_access), and app-only needs "
-        "https://outlook.office365.com/.default; check the app's API permissions"
+        "the scope was refused: ask only for scopes the server offers and the client may "
+        "have (see the server's scopes_supported); on refresh, no more than was granted"
     ),
     "access_denied": "the user or an administrator denied the request",
     "expired_token": "the device code expired before the user signed in; start again",
-    "interaction_required": (
-        "an interactive sign-in is needed (MFA, consent or Conditional Access)"
-    ),
+    "interaction_required": ("an interactive sign-in is needed (MFA, consent or an access policy)"),
     "consent_required": "the user or an administrator must consent to the app first",
     "unsupported_grant_type": "the endpoint does not support this grant; check token_url",
+    "unsupported_token_type": "the server does not revoke this kind of token",
     "invalid_request": "the endpoint did not accept the request; check token_url and options",
 }
+"""Hints for OAuth error codes that hold for any authorization server."""
+
+VENDOR_HINTS: Mapping[Vendor, Mapping[str, str]] = {
+    "google": {
+        "invalid_grant": (
+            "the refresh token (or assertion) was refused: it was revoked or has expired. "
+            "Usual causes: the user revoked access or changed their password; an app whose "
+            "OAuth consent screen is in 'Testing' publishing status gets refresh tokens that "
+            "expire after 7 days, and unused ones expire after 6 months; a service "
+            "account's subject needs domain-wide delegation. Sign in again to get a new "
+            "refresh token"
+        ),
+        "unauthorized_client": (
+            "this client may not use this grant: use an OAuth client of the right type "
+            "(Desktop app for the installed-app flow), or domain-wide delegation for a "
+            "service account"
+        ),
+        "invalid_scope": (
+            "the scope was refused: Gmail's IMAP, POP and SMTP need https://mail.google.com/"
+        ),
+    },
+    "microsoft": {
+        "invalid_grant": (
+            "the refresh token (or password, code or assertion) was refused: it was revoked "
+            "or has expired. Usual causes: the password changed, MFA or Conditional Access "
+            "now requires an interactive sign-in, consent was revoked, or an old rotated "
+            "refresh token was reused (always keep the newest one, e.g. in a token store); "
+            "for the password grant: wrong username or password, or MFA is required. Sign "
+            "in again to get a new refresh token"
+        ),
+        "unauthorized_client": (
+            "this client may not use this grant: enable it for the app registration "
+            "('Allow public client flows' for password and device code)"
+        ),
+        "invalid_scope": (
+            "the scope was refused: Microsoft delegated needs "
+            "https://outlook.office.com/IMAP.AccessAsUser.All, POP.AccessAsUser.All or "
+            "SMTP.Send (plus offline_access), and app-only needs "
+            "https://outlook.office365.com/.default; check the app's API permissions"
+        ),
+    },
+}
+"""Google's and Microsoft's own causes for an error code, over :data:`ERROR_HINTS`."""
+
+_VENDOR_HOSTS: Mapping[Vendor, tuple[str, ...]] = {
+    "google": ("googleapis.com", "google.com"),
+    "microsoft": ("login.microsoftonline.com", "login.microsoft.com", "login.live.com"),
+}
+
+
+def vendor_of(url: str) -> Vendor | None:
+    """``"google"`` or ``"microsoft"`` when ``url`` is on their hosts, else None."""
+    host = (urlsplit(url).hostname or "").lower()
+    for vendor, suffixes in _VENDOR_HOSTS.items():
+        if any(host == s or host.endswith("." + s) for s in suffixes):
+            return vendor
+    return None
+
+
+def hints_for(vendor: Vendor | None) -> Mapping[str, str]:
+    """The hints for errors from ``vendor``'s server (the generic ones for None)."""
+    if vendor is None:
+        return ERROR_HINTS
+    return {**ERROR_HINTS, **VENDOR_HINTS[vendor]}
 
 
 def redact(text: str, secrets: Collection[str]) -> str:
@@ -136,12 +203,13 @@ def decode_json_response(
     content_type: str | None = None,
     endpoint: str = "the token endpoint",
     secrets: Collection[str] = (),
+    hints: Mapping[str, str] = ERROR_HINTS,
 ) -> dict[str, Any]:
     """The JSON object of a 2xx response; raises the mapped error for anything else.
 
     Raises :class:`TransientTokenError` for 5xx, 408, 429 and transient OAuth errors,
     :class:`PermanentTokenError` otherwise (with ``error`` and ``error_description``
-    when the body had them).
+    when the body had them, and the hint from ``hints`` for the error code).
     """
     try:
         doc: object = json.loads(body)
@@ -174,7 +242,7 @@ def decode_json_response(
             error_description=description,
             status_code=status_code,
         )
-    hint = ERROR_HINTS.get(error)
+    hint = hints.get(error)
     raise PermanentTokenError(
         f"{endpoint} refused the grant (HTTP {status_code}){detail}"
         + (f". Hint: {hint}" if hint else ""),
@@ -223,6 +291,7 @@ def parse_token_response(
     content_type: str | None = None,
     endpoint: str = "the token endpoint",
     secrets: Collection[str] = (),
+    hints: Mapping[str, str] = ERROR_HINTS,
 ) -> AccessToken:
     """The :class:`AccessToken` in a token endpoint response received at ``now``.
 
@@ -231,7 +300,12 @@ def parse_token_response(
     ``access_token`` string.
     """
     doc = decode_json_response(
-        status_code, body, content_type=content_type, endpoint=endpoint, secrets=secrets
+        status_code,
+        body,
+        content_type=content_type,
+        endpoint=endpoint,
+        secrets=secrets,
+        hints=hints,
     )
     value = doc.get("access_token")
     if not isinstance(value, str) or not value.strip():
@@ -275,11 +349,17 @@ def parse_device_authorization(
     content_type: str | None = None,
     endpoint: str = "the device authorization endpoint",
     secrets: Collection[str] = (),
+    hints: Mapping[str, str] = ERROR_HINTS,
 ) -> DeviceAuthorization:
     """Parse a device authorization response; raises like :func:`decode_json_response`
     and :class:`PermanentTokenError` when ``device_code`` or ``user_code`` is missing."""
     doc = decode_json_response(
-        status_code, body, content_type=content_type, endpoint=endpoint, secrets=secrets
+        status_code,
+        body,
+        content_type=content_type,
+        endpoint=endpoint,
+        secrets=secrets,
+        hints=hints,
     )
     device_code, user_code = doc.get("device_code"), doc.get("user_code")
     # Google names it verification_url; RFC 8628 verification_uri.
@@ -304,4 +384,31 @@ def parse_device_authorization(
         ),
         verification_uri_complete=complete if isinstance(complete, str) else None,
         device_code=device_code,
+    )
+
+
+def parse_revocation_response(
+    status_code: int,
+    body: bytes,
+    *,
+    content_type: str | None = None,
+    endpoint: str = "the revocation endpoint",
+    secrets: Collection[str] = (),
+    hints: Mapping[str, str] = ERROR_HINTS,
+) -> None:
+    """Check a revocation response (RFC 7009 §2.2): any 2xx is success, whatever the
+    body (servers answer 200 for unknown tokens too); anything else raises like
+    :func:`decode_json_response` (503 is transient, §2.2.1)."""
+    if 200 <= status_code < 300:
+        return
+    decode_json_response(
+        status_code,
+        body,
+        content_type=content_type,
+        endpoint=endpoint,
+        secrets=secrets,
+        hints=hints,
+    )
+    raise PermanentTokenError(  # pragma: no cover - decode_json_response raised
+        f"{endpoint} answered HTTP {status_code}", status_code=status_code
     )

@@ -52,17 +52,24 @@ _LOCK_POLL_MAX = 0.05
 
 @dataclass(frozen=True)
 class StoredCredential:
-    """What a store keeps for one credential. The repr never shows a secret."""
+    """What a store keeps for one credential. The repr never shows a secret.
+
+    ``scope`` is the scope granted (the token response's ``scope``). ``origin`` names,
+    by a digest, the refresh token this credential's chain of rotated refresh tokens
+    started from: a provider built with that token knows from it that its own token
+    was rotated away and must never be sent again.
+    """
 
     refresh_token: str | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
     expires_at: dt.datetime | None = None
     issued_at: dt.datetime | None = None
     scope: str | None = None
+    origin: str | None = None
 
     @classmethod
     def from_token(
-        cls, token: AccessToken, *, refresh_token: str | None = None
+        cls, token: AccessToken, *, refresh_token: str | None = None, origin: str | None = None
     ) -> StoredCredential:
         """The credential for ``token``, keeping ``refresh_token`` when it has none."""
         return cls(
@@ -71,6 +78,7 @@ class StoredCredential:
             expires_at=token.expires_at,
             issued_at=token.issued_at,
             scope=token.scope,
+            origin=origin,
         )
 
     def to_access_token(self) -> AccessToken | None:
@@ -92,6 +100,7 @@ class StoredCredential:
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "issued_at": self.issued_at.isoformat() if self.issued_at else None,
             "scope": self.scope,
+            **({"origin": self.origin} if self.origin else {}),
         }
 
     @classmethod
@@ -103,6 +112,7 @@ class StoredCredential:
             expires_at=_time_or_none(data.get("expires_at")),
             issued_at=_time_or_none(data.get("issued_at")),
             scope=_str_or_none(data.get("scope")),
+            origin=_str_or_none(data.get("origin")),
         )
 
 

@@ -244,7 +244,10 @@ async def test_microsoft_refresh_token_rotation_goes_to_the_store() -> None:
 
 
 @pytest.mark.asyncio
-async def test_stored_refresh_token_refused_falls_back_to_the_configured_one() -> None:
+async def test_stored_descendant_refused_never_falls_back_to_the_rotated_away_one() -> None:
+    # Issue 16 item 3: the store holds a token rotated from the configured one (the key
+    # is made from the configured token), so the configured one was rotated away:
+    # sending it again is what reuse detection (RFC 9700 §4.14) punishes.
     with FakeOAuthServer() as server:
         rt = server.issue_refresh_token("u")
         store = MemoryTokenStore()
@@ -254,6 +257,26 @@ async def test_stored_refresh_token_refused_falls_back_to_the_configured_one() -
         from mailoauth.tokens import StoredCredential
 
         await store.save(provider.store_key, StoredCredential(refresh_token="rt-dead"))
+        async with provider:
+            with pytest.raises(PermanentTokenError, match="rotated away") as info:
+                await provider.get_access_token()
+        assert info.value.error == "invalid_grant"
+        assert [f["refresh_token"] for f in server.token_forms] == ["rt-dead"]
+
+
+@pytest.mark.asyncio
+async def test_stored_token_of_another_lineage_refused_falls_back_to_configured() -> None:
+    # An explicit store key with an entry from before (no origin recorded): the stored
+    # token may be older than the configured one, so the configured one is tried.
+    with FakeOAuthServer() as server:
+        rt = server.issue_refresh_token("u")
+        store = MemoryTokenStore()
+        provider = MicrosoftTokenProvider.refresh_token(
+            "app-id", rt, token_url=server.token_url, store=store, store_key="mine"
+        )
+        from mailoauth.tokens import StoredCredential
+
+        await store.save("mine", StoredCredential(refresh_token="rt-dead"))
         async with provider:
             token = await provider.get_access_token()
         assert server.is_active(token.value)

@@ -147,7 +147,8 @@ async def test_rotation_uses_new_refresh_token_and_saves_it_before_returning(
             async def save(self, key: str, credential: StoredCredential) -> None:
                 await super().save(key, credential)
                 assert credential.refresh_token is not None
-                self.saved_before_return.append(credential.refresh_token)
+                if credential.access_token:  # not the grant's shared refresh-token entry
+                    self.saved_before_return.append(credential.refresh_token)
 
         store = SpyStore()
         clock = FakeClock()
