@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import anyio.to_thread
 
@@ -23,6 +23,9 @@ from mailoauth._core.files import write_atomically
 from mailoauth.errors import ConfigurationError
 
 __all__ = [
+    "MAX_UID",
+    "MAX_UIDL_LENGTH",
+    "STATE_FILE_VERSION",
     "FilePollStateStore",
     "ImapState",
     "MemoryPollStateStore",
@@ -89,16 +92,88 @@ def state_to_json(state: PollState) -> dict[str, Any]:
     return {"pop3": {"uidls": sorted(state.uidls)}}
 
 
-def state_from_json(data: Mapping[str, Any]) -> PollState | None:
-    """Parse :func:`state_to_json` output; anything malformed reads as None (no state)."""
-    imap, pop3 = data.get("imap"), data.get("pop3")
-    if isinstance(imap, dict):
-        uv, uid = imap.get("uidvalidity"), imap.get("uid")
-        if isinstance(uv, int) and isinstance(uid, int) and uid >= 0:
-            return ImapState(uv, uid)
-    if isinstance(pop3, dict) and isinstance(pop3.get("uidls"), list):
-        return Pop3State(frozenset(u for u in pop3["uidls"] if isinstance(u, str)))
-    return None
+#: The format :func:`state_to_json` writes into a state file's ``"version"``.
+STATE_FILE_VERSION: Final = 1
+#: RFC 3501 §2.3.1.1: UIDs and UIDVALIDITY are 32-bit unsigned (nz-number, 1 ..
+#: 4294967295); a saved ``uid`` is 0 before the first message is handled.
+MAX_UID: Final = 4294967295
+#: RFC 1939 §7: a unique-id is 1 to 70 characters in 0x21..0x7E.
+MAX_UIDL_LENGTH: Final = 70
+_STATE_SHAPES: Final = {"imap": {"uidvalidity", "uid"}, "pop3": {"uidls"}}
+
+
+def _is_uint32(value: object, minimum: int) -> bool:
+    # bool is an int subclass: true/false in the file is as wrong as "3".
+    return type(value) is int and minimum <= value <= MAX_UID
+
+
+def _describe(value: object) -> str:
+    return f"{json.dumps(value)[:60]} (a JSON {_JSON_TYPES.get(type(value), 'value')})"
+
+
+_JSON_TYPES: Final[dict[type, str]] = {
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+def state_from_json(data: Mapping[str, Any]) -> PollState:
+    """Parse :func:`state_to_json` output, strictly.
+
+    Raises :class:`~mailoauth.errors.ConfigurationError` saying what is wrong for
+    anything else: an unknown or missing kind, an extra member, a UID or UIDVALIDITY
+    that is not an integer in range (``"uid": "3"`` is a string), a UIDL that is not
+    1-70 printable characters. A malformed entry must not read as "no state": the
+    poller would then start the mailbox afresh and skip the mail that arrived while it
+    was down.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"the entry must be a JSON object, not {_describe(data)}")
+    kinds = sorted(set(data) & set(_STATE_SHAPES))
+    if len(kinds) != 1 or len(data) != 1:
+        raise ConfigurationError(
+            f"the entry must have exactly one member, 'imap' or 'pop3'; it has "
+            f"{sorted(map(str, data)) or 'none'}"
+        )
+    kind = kinds[0]
+    body = data[kind]
+    if not isinstance(body, Mapping) or set(body) != _STATE_SHAPES[kind]:
+        members = sorted(map(str, body)) if isinstance(body, Mapping) else _describe(body)
+        raise ConfigurationError(
+            f"'{kind}' must be an object with exactly {sorted(_STATE_SHAPES[kind])}; it is "
+            f"{members}"
+        )
+    if kind == "imap":
+        uidvalidity, uid = body["uidvalidity"], body["uid"]
+        if not _is_uint32(uidvalidity, 1):
+            raise ConfigurationError(
+                f"'uidvalidity' must be an integer from 1 to {MAX_UID}, not "
+                f"{_describe(uidvalidity)}"
+            )
+        if not _is_uint32(uid, 0):
+            raise ConfigurationError(
+                f"'uid' must be an integer from 0 to {MAX_UID}, not {_describe(uid)}"
+            )
+        return ImapState(uidvalidity, uid)
+    uidls = body["uidls"]
+    if not isinstance(uidls, list):
+        raise ConfigurationError(f"'uidls' must be an array of strings, not {_describe(uidls)}")
+    for uidl in uidls:
+        if not (
+            isinstance(uidl, str)
+            and 1 <= len(uidl) <= MAX_UIDL_LENGTH
+            and all("\x21" <= c <= "\x7e" for c in uidl)
+        ):
+            raise ConfigurationError(
+                f"each of 'uidls' must be a string of 1 to {MAX_UIDL_LENGTH} printable "
+                f"ASCII characters (RFC 1939 §7), not {_describe(uidl)}"
+            )
+    return Pop3State(frozenset(uidls))
 
 
 @runtime_checkable
@@ -139,7 +214,9 @@ class FilePollStateStore:
     directory), so a crash leaves either the old or the new file, never half of one.
     Blocking file work runs in a worker thread. Raises
     :class:`~mailoauth.errors.ConfigurationError` when the file is not a poll state
-    file, and ``OSError`` when it cannot be read or written.
+    file, has another version, or holds an entry :func:`state_from_json` refuses (naming
+    the file, the entry and what to fix: nothing is loaded then), and ``OSError`` when it
+    cannot be read or written.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -185,11 +262,25 @@ class FilePollStateStore:
                 f"{str(self.path)!r} is not a mailoauth poll state file (no 'mailboxes' "
                 "object); give FilePollStateStore a file of its own"
             )
+        version = doc.get("version")
+        if version != STATE_FILE_VERSION:
+            raise ConfigurationError(
+                f"poll state file {str(self.path)!r} has version {json.dumps(version)}; this "
+                f"mailoauth reads version {STATE_FILE_VERSION} only (a newer mailoauth wrote "
+                f"it, or it was edited): use that version, or restore a backup"
+            )
         states = {}
         for key, entry in entries.items():
-            state = state_from_json(entry) if isinstance(entry, dict) else None
-            if state is not None:
-                states[key] = state
+            try:
+                states[key] = state_from_json(entry)
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"poll state file {str(self.path)!r}, entry {key!r}: {exc}. Nothing was "
+                    f"loaded, so that no mailbox restarts from scratch and skips the mail "
+                    f"that arrived while the poller was down: correct the entry (e.g. "
+                    f'"uid": 3, not "3"), or delete just that entry to restart that mailbox '
+                    f"with its start policy"
+                ) from None
         return states
 
     def _write(self, data: bytes) -> None:
@@ -200,5 +291,8 @@ class FilePollStateStore:
 
 
 def _encode(states: Mapping[str, PollState]) -> bytes:
-    doc = {"version": 1, "mailboxes": {k: state_to_json(v) for k, v in states.items()}}
+    doc = {
+        "version": STATE_FILE_VERSION,
+        "mailboxes": {k: state_to_json(v) for k, v in states.items()},
+    }
     return json.dumps(doc, indent=1, sort_keys=True).encode()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +23,13 @@ from mailoauth.poll import (
     Pop3State,
     imap_resume_point,
 )
-from mailoauth.poll.state import state_from_json, state_to_json
+from mailoauth.poll.state import (
+    MAX_UID,
+    MAX_UIDL_LENGTH,
+    STATE_FILE_VERSION,
+    state_from_json,
+    state_to_json,
+)
 
 # -- the resume policy -----------------------------------------------------------------
 
@@ -65,12 +73,80 @@ def test_json_roundtrip(state: ImapState | Pop3State) -> None:
     assert state_from_json(json.loads(json.dumps(state_to_json(state)))) == state
 
 
-@pytest.mark.parametrize(
-    "data",
-    [{}, {"imap": {"uid": 3}}, {"imap": {"uidvalidity": 1, "uid": -1}}, {"pop3": {"uidls": 3}}],
-)
-def test_malformed_json_reads_as_no_state(data: dict[str, object]) -> None:
-    assert state_from_json(data) is None
+MALFORMED: list[tuple[object, str]] = [
+    ({}, "exactly one member"),
+    ({"imap": {"uidvalidity": 1, "uid": 3}, "pop3": {"uidls": []}}, "exactly one member"),
+    ({"smtp": {}}, "exactly one member"),
+    ({"imap": {"uid": 3}}, "exactly \\['uid', 'uidvalidity'\\]"),
+    ({"imap": {"uidvalidity": 1, "uid": 3, "extra": 1}}, "exactly"),
+    ({"imap": [1, 3]}, "a JSON array"),
+    (
+        {"imap": {"uidvalidity": 1, "uid": "3"}},
+        "'uid' must be an integer .* \"3\" \\(a JSON string\\)",
+    ),
+    ({"imap": {"uidvalidity": 1, "uid": -1}}, "'uid' must be an integer from 0"),
+    ({"imap": {"uidvalidity": 1, "uid": 3.0}}, "'uid' must be an integer"),
+    ({"imap": {"uidvalidity": 1, "uid": True}}, "a JSON boolean"),
+    ({"imap": {"uidvalidity": 1, "uid": 2**32}}, "'uid' must be an integer"),
+    ({"imap": {"uidvalidity": 0, "uid": 3}}, "'uidvalidity' must be an integer from 1"),
+    ({"imap": {"uidvalidity": "7", "uid": 3}}, "'uidvalidity'"),
+    ({"imap": {"uidvalidity": None, "uid": 3}}, "a JSON null"),
+    ({"pop3": {"uidls": 3}}, "'uidls' must be an array"),
+    ({"pop3": {"uidls": ["a", 3]}}, "each of 'uidls'"),
+    ({"pop3": {"uidls": [""]}}, "each of 'uidls'"),
+    ({"pop3": {"uidls": ["a b"]}}, "each of 'uidls'"),
+    ({"pop3": {"uidls": ["x" * (MAX_UIDL_LENGTH + 1)]}}, "each of 'uidls'"),
+    ([], "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("data", "why"), MALFORMED)
+def test_malformed_state_is_refused_saying_why(data: Any, why: str) -> None:
+    # Reading it as "no state" would restart the mailbox and skip what arrived meanwhile.
+    with pytest.raises(ConfigurationError, match=why):
+        state_from_json(data)
+
+
+def test_limits_are_accepted_at_their_edges() -> None:
+    assert state_from_json({"imap": {"uidvalidity": MAX_UID, "uid": MAX_UID}}) == ImapState(
+        MAX_UID, MAX_UID
+    )
+    assert state_from_json({"imap": {"uidvalidity": 1, "uid": 0}}) == ImapState(1, 0)
+    edge = "~" * MAX_UIDL_LENGTH
+    assert state_from_json({"pop3": {"uidls": [edge, "!"]}}) == Pop3State(frozenset({edge, "!"}))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("entry", "why"), MALFORMED[:-1])
+async def test_file_store_names_the_file_the_entry_and_the_fix(
+    tmp_path: Path, entry: Any, why: str
+) -> None:
+    path = tmp_path / "poll-state.json"
+    good = state_to_json(ImapState(7, 40))
+    doc = {"version": STATE_FILE_VERSION, "mailboxes": {"good": good, "imap://u@h/INBOX": entry}}
+    path.write_text(json.dumps(doc))
+    store = FilePollStateStore(path)
+    with pytest.raises(ConfigurationError) as info:
+        await store.load("good")  # nothing loads: not even the good entry
+    message = str(info.value)
+    assert str(path) in message
+    assert "entry 'imap://u@h/INBOX'" in message
+    assert re.search(why, message)
+    assert "correct the entry" in message
+    assert "delete just that entry" in message
+    assert path.read_text() == json.dumps(doc)  # the file is left as it was
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("version", [None, 2, "1"])
+async def test_file_store_refuses_another_version(tmp_path: Path, version: object) -> None:
+    path = tmp_path / "poll-state.json"
+    doc: dict[str, object] = {"mailboxes": {}}
+    if version is not None:
+        doc["version"] = version
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigurationError, match=f"{re.escape(str(path))}.* version"):
+        await FilePollStateStore(path).load("k")
 
 
 # -- stores ----------------------------------------------------------------------------
