@@ -5,15 +5,22 @@ AUTHENTICATE error challenge (it waits until its timeout), has no OAUTHBEARER, l
 command arguments at DEBUG, leaves pending commands (and the wait for the greeting)
 waiting forever when the connection drops, accepts any greeting containing "OK", and
 buffers lines and literals without bound (re-scanning a partial line on every read).
-This module adds what is missing around its protocol object without forking it.
+Its response handler recurses once per line (a read of ~1,000 lines raises
+RecursionError) and copies the rest of the read for every line (quadratic), its FETCH
+command re-scans the whole response after every line (quadratic again), and it deletes
+every ``"* "`` inside an untagged line, not only the leading one. This module adds what
+is missing around its protocol object without forking it: :meth:`ImapProtocol.
+data_received` is an iterative replacement for its handler, calling its per-line
+dispatch (``_handle_line``) unchanged. Upstream reports: docs/upstream/aioimaplib.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from aioimaplib import aioimaplib as _aio
 
@@ -29,6 +36,7 @@ __all__ = [
     "AUTH",
     "MAX_LINE",
     "MAX_LITERAL",
+    "MAX_RESPONSE",
     "NONAUTH",
     "SELECTED",
     "AuthenticateCommand",
@@ -50,25 +58,74 @@ MAX_LINE: Final = 16 * 1024 * 1024
 #: Largest literal a server may announce. Above any provider's message size limit
 #: (Gmail 50 MB, Exchange Online 150 MB); a literal is held in memory whole.
 MAX_LITERAL: Final = 256 * 1024 * 1024
+#: Largest response to one command held in memory, lines and literals together (a
+#: FETCH is held whole until its tagged completion; during IDLE, what the server pushed
+#: and the caller has not read yet). Two 150 MB messages in one FETCH go over it:
+#: fetch fewer messages per call, or raise it with ``ImapClient(max_response_size=)``.
+MAX_RESPONSE: Final = 256 * 1024 * 1024
+_CRLF: Final = b"\r\n"
+
+
+class _FetchCommand(_aio.FetchCommand):  # type: ignore[misc]
+    """aioimaplib's FetchCommand re-scans every line of the response after each new
+    line to see whether a message's parentheses are balanced: quadratic in the number
+    of messages. This one keeps a running count over the lines it has not seen."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scanned = 0
+        self._depth = 0
+
+    def wait_data(self) -> bool:
+        # Same answer as upstream: parentheses of the bytes lines (literals, which are
+        # bytearrays, excluded) from the last "N FETCH (" line on must balance.
+        lines = self._resp_lines
+        for i in range(self._scanned, len(lines)):
+            line = lines[i]
+            if type(line) is bytes:
+                if self.FETCH_MESSAGE_DATA_RE.match(line):
+                    self._depth = 0
+                self._depth += line.count(b"(") - line.count(b")")
+        self._scanned = len(lines)
+        return self._depth != 0
 
 
 class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     """aioimaplib's protocol, plus: BYE is recorded; a lost connection fails every
     pending command, and the wait for the greeting, at once instead of leaving them to
-    time out; a greeting that is not IMAP is a :class:`ProtocolError`."""
+    time out; a greeting that is not IMAP is a :class:`ProtocolError`; responses of any
+    length are parsed iteratively within :data:`MAX_LINE`, :data:`MAX_LITERAL` and
+    ``max_response`` (:data:`MAX_RESPONSE`), else :class:`LimitExceededError`; bytes
+    after a STARTTLS go-ahead are never parsed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    current_command: _aio.Command | None
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, max_response: int = MAX_RESPONSE
+    ) -> None:
         super().__init__(loop, conn_lost_cb=None)
+        self.max_response = max_response
         self.bye: bytes | None = None
         self.lost = False
         #: Why the greeting (and the CAPABILITY that follows it) failed, if it did.
         self.greeting_error: MailOAuthError | None = None
-        #: Set when the server went over :data:`MAX_LINE` or :data:`MAX_LITERAL`.
+        #: Set when the server went over :data:`MAX_LINE`, :data:`MAX_LITERAL` or
+        #: :attr:`max_response`.
         self.limit_error: LimitExceededError | None = None
+        #: Why the connection was given up (a limit, or a response out of order).
+        self.fatal_error: MailOAuthError | None = None
         #: ``N EXISTS`` / ``N RECENT`` the server sent beside an unrelated command.
         self.unsolicited: list[bytes] = []
         self._held: list[bytes] = []
         self._held_size = 0
+        self._response_size = 0
+        #: Bytes of IDLE lines counted but not yet queued, and of each queued batch.
+        self._idle_bytes = 0
+        self._idle_batches: collections.deque[int] = collections.deque()
+        #: After a STARTTLS go-ahead: plaintext bytes received (and never parsed).
+        self._tls_pending = False
+        self._injected = 0
+        self._welcomed = False
         self._wire_lines: dict[str, str] = {}
 
     async def welcome(self, command: bytes) -> None:
@@ -106,7 +163,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             reason = (self.bye or b"before its greeting").decode("utf-8", "replace")
             raise ConnectionLostError(f"the IMAP server closed the connection {reason}")
 
-    def _untagged_response(self, line: bytes) -> object:
+    def _untagged_response(self, line: bytes) -> _aio.Command | None:
         if line.startswith(b"* BYE"):
             self.bye = line[2:]
         elif (
@@ -118,7 +175,36 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             # §7.3.1); aioimaplib drops it when that command is SEARCH or FETCH. Keep
             # it, so that an IDLE starting next does not wait for a change already seen.
             self.unsolicited.append(line[2:])
-        return super()._untagged_response(line)
+        # aioimaplib's own routing, except that it strips every "* " in the line (a
+        # folder named "a* b", an envelope's subject), not only the leading one.
+        if line.startswith(b"* "):
+            line = line[2:]
+        if self.pending_sync_command is not None:
+            self.pending_sync_command.append_to_resp(line)
+            return self.pending_sync_command
+        match = _aio.message_data_re.match(line)
+        if match:
+            name, text = match.group(1), line
+        else:
+            name, _, text = line.partition(b" ")
+        command = self.pending_async_commands.get(name.decode("ascii", "replace").upper())
+        if command is not None:
+            command.append_to_resp(text)
+            return command
+        # NOOP is async, and servers may send anything untagged beside it.
+        command = self.pending_async_commands.get("NOOP")
+        if command is not None:
+            command.append_to_resp(line)
+        return command
+
+    def _response_done(self, line: bytes) -> None:
+        command = self.pending_sync_command
+        super()._response_done(line)
+        self._response_size = 0
+        if command is not None and command.name == "STARTTLS" and command.response.result == "OK":
+            # Whatever follows the go-ahead in plaintext can only be injected (RFC 3501
+            # §6.2.1, RFC 2595 §3.1): stop parsing until reset_after_starttls().
+            self._tls_pending = True
 
     async def execute(self, command: _aio.Command, scrub: str | None = None) -> _aio.Response:
         # aioimaplib sends str(command), which a RawCommand keeps free of secrets.
@@ -129,46 +215,158 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         finally:
             self._wire_lines.pop(str(command), None)
 
+    async def fetch(
+        self,
+        message_set: str,
+        message_parts: str,
+        by_uid: bool = False,
+        timeout: float | None = None,
+    ) -> _aio.Response:
+        command = _FetchCommand(
+            self.new_tag(),
+            message_set,
+            message_parts,
+            prefix="UID" if by_uid else "",
+            loop=self.loop,
+            timeout=timeout,
+        )
+        return await self.execute(command)
+
     def send(self, line: str, scrub: str | None = None) -> None:
         super().send(self._wire_lines.pop(line, line), scrub=scrub)
 
+    # -- receiving ----------------------------------------------------------------------
+
     def data_received(self, d: bytes) -> None:
-        if self.limit_error is not None:
+        """Parse what arrived: iteratively (bounded stack, each byte scanned a bounded
+        number of times), within :data:`MAX_LINE`, :data:`MAX_LITERAL` and
+        :attr:`max_response`; past a limit, fail every pending command with
+        :class:`LimitExceededError` and close the connection."""
+        if self.fatal_error is not None:
             return
-        # aioimaplib buffers a line until its CRLF, and a literal up to the size the
-        # server announces, with no bound: a hostile server could fill our memory. It
-        # also re-joins and re-scans the partial line on every read (quadratic), so the
-        # chunks of a long line are held here until one brings its line end.
-        command = self.current_command
-        in_literal = command is not None and command.wait_literal_data()
-        if self.incomplete_line and not in_literal and b"\n" not in d:
-            self._held.append(d)
-            self._held_size += len(d)
-            if len(self.incomplete_line) + self._held_size > MAX_LINE:
-                self._over_limit(f"sent a line over {MAX_LINE} bytes without CRLF")
+        if self._tls_pending:
+            self._injected += len(d)
             return
         if self._held:
-            d = b"".join(self._held) + d
+            # Waiting for the end of a line: hold chunks until one brings its CRLF, so a
+            # long line is joined once instead of re-scanned on every read.
+            if _CRLF not in d and not (d[:1] == b"\n" and self._held[-1][-1:] == b"\r"):
+                self._held.append(d)
+                self._held_size += len(d)
+                if self._held_size > MAX_LINE:
+                    self._over_limit(f"sent a line over {MAX_LINE} bytes without CRLF")
+                return
+            self._held.append(d)
+            d = b"".join(self._held)
             self._held.clear()
             self._held_size = 0
-        super().data_received(d)
-        command = self.current_command
-        if len(self.incomplete_line) > MAX_LINE:
-            self._over_limit(f"sent a line over {MAX_LINE} bytes without CRLF")
-        elif command is not None and command._expected_size > MAX_LITERAL:
-            self._over_limit(
-                f"announced a literal of {command._expected_size} bytes (limit {MAX_LITERAL})"
-            )
+        try:
+            self._feed(d)
+        except _aio.AioImapException as exc:  # e.g. a tagged reply nobody asked for
+            self._give_up(ProtocolError(f"the IMAP server sent a response out of order: {exc}"))
+
+    def _feed(self, data: bytes) -> None:
+        """aioimaplib's ``_handle_responses`` as a loop over ``data`` by offset."""
+        command: _aio.Command | None = self.current_command
+        pos, end = 0, len(data)
+        while self.fatal_error is None:
+            if command is not None and command.wait_literal_data():
+                need = command._expected_size - len(command._resp_literal_data)
+                command.append_literal_data(data[pos : pos + need])
+                pos = min(pos + need, end)
+                if command.wait_literal_data():
+                    break  # the rest of the literal comes with the next read
+                continue
+            if self._tls_pending:
+                self._injected += end - pos
+                command = None
+                break
+            if pos >= end:
+                break
+            eol = data.find(_CRLF, pos)
+            if eol < 0:
+                self._held.append(data[pos:])
+                self._held_size = end - pos
+                if self._held_size > MAX_LINE:
+                    self._over_limit(f"sent a line over {MAX_LINE} bytes without CRLF")
+                break
+            command = self._line(data[pos:eol], command)
+            pos = eol + 2
+        self.current_command = command
+        pending = self.pending_sync_command
+        if pending is not None:
+            if self._idle_bytes and isinstance(pending, _aio.IdleCommand) and pending.buffer:
+                self._idle_batches.append(self._idle_bytes)  # what this flush queues
+                self._idle_bytes = 0
+            pending.flush()
+
+    def _line(self, line: bytes, current: _aio.Command | None) -> _aio.Command | None:
+        """Dispatch one line; return the command that the next line continues, if any."""
+        if self.state == _aio.CONNECTED:
+            # aioimaplib starts a welcome task for every line before the greeting is
+            # processed; one is enough (a compliant server sends one greeting line).
+            if self._welcomed:
+                return None
+            self._welcomed = True
+        command: _aio.Command | None = self._handle_line(line, current)
+        if command is not None:
+            self._response_size += len(line) + 2
+            if type(command) is _aio.IdleCommand:
+                self._idle_bytes += len(line) + 2
+            if self._response_size > self.max_response:
+                self._over_response()
+                return None
+        if line[-1:] == b"}" or line[-2:] == b"}\n":
+            literal = _aio.literal_data_re.match(line)
+            if literal:
+                size = int(literal.group("size"))
+                if size > MAX_LITERAL:
+                    self._over_limit(f"announced a literal of {size} bytes (limit {MAX_LITERAL})")
+                    return None
+                if command is None:
+                    command = _aio.Command("NIL", "unused", loop=self.loop)
+                else:
+                    self._response_size += size
+                    if self._response_size > self.max_response:
+                        self._over_response()
+                        return None
+                command.begin_literal_data(size)
+                return command
+        if command is not None and command.wait_data():
+            return command
+        return None
+
+    async def next_idle_lines(self) -> list[bytes]:
+        """The next batch of lines the server pushed during IDLE (empty when the
+        connection is gone: check :attr:`lost` and :attr:`fatal_error`)."""
+        lines: list[bytes] = await self.idle_queue.get()
+        if lines and self._idle_batches:
+            self._response_size = max(0, self._response_size - self._idle_batches.popleft())
+        return lines
+
+    # -- giving up ----------------------------------------------------------------------
+
+    def _over_response(self) -> None:
+        self._over_limit(
+            f"sent a response over {self.max_response} bytes (max_response_size); fetch "
+            f"fewer messages per call, or raise ImapClient(max_response_size=...)"
+        )
 
     def _over_limit(self, what: str) -> None:
         error = LimitExceededError(f"the IMAP server {what}; the connection was closed")
         self.limit_error = error
+        self._give_up(error)
+
+    def _give_up(self, error: MailOAuthError) -> None:
+        self.fatal_error = error
         self.incomplete_line = b""
         self._held.clear()
+        self._held_size = 0
         self.current_command = None
         if self.greeting_error is None and self.state == _aio.CONNECTED:
             self.greeting_error = error
         self._fail_pending(error)
+        self.idle_queue.put_nowait([])  # wake an IDLE reader
         if self.transport is not None:
             self.transport.close()
 
@@ -186,17 +384,27 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.lost = True
         reason = (self.bye or b"connection closed").decode("utf-8", "replace")
         self._fail_pending(ConnectionLostError(f"the IMAP server closed the connection: {reason}"))
+        self.idle_queue.put_nowait([])  # wake an IDLE reader
         task = asyncio.ensure_future(self._wake_waiters())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         super().connection_lost(exc)
 
-    def reset_after_starttls(self) -> None:
-        """Drop bytes buffered before the TLS handshake (they can only be injected)."""
+    def reset_after_starttls(self) -> int:
+        """Forget everything received in plaintext before the TLS handshake: bytes after
+        the go-ahead (they can only be injected), and what untagged lines taught (mailbox
+        sizes, a BYE). Returns how many bytes were discarded."""
+        injected = self._injected + self._held_size
+        self._tls_pending = False
+        self._injected = 0
         self.incomplete_line = b""
         self._held.clear()
         self._held_size = 0
         self.current_command = None
+        self.unsolicited.clear()
+        self.bye = None
+        self._response_size = 0
+        return injected
 
 
 class RawCommand(_aio.Command):  # type: ignore[misc]

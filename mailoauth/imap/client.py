@@ -17,7 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.parser import BytesParser
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -36,6 +36,7 @@ from mailoauth.errors import (
 from mailoauth.imap import parsing
 from mailoauth.imap._aioimaplib import (
     AUTH,
+    MAX_RESPONSE,
     SELECTED,
     AuthenticateCommand,
     ImapProtocol,
@@ -63,11 +64,56 @@ _parser = BytesParser(policy=email.policy.default)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]\r\n]+)\]", re.IGNORECASE)
 
 
-def _uid_set(uids: Iterable[int]) -> str:
+#: Longest command line sent, CRLF included: RFC 7162 §4 recommends that clients keep
+#: command lines within 8192 octets (Dovecot refuses lines over its
+#: ``imap_max_line_length``, 64 KB by default, with ``BAD ... Too long argument``).
+#: Longer UID sets are sent as several commands and their results merged.
+MAX_COMMAND_LINE: Final = 8192
+#: Room kept on a command line for the tag (aioimaplib's are 5 to 10 characters).
+_TAG_ROOM: Final = 24
+#: Largest UID (RFC 3501 §9: nz-number is a 32-bit unsigned integer).
+_MAX_UID: Final = 0xFFFFFFFF
+
+
+def _uid_ranges(uids: Iterable[int]) -> list[str]:
+    """Sorted, de-duplicated UIDs as ``first:last`` ranges and single numbers. Raises
+    :class:`ConfigurationError` when there is none or one is not in 1..2**32-1."""
     values = sorted({int(u) for u in uids})
-    if not values or values[0] <= 0:
-        raise ConfigurationError("give at least one UID, each a positive integer")
-    return ",".join(str(v) for v in values)
+    if not values or values[0] <= 0 or values[-1] > _MAX_UID:
+        raise ConfigurationError("give at least one UID, each an integer from 1 to 2**32-1")
+    pieces: list[str] = []
+    start = prev = values[0]
+    for value in values[1:]:
+        if value != prev + 1:
+            pieces.append(f"{start}:{prev}" if prev > start else str(start))
+            start = value
+        prev = value
+    pieces.append(f"{start}:{prev}" if prev > start else str(start))
+    return pieces
+
+
+def _uid_sets(uids: Iterable[int], *command: str) -> list[str]:
+    """UID sets (``1:5,7,9:12``) covering ``uids``, each short enough that the command
+    line ``<tag> <command...> <set>`` stays within :data:`MAX_COMMAND_LINE`."""
+    # "<tag> <part> <part> <set>\r\n": a space before each part and before the set.
+    fixed = _TAG_ROOM + sum(len(part.encode()) + 1 for part in command) + 1 + len("\r\n")
+    room = MAX_COMMAND_LINE - fixed
+    if room < len(f"{_MAX_UID}:{_MAX_UID}"):
+        raise ConfigurationError(
+            f"the command's other arguments are too long for one command line "
+            f"(MAX_COMMAND_LINE, {MAX_COMMAND_LINE} octets)"
+        )
+    sets: list[str] = []
+    current: list[str] = []
+    length = -1  # no comma before the first piece
+    for piece in _uid_ranges(uids):
+        if current and length + 1 + len(piece) > room:
+            sets.append(",".join(current))
+            current, length = [], -1
+        current.append(piece)
+        length += 1 + len(piece)
+    sets.append(",".join(current))
+    return sets
 
 
 def _check_arg(value: str, what: str) -> str:
@@ -113,6 +159,7 @@ class ImapClient(BaseClient):
         mechanism: str | None = None,
         allow_insecure_auth: bool = False,
         idle_renew_after: float = IDLE_RENEW_AFTER,
+        max_response_size: int = MAX_RESPONSE,
     ) -> None:
         super().__init__(
             host,
@@ -126,6 +173,13 @@ class ImapClient(BaseClient):
             allow_insecure_auth=allow_insecure_auth,
         )
         self.idle_renew_after = idle_renew_after
+        if isinstance(max_response_size, bool) or not isinstance(max_response_size, int):
+            raise ConfigurationError("max_response_size must be an int (bytes)")
+        if max_response_size <= 0:
+            raise ConfigurationError("max_response_size must be positive")
+        #: Largest response to one command held in memory (lines and literals); over
+        #: it, the command fails with LimitExceededError and the connection is closed.
+        self.max_response_size = max_response_size
         self._protocol: ImapProtocol | None = None
         self._transport: ProtocolTransport | None = None
         self._token: AccessToken | None = None
@@ -149,7 +203,7 @@ class ImapClient(BaseClient):
             ssl_context=self.ssl_context,
             timeout=self.timeout,
         )
-        protocol = ImapProtocol(asyncio.get_running_loop())
+        protocol = ImapProtocol(asyncio.get_running_loop(), max_response=self.max_response_size)
         transport = conn.attach(protocol)
         self._protocol, self._transport = protocol, transport
         try:
@@ -184,7 +238,18 @@ class ImapClient(BaseClient):
         )
         if response.result != "OK":
             raise TLSError(f"{self.host}:{self.port} refused STARTTLS: {_last(response.lines)}")
-        await transport.start_tls(protocol.reset_after_starttls)
+
+        def discard() -> None:
+            injected = protocol.reset_after_starttls()
+            if injected:
+                log.warning(
+                    "%s:%s sent %d bytes between STARTTLS and the TLS handshake; discarded them",
+                    self.host,
+                    self.port,
+                    injected,
+                )
+
+        await transport.start_tls(discard)
         # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
         protocol.capabilities = set()
         await self._guard(protocol.capability(), "reading capabilities from")
@@ -402,14 +467,21 @@ class ImapClient(BaseClient):
         return parsing.parse_search(self._check(response, "UID SEARCH"))
 
     async def _fetch(self, uids: Iterable[int], items: str) -> list[parsing.FetchRecord]:
+        """UID FETCH ``items``: one command per :func:`_uid_sets` piece, merged."""
         self._require_selected()
         uids = list(uids)
         if not uids:
             return []
-        uid_set = _uid_set(uids)
-        response = await self._call(lambda p: p.fetch(uid_set, items, by_uid=True), "fetching from")
-        records = parsing.parse_fetch(self._check(response, "UID FETCH"))
-        return [r for r in records if r.uid is not None]
+        records: list[parsing.FetchRecord] = []
+        for uid_set in _uid_sets(uids, "UID", "FETCH", items):
+
+            def op(p: ImapProtocol, uid_set: str = uid_set) -> Any:
+                return p.fetch(uid_set, items, by_uid=True)
+
+            response = await self._call(op, "fetching from")
+            found = parsing.parse_fetch(self._check(response, "UID FETCH"))
+            records.extend(r for r in found if r.uid is not None)
+        return records
 
     async def fetch_raw(self, uids: Iterable[int]) -> dict[int, bytes]:
         """The full RFC 5322 bytes of each message, by UID (without marking it seen)."""
@@ -467,14 +539,15 @@ class ImapClient(BaseClient):
         )
         return parsing.parse_appenduid(self._check(response, "APPEND"))
 
-    async def _store(self, uids: Iterable[int], op: str, flags: Sequence[str]) -> None:
+    async def _store(self, uids: Iterable[int], how: str, flags: Sequence[str]) -> None:
         self._require_selected()
-        uid_set = _uid_set(uids)
         text = "(" + " ".join(_check_arg(f, "flag") for f in flags) + ")"
-        response = await self._call(
-            lambda p: p.store(uid_set, op, text, by_uid=True), "storing flags on"
-        )
-        self._check(response, "UID STORE")
+        for uid_set in _uid_sets(uids, "UID", "STORE", how, text):
+
+            def op(p: ImapProtocol, uid_set: str = uid_set) -> Any:
+                return p.store(uid_set, how, text, by_uid=True)
+
+            self._check(await self._call(op, "storing flags on"), "UID STORE")
 
     async def add_flags(self, uids: Iterable[int], flags: Sequence[str]) -> None:
         """Add ``flags`` (e.g. ``["\\\\Seen"]``) to the messages."""
@@ -485,31 +558,41 @@ class ImapClient(BaseClient):
         await self._store(uids, "-FLAGS.SILENT", flags)
 
     async def copy(self, uids: Iterable[int], destination: str) -> None:
-        """UID COPY messages to ``destination``. Not retried after a dropped connection."""
+        """UID COPY messages to ``destination``. Not retried after a dropped connection.
+        A UID set too long for one command line is copied by several commands."""
         self._require_selected()
-        uid_set = _uid_set(uids)
         dest = parsing.encode_mailbox(_check_arg(destination, "mailbox name"))
-        response = await self._call(
-            lambda p: p.copy(uid_set, dest, by_uid=True), "copying on", retry=False
-        )
-        self._check(response, "UID COPY")
+        for uid_set in _uid_sets(uids, "UID", "COPY", dest):
+
+            def op(p: ImapProtocol, uid_set: str = uid_set) -> Any:
+                return p.copy(uid_set, dest, by_uid=True)
+
+            self._check(await self._call(op, "copying on", retry=False), "UID COPY")
 
     async def move(self, uids: Iterable[int], destination: str) -> None:
-        """UID MOVE (RFC 6851), or COPY + \\\\Deleted + UID EXPUNGE where MOVE is missing."""
+        """UID MOVE (RFC 6851), or COPY + \\\\Deleted + UID EXPUNGE where MOVE is missing.
+        A UID set too long for one command line is moved by several commands."""
         self._require_selected()
-        uid_set = _uid_set(uids)
+        values = list(uids)
         dest = parsing.encode_mailbox(_check_arg(destination, "mailbox name"))
+        moves = _uid_sets(values, "UID", "MOVE", dest)
         protocol = await self._ready()
         if "MOVE" in protocol.capabilities:
-            response = await self._call(
-                lambda p: p.move(uid_set, dest, by_uid=True), "moving on", retry=False
-            )
-            self._check(response, "UID MOVE")
+            for uid_set in moves:
+
+                def move(p: ImapProtocol, uid_set: str = uid_set) -> Any:
+                    return p.move(uid_set, dest, by_uid=True)
+
+                self._check(await self._call(move, "moving on", retry=False), "UID MOVE")
             return
-        await self.copy([int(u) for u in uid_set.split(",")], destination)
-        await self.add_flags([int(u) for u in uid_set.split(",")], ["\\Deleted"])
-        response = await self._call(lambda p: p.expunge(uid_set, by_uid=True), "expunging on")
-        self._check(response, "UID EXPUNGE")
+        await self.copy(values, destination)
+        await self.add_flags(values, ["\\Deleted"])
+        for uid_set in _uid_sets(values, "UID", "EXPUNGE"):
+
+            def expunge(p: ImapProtocol, uid_set: str = uid_set) -> Any:
+                return p.expunge(uid_set, by_uid=True)
+
+            self._check(await self._call(expunge, "expunging on"), "UID EXPUNGE")
 
     async def expunge(self) -> None:
         """EXPUNGE the selected mailbox (remove messages flagged \\\\Deleted)."""
@@ -555,7 +638,7 @@ class ImapClient(BaseClient):
                 while (left := renew_at - anyio.current_time()) > 0:
                     lines = None
                     with anyio.move_on_after(left):
-                        lines = await protocol.idle_queue.get()
+                        lines = await protocol.next_idle_lines()
                     if lines is None:
                         break
                     for line in lines:
@@ -563,6 +646,8 @@ class ImapClient(BaseClient):
                             event = _idle_event(bytes(line))
                             if event is not None:
                                 yield event
+                    if protocol.fatal_error is not None:
+                        raise protocol.fatal_error
                     if protocol.lost:
                         break
             finally:
@@ -575,6 +660,8 @@ class ImapClient(BaseClient):
                             log.debug("ending IDLE on %s failed: %r", self.host, exc)
                 finally:
                     idle_task.cancel()  # also when we are cancelled while ending IDLE
+                    if idle_task.done() and not idle_task.cancelled():
+                        idle_task.exception()  # seen: the connection's end is reported
             if protocol.lost:
                 await self._reconnect()
             if deadline is not None and anyio.current_time() >= deadline:
