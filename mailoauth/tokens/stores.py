@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
-from mailoauth._core.files import write_atomically
+from mailoauth._core.files import make_private_dirs, write_atomically
 from mailoauth.errors import ConfigurationError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken
 
@@ -284,5 +284,5 @@ class FileTokenStore:
 
 
 def _open_lock_file(lock_path: Path) -> int:
-    lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(lock_path.parent)
     return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
