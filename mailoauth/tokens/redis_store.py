@@ -10,19 +10,29 @@ credential once, and two workers never spend the same rotating refresh token at 
 The lease is renewed while the lock is held, so a slow token endpoint does not let the
 lock lapse under a live holder; a worker that dies (even ``kill -9``) holding the lock
 stops renewing it, and the others get it at most one lease later.
+
+Saves are fenced. A worker that stalls (GC pause, suspended VM, blocked loop) past its
+lease still believes it holds the lock; when it wakes it would overwrite the grant that
+the next holder saved meanwhile. So every lock grant takes a fencing token, a counter
+under ``{prefix}fence:{key}`` that grows with each grant (``INCR``), and every save or
+delete made while holding the lock is a Lua script that writes only if the counter still
+equals the holder's token. A stale holder's write is refused atomically in Redis and
+raises :class:`~mailoauth.errors.LockLostError`; nothing is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from mailoauth.errors import ConfigurationError, TransientTokenError
+from mailoauth.errors import ConfigurationError, LockLostError, TransientTokenError
 from mailoauth.tokens.stores import StoredCredential
 
 if TYPE_CHECKING:
@@ -37,6 +47,26 @@ DEFAULT_LOCK_LEASE: Final = 30.0
 DEFAULT_LOCK_TIMEOUT: Final = 60.0
 """Seconds to wait for a lock held by another worker before giving up."""
 _LOCK_POLL: Final = 0.05
+
+# Writes only while the fence counter still holds the writer's token (KEYS[1] the
+# counter, KEYS[2] the credential; ARGV[1] the token, ARGV[2] the value or "" to delete).
+_FENCED_WRITE: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+# The locks this task holds: (store id, key) -> fencing token. Context-local, so that
+# only code running under ``async with store.lock(key)`` writes with its token.
+_held: contextvars.ContextVar[Mapping[tuple[int, str], int]] = contextvars.ContextVar(
+    "mailoauth_redis_fences", default=MappingProxyType({})
+)
 
 
 def _import_redis() -> Any:
@@ -103,6 +133,37 @@ class RedisTokenStore:
     def _lock_key(self, key: str) -> str:
         return f"{self.prefix}lock:{key}"
 
+    def _fence_key(self, key: str) -> str:
+        return f"{self.prefix}fence:{key}"
+
+    def _fence(self) -> tuple[str, int] | None:
+        """The lock key and fencing token this task holds on this store, if any."""
+        for (store_id, key), token in _held.get().items():
+            if store_id == id(self):
+                return key, token
+        return None
+
+    async def _write(self, key: str, data: str, what: str) -> None:
+        fence = self._fence()
+        with _map_redis_errors(what):
+            if fence is None:
+                if data:
+                    await self._redis.set(self._cred_key(key), data)
+                else:
+                    await self._redis.delete(self._cred_key(key))
+                return
+            lock_key, token = fence
+            written = await self._redis.eval(
+                _FENCED_WRITE, 2, self._fence_key(lock_key), self._cred_key(key), str(token), data
+            )
+        if not written:
+            raise LockLostError(
+                f"refused to write the credential {key} to Redis: this worker's lock on "
+                f"{lock_key} lapsed (lease {self.lock_lease:g} s) and another worker holds it "
+                "now, so it may have saved a newer grant. Nothing was written; if stalls "
+                "this long are expected, raise lock_lease"
+            )
+
     async def load(self, key: str) -> StoredCredential | None:
         with _map_redis_errors("loading a credential"):
             raw = await self._redis.get(self._cred_key(key))
@@ -116,13 +177,13 @@ class RedisTokenStore:
         return StoredCredential.from_json(data) if isinstance(data, dict) else None
 
     async def save(self, key: str, credential: StoredCredential) -> None:
-        data = json.dumps(credential.to_json())
-        with _map_redis_errors("saving a credential"):
-            await self._redis.set(self._cred_key(key), data)
+        """Store ``credential``; fenced while this task holds a lock of this store
+        (:class:`~mailoauth.errors.LockLostError` if the lock was lost meanwhile)."""
+        await self._write(key, json.dumps(credential.to_json()), "saving a credential")
 
     async def delete(self, key: str) -> None:
-        with _map_redis_errors("deleting a credential"):
-            await self._redis.delete(self._cred_key(key))
+        """Delete the credential; fenced like :meth:`save`."""
+        await self._write(key, "", "deleting a credential")
 
     def lock(self, key: str) -> AbstractAsyncContextManager[None]:
         """Hold the fleet-wide lock for ``key`` (renewed while held)."""
@@ -147,9 +208,15 @@ class RedisTokenStore:
                 f"another worker held the Redis token lock for {key} over {self.lock_timeout:g} s"
             )
         renewer = asyncio.get_running_loop().create_task(self._renew(lock, key))
+        reset: contextvars.Token[Mapping[tuple[int, str], int]] | None = None
         try:
+            with _map_redis_errors("taking the fencing token"):
+                token = int(await self._redis.incr(self._fence_key(key)))
+            reset = _held.set(MappingProxyType({**_held.get(), (id(self), key): token}))
             yield
         finally:
+            if reset is not None:
+                _held.reset(reset)
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from mailoauth.errors import TransientTokenError
+from mailoauth.errors import LockLostError, TransientTokenError
 from mailoauth.testing._process import free_ports
 from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
 from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant, StoredCredential
@@ -254,3 +254,52 @@ async def test_worker_killed_holding_the_lock_blocks_others_only_for_the_lease(
         assert server.is_active(token.value)
         assert waited <= lease + 1.0, waited
         assert server.stats.token_requests == 1
+
+
+async def _stall(lock: object, key: str) -> None:
+    await asyncio.sleep(3600)  # the lease is never renewed: a stalled worker
+
+
+async def test_a_stale_holders_save_is_refused_and_the_newer_grant_kept(
+    store: RedisTokenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stalled = RedisTokenStore(store._redis, prefix=store.prefix, lock_lease=0.3)
+    monkeypatch.setattr(stalled, "_renew", _stall)
+    newer = StoredCredential(refresh_token="rt-newer", access_token="at-newer")
+    async with stalled.lock("k"):
+        await stalled.save("k", StoredCredential(refresh_token="rt-1"))  # in time: fine
+        await asyncio.sleep(0.6)  # the lease lapses during the stall
+        async with store.lock("k"):  # the next holder takes the lock, saves the newer grant
+            await store.save("k", newer)
+        with pytest.raises(LockLostError, match="lapsed") as info:
+            await stalled.save("k", StoredCredential(refresh_token="rt-stale"))
+        assert "rt-stale" not in str(info.value)
+        with pytest.raises(LockLostError):
+            await stalled.delete("k")
+    assert await store.load("k") == newer
+    fence = await store._redis.get(store._fence_key("k"))
+    assert fence is not None and int(fence) == 2  # one token per lock grant
+    # Outside any lock a save is a plain write (e.g. `mailoauth login`).
+    await stalled.save("k", StoredCredential(refresh_token="rt-login"))
+    loaded = await store.load("k")
+    assert loaded is not None and loaded.refresh_token == "rt-login"
+
+
+async def test_a_provider_whose_lock_lapsed_raises_and_keeps_nothing_stale(
+    store: RedisTokenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stalled = RedisTokenStore(store._redis, prefix=store.prefix, lock_lease=0.3)
+    monkeypatch.setattr(stalled, "_renew", _stall)
+    with FakeOAuthServer(rotate_refresh_tokens=True) as server:
+        server.add_client("cid", SECRET)
+        rt0 = server.issue_refresh_token("stall@example.test")
+        server.script(ScriptedResponse(status=0, delay=0.8))  # a refresh slower than the lease
+        async with provider(server, rt0, stalled) as slow:
+            refresh = asyncio.ensure_future(slow.get_access_token())
+            await asyncio.sleep(0.5)
+            async with store.lock("fleet-key"):  # meanwhile another worker holds the lock
+                await store.save("fleet-key", StoredCredential(refresh_token="rt-other"))
+            with pytest.raises(LockLostError):
+                await refresh
+        stored = await store.load("fleet-key")
+        assert stored is not None and stored.refresh_token == "rt-other"
