@@ -394,7 +394,13 @@ class Browser:
                 target = urllib.parse.urljoin(str(response.url), response.headers["location"])
                 response = self.http.get(target)
                 continue
-            if "device-signed-in" in response.text or response.status_code >= 400:
+            # Done: signed in, or the server's device page shows an error (after a
+            # cancel it shows the code form again, with the error above it).
+            if (
+                "device-signed-in" in response.text
+                or 'class="error"' in response.text
+                or response.status_code >= 400
+            ):
                 return response.text
             page_forms = forms_of(response.text)
             if page_forms and "user_code" in page_forms[0].fields:

@@ -19,6 +19,8 @@ with reuse detection, and the four numbered items of issue 16 (each test says wh
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import threading
 from collections.abc import Callable
@@ -37,6 +39,7 @@ from mailoauth.tokens import (
     PasswordGrant,
     RefreshTokenGrant,
     StoredCredential,
+    utcnow,
 )
 from mailoauth.tokens.discovery import discover
 from tests.integration.oidc import (
@@ -254,8 +257,10 @@ async def test_item2_refresh_asks_only_for_the_granted_scope(oidc_server: OidcPr
     first = await authorization_code(oidc_server, POST, login="item2@example.test", scope=SCOPE)
     assert first.refresh_token is not None
     assert first.scope is not None and "offline_access" not in first.scope.split()
+    # As `mailoauth login` leaves it, a day later: the access token has expired.
     store = MemoryTokenStore()
-    await store.save("item2", StoredCredential.from_token(first))
+    expired = dataclasses.replace(first, expires_at=utcnow() - dt.timedelta(minutes=1))
+    await store.save("item2", StoredCredential.from_token(expired))
     provider = provider_for(
         oidc_server,
         POST,
@@ -265,11 +270,31 @@ async def test_item2_refresh_asks_only_for_the_granted_scope(oidc_server: OidcPr
         store_key="item2",
     )
     async with provider:
-        token = await provider.get_access_token(force_refresh=True)
-        assert set((provider.granted_scope or "").split()) == set(first.scope.split())
+        token = await provider.get_access_token()
         again = await provider.get_access_token(force_refresh=True)
+        assert set((provider.granted_scope or "").split()) == set(first.scope.split())
+    assert token.value != first.value
     assert token.scope is not None and again.scope is not None
     assert MAIL_SCOPE in again.scope.split()
+
+
+@pytest.mark.asyncio
+async def test_refresh_asking_for_more_than_granted_names_no_other_vendor(
+    oidc_server: OidcProvider,
+) -> None:
+    """A generic server's ``invalid_scope`` says what went wrong at *this* server: the
+    hint speaks of granted scopes, not of Google's or Microsoft's (issue 16, "Also")."""
+    first = await authorization_code(oidc_server, POST, login="hint@example.test", scope=SCOPE)
+    assert first.refresh_token is not None
+    endpoint = endpoint_for(oidc_server, POST)
+    try:
+        with pytest.raises(PermanentTokenError) as caught:
+            await endpoint.refresh(first.refresh_token, scope=SCOPE)
+    finally:
+        await endpoint.aclose()
+    assert caught.value.error == "invalid_scope"
+    message = str(caught.value)
+    assert "Google" not in message and "Microsoft" not in message
 
 
 @pytest.mark.asyncio
@@ -346,6 +371,11 @@ async def test_device_code_denied_by_the_user(oidc_server: OidcProvider) -> None
         with pytest.raises(PermanentTokenError) as caught:
             await provider.get_access_token()
     assert caught.value.error == "access_denied"
+    for _ in range(50):  # the browser thread reads the last page
+        if pages:
+            break
+        await anyio.sleep(0.1)
+    assert pages and 'class="error"' in pages[0]
 
 
 # -- revocation -----------------------------------------------------------------------------
