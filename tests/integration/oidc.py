@@ -15,6 +15,8 @@ skip locally and fail in CI (``npm ci`` in tests/oidc, see .ci/run).
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import functools
 import hashlib
 import html.parser
 import json
@@ -48,6 +50,7 @@ from mailoauth.testing.dovecot import DovecotServer
 from mailoauth.testing.postfix import PostfixServer
 from mailoauth.tokens import AccessToken, TokenEndpoint
 from mailoauth.tokens.endpoint import ClientAuth
+from mailoauth.tokens.jwt import make_client_assertion
 
 OIDC_DIR = Path(__file__).resolve().parent.parent / "oidc"
 SERVER_SCRIPT = OIDC_DIR / "server.mjs"
@@ -121,6 +124,50 @@ SHORT_RT = Client(
 DOVECOT = Client("dovecot", "dovecot-secret-1d6f2e", "client_secret_post", grant_types=())
 """The resource server: it only introspects (its credentials go in the POST body)."""
 DEFAULT_CLIENTS = (POST, BASIC, PUBLIC, SHORT, SHORT_RT, DOVECOT)
+JWT_CLIENT_ID = "jwt-client"
+
+
+@functools.cache
+def jwt_client_key() -> str:
+    """The private key (PEM) of the ``private_key_jwt`` client, made once per run."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def jwt_client() -> Client:
+    """A client authenticating with signed assertions (RFC 7523 ``private_key_jwt``);
+    the server knows its public key (``jwks``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = serialization.load_pem_private_key(jwt_client_key().encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    numbers = key.public_key().public_numbers()
+
+    def b64(n: int) -> str:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    jwk = {"kty": "RSA", "n": b64(numbers.n), "e": b64(numbers.e), "alg": "RS256", "use": "sig"}
+    return Client(JWT_CLIENT_ID, None, "private_key_jwt", jwks={"keys": [jwk]})
+
+
+def jwt_assertion(audience: str, now: dt.datetime) -> str:
+    """A fresh client assertion of the ``private_key_jwt`` client for ``audience``."""
+    return make_client_assertion(
+        client_id=JWT_CLIENT_ID,
+        audience=audience,
+        private_key=jwt_client_key(),
+        certificate=None,
+        now=now,
+    )
 
 
 class OidcProvider:
@@ -447,7 +494,7 @@ def require_oidc_provider() -> None:
 def oidc_server() -> Iterator[OidcProvider]:
     """node-oidc-provider with the default clients, for the whole session."""
     require_oidc_provider()
-    with OidcProvider() as server:
+    with OidcProvider((*DEFAULT_CLIENTS, jwt_client())) as server:
         yield server
 
 
@@ -520,6 +567,7 @@ def endpoint_for(server: OidcProvider, client: Client, **kwargs: Any) -> TokenEn
         server.token_url,
         client_id=client.client_id,
         client_secret=client.client_secret,
+        client_assertion=jwt_assertion if client.auth_method == "private_key_jwt" else None,
         client_auth=client_auth_of(client),
         **kwargs,
     )

@@ -5,16 +5,17 @@ Grants by client authentication by endpoint, covered here (issue 16):
 =====================  ==========================  ==================================
 grant                  client authentication       endpoints
 =====================  ==========================  ==================================
-client_credentials     post, basic                 token
-device_code            post, basic, none (public)  device authorization, token
-authorization_code     post, basic, none (+PKCE)   (authorization), token
-refresh_token          post, basic, none           token
-(revocation)           post, basic, none           revocation
+client_credentials     post, basic, jwt            token
+device_code            post, basic, jwt, none      device authorization, token
+authorization_code     post, basic, jwt, none      (authorization), token; PKCE S256
+refresh_token          post, basic, jwt, none      token
+(revocation)           post, basic, jwt, none      revocation
 password               post                        token: unsupported by the server
 =====================  ==========================  ==================================
 
-plus discovery (``discover`` / ``from_issuer``), scope narrowing on refresh, rotation
-with reuse detection, and the four numbered items of issue 16 (each test says which).
+jwt is ``private_key_jwt`` (RFC 7523), none a public client. Plus discovery
+(``discover`` / ``from_issuer``), scope narrowing on refresh, rotation with reuse
+detection, and the four numbered items of issue 16 (each test says which).
 """
 
 from __future__ import annotations
@@ -55,14 +56,25 @@ from tests.integration.oidc import (
     authorization_code,
     client_auth_of,
     endpoint_for,
+    jwt_assertion,
+    jwt_client,
 )
 
-CONFIDENTIAL = [pytest.param(POST, id="post"), pytest.param(BASIC, id="basic")]
+JWT = jwt_client()
+CONFIDENTIAL = [
+    pytest.param(POST, id="post"),
+    pytest.param(BASIC, id="basic"),
+    pytest.param(JWT, id="private_key_jwt"),
+]
 EVERY_CLIENT = [*CONFIDENTIAL, pytest.param(PUBLIC, id="public")]
 SCOPE = f"openid {MAIL_SCOPE} offline_access"
 WRONG_SECRET = "wrong-secret-8b1d5a"
 DEVICE_POLL = 0.2
 """Seconds between device-code polls here (the server asks for 5)."""
+
+
+def assertion_of(client: Client) -> Callable[[str, dt.datetime], str] | None:
+    return jwt_assertion if client.auth_method == "private_key_jwt" else None
 
 
 def provider_for(
@@ -73,6 +85,7 @@ def provider_for(
         grant,
         client_id=client.client_id,
         client_secret=client.client_secret,
+        client_assertion=assertion_of(client),
         client_auth=client_auth_of(client),
         revocation_url=server.revocation_url,
         **kw,  # type: ignore[arg-type]
@@ -99,6 +112,7 @@ async def test_client_credentials(oidc_server: OidcProvider, client: Client) -> 
         ClientCredentialsGrant(),
         client_id=client.client_id,
         client_secret=client.client_secret,
+        client_assertion=assertion_of(client),
         client_auth=client_auth_of(client),
         scope=MAIL_SCOPE,
     )
@@ -466,6 +480,7 @@ async def test_from_issuer_builds_a_working_provider(
         ClientCredentialsGrant(),
         client_id=client.client_id,
         client_secret=client.client_secret,
+        client_assertion=assertion_of(client),
         client_auth=client_auth_of(client),
         scope=MAIL_SCOPE,
     )
