@@ -5,7 +5,15 @@ server (the standard library's :mod:`http.server`, in a thread) listens on
 ``127.0.0.1`` on a free port, the user signs in in a browser, the browser is sent
 back to ``http://127.0.0.1:PORT/`` with the code, and the code is exchanged at the
 token URL. Or, for headless machines, the device-code flow (RFC 8628). Either way the
-tokens are saved in the token store (see :mod:`mailoauth.cli.profiles`).
+tokens are saved in the token store (see :mod:`mailoauth.cli.profiles`), with the scope
+the server granted, which later refreshes ask for (RFC 6749 §6).
+
+The client authenticates the same way on every endpoint (``--client-auth post``, the
+default, ``basic`` or ``private_key_jwt`` with ``--private-key``). ``--auth-param
+KEY=VALUE`` adds authorization parameters (``prompt``, ``login_hint``, ``domain_hint``,
+``access_type``) over the presets: Google gets ``access_type=offline`` and
+``prompt=consent`` (its refresh token comes only with them), Microsoft asks for
+``offline_access``. ``login oauth2 --issuer URL`` discovers the endpoints.
 """
 
 from __future__ import annotations
@@ -28,9 +36,17 @@ import anyio
 
 from mailoauth.cli.claims import decode_jwt
 from mailoauth.cli.output import Printer, Timer, redact, relative_time
-from mailoauth.cli.profiles import Profile, add_store_argument, save_profile, store_path
+from mailoauth.cli.profiles import (
+    ClientOptions,
+    Profile,
+    add_store_argument,
+    client_options,
+    save_profile,
+    store_path,
+)
 from mailoauth.errors import ConfigurationError, MailTimeoutError, PermanentTokenError
 from mailoauth.tokens.access_token import AccessToken, utcnow
+from mailoauth.tokens.discovery import discover
 from mailoauth.tokens.endpoint import TokenEndpoint
 from mailoauth.tokens.grants import DeviceCodeGrant
 from mailoauth.tokens.microsoft import microsoft_endpoint
@@ -117,6 +133,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Sign in to any OAuth 2.0 authorization server.",
     )
     _common(generic, "oauth2", secret_required=False, scope_required=True)
+    generic.add_argument(
+        "--issuer",
+        help="the authorization server's issuer URL: its endpoints are discovered "
+        "(/.well-known/openid-configuration or oauth-authorization-server)",
+    )
     _device_arguments(generic)
     generic.set_defaults(handler=run, provider="oauth2", extra_params={})
 
@@ -138,6 +159,27 @@ def _common(
         "--scope",
         required=scope_required,
         help="space-separated scopes" + ("" if scope_required else " (default: the mail scopes)"),
+    )
+    parser.add_argument(
+        "--client-auth",
+        choices=("post", "basic", "private_key_jwt"),
+        default="post",
+        help="how the client authenticates on every endpoint: client secret in the form "
+        "(post, the default), HTTP Basic, or a JWT signed with --private-key",
+    )
+    parser.add_argument(
+        "--private-key",
+        metavar="PEM_FILE",
+        help="RSA private key for --client-auth private_key_jwt (its path is remembered)",
+    )
+    parser.add_argument("--key-id", help="the key's id (JWT 'kid') for private_key_jwt")
+    parser.add_argument(
+        "--auth-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra authorization parameter (prompt, login_hint, domain_hint, "
+        "access_type, ...); repeatable; overrides the provider's presets",
     )
     parser.add_argument("--authorization-url", help="override the authorization endpoint")
     parser.add_argument("--token-url", help="override the token endpoint")
@@ -170,6 +212,32 @@ class _Endpoints:
     token_url: str
     device_authorization_url: str | None
     scope: str
+    revocation_url: str | None = None
+
+
+def _auth_params(args: argparse.Namespace) -> dict[str, str]:
+    """The provider's preset authorization parameters with ``--auth-param`` over them."""
+    params = dict(getattr(args, "extra_params", None) or {})
+    for item in getattr(args, "auth_param", None) or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"--auth-param takes KEY=VALUE, not {item!r}")
+        params[name.strip()] = value
+    return params
+
+
+async def _discover_endpoints(args: argparse.Namespace) -> str | None:
+    """Fill the endpoints --issuer names (explicit URLs win); the revocation URL."""
+    issuer = getattr(args, "issuer", None)
+    if not issuer:
+        return None
+    metadata = await discover(issuer)
+    args.authorization_url = args.authorization_url or metadata.authorization_endpoint
+    args.token_url = args.token_url or metadata.token_endpoint
+    args.device_authorization_url = (
+        args.device_authorization_url or metadata.device_authorization_endpoint
+    )
+    return metadata.revocation_endpoint
 
 
 def _endpoints(args: argparse.Namespace) -> _Endpoints:
@@ -201,7 +269,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def login(args: argparse.Namespace, out: Printer) -> int:
     """Sign in, save the tokens and the profile; the exit status."""
+    revocation_url = await _discover_endpoints(args)
     endpoints = _endpoints(args)
+    client = client_options(
+        args.client_id, args.client_auth, args.client_secret, args.private_key, args.key_id
+    )
+    extra_params = _auth_params(args)
     store = store_path(args.store)
     timer = Timer()
     if args.device:
@@ -213,6 +286,7 @@ async def login(args: argparse.Namespace, out: Printer) -> int:
             scope=endpoints.scope,
             out=out,
             timeout=args.timeout,
+            client=client,
         )
     else:
         token = await authorization_code_flow(
@@ -221,10 +295,11 @@ async def login(args: argparse.Namespace, out: Printer) -> int:
             client_id=args.client_id,
             client_secret=args.client_secret,
             scope=endpoints.scope,
-            extra_params=args.extra_params,
+            extra_params=extra_params,
             out=out,
             timeout=args.timeout,
             browser=None if args.no_browser else open_browser,
+            client=client,
         )
     expiry = (
         relative_time((token.expires_at - utcnow()).total_seconds())
@@ -252,8 +327,16 @@ async def login(args: argparse.Namespace, out: Printer) -> int:
             username=username,
             authorization_url=endpoints.authorization_url,
             device_authorization_url=endpoints.device_authorization_url if args.device else None,
+            client_auth=args.client_auth,
+            private_key=args.private_key,
+            key_id=args.key_id,
+            granted_scope=token.scope,
+            revocation_url=revocation_url,
+            issuer=getattr(args, "issuer", None),
         ),
     )
+    if token.scope and set(token.scope.split()) != set(endpoints.scope.split()):
+        out.detail(f"granted scope: {token.scope} (asked for {endpoints.scope})")
     out.ok(
         "SAVED",
         f"refresh token {redact(token.refresh_token)} as {args.name!r} in {store} (mode 0600)",
@@ -388,12 +471,14 @@ async def authorization_code_flow(
     out: Printer,
     timeout: float,
     browser: Callable[[str], object] | None,
+    client: ClientOptions | None = None,
 ) -> AccessToken:
     """Run the authorization-code flow with PKCE on a loopback redirect; the token.
 
-    Raises :class:`MailTimeoutError` when the browser does not come back in time,
-    :class:`PermanentTokenError` when the server reports an error, the state does not
-    match, or the code is refused.
+    ``client`` says how the client authenticates at the token endpoint (default: the
+    ``client_secret`` in the form). Raises :class:`MailTimeoutError` when the browser
+    does not come back in time, :class:`PermanentTokenError` when the server reports an
+    error, the state does not match, or the code is refused.
     """
     verifier, challenge = _pkce_pair()
     state = secrets.token_urlsafe(16)
@@ -431,7 +516,9 @@ async def authorization_code_flow(
             error=result.error,
             error_description=result.error_description,
         )
-    endpoint = TokenEndpoint(token_url, client_id=client_id, client_secret=client_secret)
+    if client is None:
+        client = client_options(client_id, "post", client_secret, None)
+    endpoint = TokenEndpoint(token_url, client_id=client_id, **client)
     try:
         return await endpoint.request_token(
             {
@@ -458,19 +545,23 @@ async def device_code_flow(
     scope: str,
     out: Printer,
     timeout: float,
+    client: ClientOptions | None = None,
 ) -> AccessToken:
-    """Run the device-code flow (RFC 8628) through :class:`DeviceCodeGrant`."""
+    """Run the device-code flow (RFC 8628) through :class:`DeviceCodeGrant`; the client
+    authenticates as ``client`` says on the device and token endpoints alike."""
 
     def prompt(auth: DeviceAuthorization) -> None:
         out.line(auth.message)
         out.detail(f"code {auth.user_code}, valid {relative_time(auth.expires_in)}")
 
+    if client is None:
+        client = client_options(client_id, "post", client_secret, None)
     provider = OAuth2TokenProvider(
         token_url,
         DeviceCodeGrant(device_authorization_url, on_prompt=prompt),
         client_id=client_id,
-        client_secret=client_secret,
         scope=scope,
+        **client,
     )
     try:
         with out.waiting("waiting for the code to be entered"):

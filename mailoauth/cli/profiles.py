@@ -4,8 +4,10 @@ profiles file beside it.
 The token store (default ``~/.config/mailoauth/tokens.json``, mode 0600) holds the
 tokens under a key, the profile name: ``google``, ``microsoft`` or ``oauth2`` unless
 ``login --name`` says otherwise. The profiles file (``tokens.profiles.json`` next to
-it, also 0600) holds what is needed to refresh them: token URL, client id, client
-secret if any, scope and username. Library code can use the same store and key::
+it, also 0600) holds what is needed to refresh them: token URL, client id, how the
+client authenticates (client secret, or the path of its private key for
+``private_key_jwt``), the scope asked for and the scope granted, and the username.
+Library code can use the same store and key::
 
     provider = OAuth2TokenProvider(token_url, RefreshTokenGrant(refresh_token),
                                    client_id=..., store=FileTokenStore(path),
@@ -15,23 +17,30 @@ secret if any, scope and username. Library code can use the same store and key::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from mailoauth._core.files import write_atomically
 from mailoauth.errors import ConfigurationError
+from mailoauth.tokens.endpoint import AssertionFactory, ClientAuth
 from mailoauth.tokens.grants import RefreshTokenGrant
+from mailoauth.tokens.jwt import load_rsa_private_key, make_client_assertion
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 from mailoauth.tokens.stores import FileTokenStore, StoredCredential
 
 __all__ = [
     "DEFAULT_STORE",
+    "ClientOptions",
     "Profile",
     "add_store_argument",
+    "client_options",
     "load_profiles",
+    "private_key_assertion",
+    "profile_client_options",
     "profiles_path",
     "provider_for",
     "save_profile",
@@ -73,6 +82,13 @@ class Profile:
     username: str | None = None
     authorization_url: str | None = None
     device_authorization_url: str | None = None
+    client_auth: str = "post"
+    private_key: str | None = None
+    """Path of the PEM private key for ``client_auth="private_key_jwt"`` (not the key)."""
+    key_id: str | None = None
+    granted_scope: str | None = None
+    revocation_url: str | None = None
+    issuer: str | None = None
 
     @classmethod
     def from_json(cls, key: str, data: dict[str, Any]) -> Profile:
@@ -93,11 +109,19 @@ class Profile:
             username=text("username"),
             authorization_url=text("authorization_url"),
             device_authorization_url=text("device_authorization_url"),
+            client_auth=text("client_auth") or "post",
+            private_key=text("private_key"),
+            key_id=text("key_id"),
+            granted_scope=text("granted_scope"),
+            revocation_url=text("revocation_url"),
+            issuer=text("issuer"),
         )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         del data["key"]
+        if data["client_auth"] == "post":
+            del data["client_auth"]  # the default: profiles from before read the same
         return {k: v for k, v in data.items() if v is not None}
 
 
@@ -143,14 +167,87 @@ async def load_credential(store: Path, key: str) -> tuple[Profile, StoredCredent
     return profiles[key], credential
 
 
+class ClientOptions(TypedDict):
+    """How a client authenticates: keyword arguments of the providers and endpoints."""
+
+    client_secret: str | None
+    client_assertion: AssertionFactory | None
+    client_auth: ClientAuth
+
+
+def private_key_assertion(client_id: str, path: str, key_id: str | None) -> AssertionFactory:
+    """A ``private_key_jwt`` assertion factory signing with the PEM key at ``path``.
+
+    Raises ConfigurationError when the file cannot be read or is not an RSA key (the
+    key is checked now, not at the first request)."""
+    try:
+        pem = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the private key {path!r}: {exc.strerror or exc}"
+        ) from exc
+    load_rsa_private_key(pem)
+
+    def assertion(audience: str, now: dt.datetime) -> str:
+        return make_client_assertion(
+            client_id=client_id,
+            audience=audience,
+            private_key=pem,
+            certificate=None,
+            now=now,
+            key_id=key_id,
+        )
+
+    return assertion
+
+
+def client_options(
+    client_id: str,
+    client_auth: str,
+    client_secret: str | None,
+    private_key: str | None,
+    key_id: str | None = None,
+) -> ClientOptions:
+    """The client authentication options for ``client_auth`` (post, basic,
+    private_key_jwt, none); ConfigurationError naming the missing option."""
+    if client_auth == "private_key_jwt":
+        if not private_key:
+            raise ConfigurationError("--client-auth private_key_jwt needs --private-key PEM_FILE")
+        return ClientOptions(
+            client_secret=None,
+            client_assertion=private_key_assertion(client_id, private_key, key_id),
+            client_auth="private_key_jwt",
+        )
+    if client_auth == "basic" and not client_secret:
+        raise ConfigurationError("--client-auth basic needs --client-secret")
+    if client_auth not in ("post", "basic", "none"):
+        raise ConfigurationError(f"unknown client authentication {client_auth!r}")
+    method: ClientAuth = "basic" if client_auth == "basic" else "post"
+    return ClientOptions(client_secret=client_secret, client_assertion=None, client_auth=method)
+
+
+def profile_client_options(profile: Profile) -> ClientOptions:
+    """:func:`client_options` for a saved profile."""
+    return client_options(
+        profile.client_id,
+        profile.client_auth,
+        profile.client_secret,
+        profile.private_key,
+        profile.key_id,
+    )
+
+
 def provider_for(profile: Profile, store: Path, refresh_token: str) -> OAuth2TokenProvider:
-    """A provider refreshing ``refresh_token`` that keeps the store up to date."""
+    """A provider refreshing ``refresh_token`` that keeps the store up to date; it
+    authenticates as at login and asks for no more than was granted."""
     return OAuth2TokenProvider(
         profile.token_url,
         RefreshTokenGrant(refresh_token),
         client_id=profile.client_id,
-        client_secret=profile.client_secret,
         scope=profile.scope,
+        granted_scope=profile.granted_scope,
+        revocation_url=profile.revocation_url,
         store=FileTokenStore(store),
         store_key=profile.key,
+        **profile_client_options(profile),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -26,6 +27,7 @@ from mailoauth.cli.profiles import (
     add_store_argument,
     load_credential,
     load_profiles,
+    profile_client_options,
     store_path,
 )
 from mailoauth.errors import ConfigurationError, MailOAuthError
@@ -135,6 +137,7 @@ def _show_one(
         _field(out, "token URL", profile.token_url)
         _field(out, "client id", profile.client_id)
         _field(out, "client secret", "stored (not shown)" if profile.client_secret else "none")
+        _field(out, "client auth", profile.client_auth)
         _field(out, "user", profile.username or "unknown")
     else:
         _field(out, "profile", "none (saved by a library provider, not by login)")
@@ -197,8 +200,10 @@ async def refresh(store: Path, key: str | None, out: Printer) -> int:
             profile.token_url,
             RefreshTokenGrant(credential.refresh_token),
             client_id=profile.client_id,
-            client_secret=profile.client_secret,
             scope=profile.scope,
+            # RFC 6749 §6: ask for no more than the server granted.
+            granted_scope=credential.scope or profile.granted_scope,
+            **profile_client_options(profile),
         )
         timer = Timer()
         try:
@@ -216,7 +221,10 @@ async def refresh(store: Path, key: str | None, out: Printer) -> int:
         finally:
             await provider.aclose()
         newest = provider.current_refresh_token or credential.refresh_token
-        await file_store.save(key, StoredCredential.from_token(token, refresh_token=newest))
+        saved = StoredCredential.from_token(token, refresh_token=newest)
+        if saved.scope is None and provider.granted_scope:
+            saved = dataclasses.replace(saved, scope=provider.granted_scope)
+        await file_store.save(key, saved)
     expiry = _when(token.expires_at)
     out.ok(
         "TOKEN", f"refreshed {key!r}: access token {redact(token.value)}, expires {expiry}", timer

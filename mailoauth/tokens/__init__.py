@@ -1,6 +1,7 @@
 """Access tokens: providers, the single-flight manager, OAuth 2.0 grants, token stores."""
 
 from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+from mailoauth.tokens.discovery import ServerMetadata, discover
 from mailoauth.tokens.endpoint import TokenEndpoint
 from mailoauth.tokens.google import GoogleTokenProvider
 from mailoauth.tokens.grants import (
@@ -63,12 +64,14 @@ __all__ = [
     "ProviderOptions",
     "RedisTokenStore",
     "RefreshTokenGrant",
+    "ServerMetadata",
     "StaticTokenProvider",
     "StoredCredential",
     "TokenEndpoint",
     "TokenManager",
     "TokenProvider",
     "TokenStore",
+    "discover",
     "parse_token_response",
     "utcnow",
     "wrap_provider",

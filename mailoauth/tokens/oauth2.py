@@ -413,7 +413,7 @@ class OAuth2TokenProvider:
                 break
         if stored is None:
             return None
-        if stored.scope and self._granted_scope is None:
+        if stored.scope:  # what the server last said it granted
             self._granted_scope = stored.scope
         return stored.to_access_token()
 

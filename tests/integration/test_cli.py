@@ -309,6 +309,112 @@ def test_login_microsoft_device_code(
     assert oauth.token_forms[-1]["grant_type"].endswith("device_code")
 
 
+def test_login_saves_the_granted_scope_and_refresh_asks_for_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 16 item 2, as node-oidc-provider behaves: `offline_access` asked for but
+    # not granted, and a refresh asking for more than was granted is invalid_scope.
+    with FakeOAuthServer(
+        rotate_refresh_tokens=True, grantable_scopes="mail", strict_refresh_scope=True
+    ) as server:
+        server.add_client("conf", "conf-secret")
+        visits: list[httpx.Response] = []
+        monkeypatch.setattr(login, "open_browser", act_as_browser(visits))
+        store = tmp_path / "tokens.json"
+        argv = [
+            "login", "oauth2", "--issuer", server.issuer, "--client-id", "conf",
+            "--client-secret", "conf-secret", "--client-auth", "basic",
+            "--scope", "mail offline_access", "--auth-param", "prompt=consent",
+            "--auth-param", "login_hint=me@example.test", "--store", str(store),
+            "--timeout", "10", "--name", "work",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        url = next(w for w in out.split() if w.startswith(server.authorization_url))
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        assert query["prompt"] == "consent" and query["login_hint"] == "me@example.test"
+        assert "granted scope: mail" in out
+        profile = load_profiles(store)["work"]
+        assert profile.granted_scope == "mail" and profile.scope == "mail offline_access"
+        assert profile.client_auth == "basic" and profile.issuer == server.issuer
+        assert profile.revocation_url == server.revocation_url
+        assert stored(store, "work")["scope"] == "mail"
+        code_form = server.token_forms[-1]
+        assert code_form["grant_type"] == "authorization_code"
+        assert "client_secret" not in code_form  # HTTP Basic, as asked
+        assert main(["token", "refresh", "--store", str(store), "work"]) == 0
+        assert server.token_forms[-1]["scope"] == "mail"
+        assert "conf-secret" not in capsys.readouterr().out
+
+
+def test_login_device_flow_of_a_confidential_client_authenticates_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 16 item 1: the device authorization request carries the client's secret.
+    with FakeOAuthServer() as server:
+        server.add_client("conf", "conf-secret")
+        store = tmp_path / "tokens.json"
+        argv = [
+            "login", "oauth2", "--device", "--issuer", server.issuer, "--client-id", "conf",
+            "--client-secret", "conf-secret", "--scope", "mail", "--store", str(store),
+            "--timeout", "10",
+        ]  # fmt: skip
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while not server.pending_user_codes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (user_code,) = server.pending_user_codes()
+        server.approve_device(user_code, "me@example.test")
+        runner.join(10)
+        assert result == [0], capsys.readouterr().err
+        assert server.device_forms[0]["client_secret"] == "conf-secret"
+        assert stored(store, "oauth2")["refresh_token"].startswith("rt-")
+
+
+def test_login_with_private_key_jwt_and_refresh_from_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with FakeOAuthServer(rotate_refresh_tokens=True) as server:
+        server.add_client("jwt-cli", None)
+        server.add_jwt_key("jwt-cli", public)
+        monkeypatch.setattr(login, "open_browser", act_as_browser([]))
+        store = tmp_path / "tokens.json"
+        argv = [
+            "login", "oauth2", "--authorization-url", server.authorization_url,
+            "--token-url", server.token_url, "--client-id", "jwt-cli", "--scope", "mail",
+            "--client-auth", "private_key_jwt", "--private-key", str(pem), "--key-id", "k1",
+            "--store", str(store), "--timeout", "10",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        assert server.token_forms[-1]["client_assertion"].count(".") == 2
+        profile = load_profiles(store)["oauth2"]
+        assert profile.private_key == str(pem) and profile.client_auth == "private_key_jwt"
+        assert "PRIVATE KEY" not in profiles_path(store).read_text()
+        assert main(["token", "refresh", "--store", str(store)]) == 0
+        assert server.token_forms[-1]["grant_type"] == "refresh_token"
+        assert server.token_forms[-1]["client_assertion"].count(".") == 2
+        argv[argv.index("--private-key") : argv.index("--private-key") + 2] = []
+        assert main(argv) == 1
+        assert "--private-key" in capsys.readouterr().err
+
+
 # -- token -----------------------------------------------------------------------------
 
 
