@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +18,11 @@ from mailoauth.errors import AuthenticationError, PermanentTokenError
 from mailoauth.imap.client import ImapClient
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
+from mailoauth.testing.certs import TestCA
+from mailoauth.testing.dovecot import DovecotServer
 from mailoauth.tokens import AccessToken, OAuth2TokenProvider, RefreshTokenGrant, TokenProvider
 from tests.integration.oidc import (
+    DOVECOT,
     MAIL_SCOPE,
     POST,
     SHORT,
@@ -31,7 +35,6 @@ from tests.integration.oidc import (
     endpoint_for,
 )
 
-pytestmark = pytest.mark.asyncio
 MECHANISMS = ["XOAUTH2", "OAUTHBEARER"]
 DELIVERY_POLLS = 100
 POLL = 0.1
@@ -96,6 +99,7 @@ async def until(condition: Any, what: str) -> None:
     raise AssertionError(f"{what} did not happen within {DELIVERY_POLLS * POLL:g} s")
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 async def test_imap_and_smtp_with_the_providers_tokens(
     oidc_mail_servers: OidcMailServers, mechanism: str
@@ -115,6 +119,7 @@ async def test_imap_and_smtp_with_the_providers_tokens(
     assert seen["username"] == user and seen["scope"] == MAIL_SCOPE
 
 
+@pytest.mark.asyncio
 async def test_another_users_token_is_refused(oidc_mail_servers: OidcMailServers) -> None:
     servers = oidc_mail_servers
     async with await provider_for(servers.oidc, POST, new_user()) as provider:
@@ -141,6 +146,7 @@ class ExpiredFirst:
         return await self.provider.get_access_token(force_refresh=True)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 async def test_expired_access_token_is_rejected_then_refreshed(
     oidc_mail_servers: OidcMailServers, mechanism: str
@@ -166,6 +172,7 @@ async def test_expired_access_token_is_rejected_then_refreshed(
         assert tokens.calls == [False, True]
 
 
+@pytest.mark.asyncio
 async def test_revoked_grant_fails_with_invalid_grant(oidc_mail_servers: OidcMailServers) -> None:
     """After ``provider.revoke()`` the server ends the grant: the cached access token is
     refused by Dovecot, the forced refresh gets ``invalid_grant``, and both clients
@@ -182,6 +189,7 @@ async def test_revoked_grant_fails_with_invalid_grant(oidc_mail_servers: OidcMai
             await client.aclose()
 
 
+@pytest.mark.asyncio
 async def test_access_token_revoked_at_the_server_is_refused(
     oidc_mail_servers: OidcMailServers,
 ) -> None:
@@ -205,3 +213,29 @@ async def test_access_token_revoked_at_the_server_is_refused(
         async with submission(servers, user, token.value):
             pass
     assert caught.value.server_reply.startswith("535")
+
+
+def test_dovecot_sends_introspection_credentials_in_the_body_only(tmp_path: Path) -> None:
+    """The oauth2 args file carries ``client_id`` / ``client_secret`` (Dovecot 2.3 puts
+    them in the introspection POST body); credentials in the URL would make Dovecot send
+    HTTP Basic too, which node-oidc-provider refuses, so they are refused up front."""
+    ca = TestCA(tmp_path / "ca")
+    url = "http://127.0.0.1:9/token/introspection"
+    server = DovecotServer(
+        url,
+        ca.files,
+        directory=tmp_path / "dc",
+        introspection_client_id=DOVECOT.client_id,
+        introspection_client_secret=DOVECOT.client_secret,
+        no_starttls_host=None,
+    )
+    lines = server.render_oauth2_config().splitlines()
+    assert f"introspection_url = {url}" in lines
+    assert f"client_id = {DOVECOT.client_id}" in lines
+    assert f"client_secret = {DOVECOT.client_secret}" in lines
+    default = DovecotServer(url, ca.files, directory=tmp_path / "dc2", no_starttls_host=None)
+    assert "client_id" not in default.render_oauth2_config()
+    with pytest.raises(ValueError, match="not in the URL"):
+        DovecotServer("http://dovecot:pw@127.0.0.1:9/introspect", ca.files, directory=tmp_path)
+    with pytest.raises(ValueError, match="needs introspection_client_id"):
+        DovecotServer(url, ca.files, directory=tmp_path, introspection_client_secret="s")
