@@ -61,7 +61,7 @@ BROWSER_MAX_STEPS = 20
 MAIL_RESOURCE = "https://mail.example.test/"
 MAIL_SCOPE = "mail"
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-SHORT_TTL = 3
+SHORT_TTL = 2
 DEVICE_POLL_INTERVAL = 1
 """Seconds between device-code polls that the server asks for (RFC 8628 §3.2)."""
 """Seconds an access token of the ``short`` client lives (expiry tests)."""
