@@ -1,0 +1,60 @@
+"""The pins of ``nox -s lowest`` and of CI's second run come from pyproject.toml."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import mailoauth
+
+ROOT = Path(mailoauth.__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def noxfile() -> ModuleType:
+    pytest.importorskip("nox")  # a dev tool: absent from the lowest-pins run
+    spec = importlib.util.spec_from_file_location("noxfile", ROOT / "noxfile.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("noxfile", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_runtime_dependency_is_pinned_at_its_floor(noxfile: ModuleType) -> None:
+    pins = {p.split("==")[0].split("[")[0].lower(): p.split("==")[1] for p in noxfile.lowest_pins()}
+    for name in ("aiosmtplib", "aioimaplib", "httpx", "anyio", "trustme", "aiosmtpd"):
+        assert name in pins
+    for name in ("pytest", "pytest-asyncio", "hypothesis", "redis", "cryptography"):
+        assert name in pins  # what the suite imports
+    assert not {"nox", "ruff", "mypy", "mailoauth"} & set(pins)
+    assert pins["aiosmtplib"] == "5.1.3"  # the first release with _on_connection_lost
+
+
+def test_a_requirement_without_a_floor_is_refused(noxfile: ModuleType, tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "mailoauth"\ndependencies = ["httpx>=0.27", "anyio"]\n'
+        "[project.optional-dependencies]\n"
+        'testing = []\nredis = []\ncrypto = []\ndev = ["mailoauth[testing]", "ruff"]\n'
+    )
+    with pytest.raises(ValueError, match="'anyio' has no lower bound"):
+        noxfile.lowest_pins(pyproject)
+
+
+def test_extras_and_markers_are_kept_and_dropped(noxfile: ModuleType, tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "mailoauth"\n'
+        'dependencies = ["httpx[http2]>=0.27,<1", "tomli>=2; python_version < \'3.11\'"]\n'
+        "[project.optional-dependencies]\n"
+        'testing = []\nredis = []\ncrypto = []\ndev = ["nox>=2024.4"]\n'
+    )
+    assert noxfile.lowest_pins(pyproject) == [
+        "httpx[http2]==0.27",
+        "tomli==2; python_version < '3.11'",
+    ]
