@@ -1,4 +1,6 @@
-"""CR, LF and NUL in every user-supplied field are refused before anything is sent.
+"""Control characters in every user-supplied field are refused before anything is sent:
+CR, LF and NUL, and also the SASL separator ``\x01`` and NEL ``\x85`` (one guard,
+mailoauth/_text.py, refuses all of C0, DEL, C1 and U+2028/9).
 
 Each client talks to the real servers through a recording proxy (plaintext ports on
 loopback, so the recorded bytes can be read): after a refused call, not one more byte
@@ -26,7 +28,7 @@ from tests.integration.conftest import MailServers
 
 pytestmark = pytest.mark.asyncio
 
-BAD = ["\r", "\n", "\x00", "\r\n"]
+BAD = ["\r", "\n", "\x00", "\r\n", "\x01", "\x85"]
 INJECTED = "x{bad}A999 DELETE INBOX"  # what an injection would look like
 LOCAL = "127.0.0.1"
 
