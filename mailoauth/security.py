@@ -1,9 +1,12 @@
 """Connection security: :class:`SecurityOptions`, the TLS policy, and the one place
 that builds an :class:`ssl.SSLContext`.
 
-``AUTO`` means implicit TLS on the well-known implicit-TLS ports (465, 993, 995) and
-*required* STARTTLS everywhere else. Unlike the Auto of some other libraries it never
-falls back to plaintext: a server that does not offer STARTTLS is an error.
+``AUTO`` means TLS either way, found out without ever sending plaintext: implicit TLS
+on the well-known implicit-TLS ports (465, 993, 995), and elsewhere whatever the
+server speaks -- a plaintext greeting means *required* STARTTLS, silence means a server
+waiting for the TLS ClientHello (implicit TLS on a port not known for it). Unlike the
+Auto of some other libraries it never falls back to plaintext: a server that does not
+offer STARTTLS is an error.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ IMPLICIT_TLS_PORTS: Final = frozenset({465, 993, 995})
 class SecurityOptions(enum.Enum):
     """How a client secures its connection."""
 
-    #: Implicit TLS on 465/993/995, required STARTTLS elsewhere. Never plaintext.
+    #: Implicit TLS on 465/993/995, required STARTTLS elsewhere unless the server turns
+    #: out to speak TLS first (it sends no greeting: see
+    #: :data:`mailoauth._core.connection.TLS_DETECT_WAIT`). Never plaintext.
     AUTO = "auto"
     #: TLS from the first byte (SMTPS, IMAPS, POP3S).
     SSL_IMPLICIT = "ssl_implicit"
@@ -43,10 +48,18 @@ class SecurityOptions(enum.Enum):
 @dataclass(frozen=True)
 class TransportPlan:
     """What the connection core will do: TLS at connect, STARTTLS after the greeting,
-    or neither."""
+    or neither.
+
+    ``detect`` (``AUTO`` only): let the server decide between the two. Before the
+    first byte the core waits briefly for a plaintext greeting (when ``implicit_tls``
+    is false) and starts the TLS handshake if none comes; a plaintext answer to the
+    handshake means a STARTTLS server, dialled again for STARTTLS. Nothing but a TLS
+    ClientHello is ever sent before TLS is up.
+    """
 
     implicit_tls: bool
     starttls: bool
+    detect: bool = False
 
     @property
     def encrypted(self) -> bool:
@@ -70,7 +83,7 @@ def plan_transport(
         return TransportPlan(implicit_tls=False, starttls=True)
     if security is SecurityOptions.AUTO:
         implicit = port in IMPLICIT_TLS_PORTS
-        return TransportPlan(implicit_tls=implicit, starttls=not implicit)
+        return TransportPlan(implicit_tls=implicit, starttls=not implicit, detect=True)
     if not allow_insecure_auth:
         raise InsecureTransportError(
             "SecurityOptions.NONE would send the bearer token in plaintext. Use "

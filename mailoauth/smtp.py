@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
-from aiosmtplib.typing import SMTPStatus
+from aiosmtplib.typing import Default, SMTPStatus
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
-from mailoauth._core.connection import Connection, ProtocolTransport
+from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.connection import ProtocolTransport
 from mailoauth._text import refuse_controls
 from mailoauth.errors import (
     CommandError,
@@ -97,14 +97,7 @@ class _CoreSMTP(aiosmtplib.SMTP):
         self._mo_transport: ProtocolTransport | None = None
 
     async def _create_connection(self, timeout: float | None) -> SMTPResponse:
-        client = self._client
-        conn = await Connection.open(
-            client.host,
-            client.port,
-            implicit_tls=client.plan.implicit_tls,
-            ssl_context=client.ssl_context,
-            timeout=client.timeout,
-        )
+        conn = await self._client._dial()
         protocol = SMTPProtocol(loop=self.loop, connection_lost_callback=self._on_connection_lost)
         transport = conn.attach(protocol)
         self.protocol = protocol
@@ -114,6 +107,21 @@ class _CoreSMTP(aiosmtplib.SMTP):
         if response.code != 220:
             raise aiosmtplib.SMTPConnectResponseError(response.code, response.message)
         return response
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: float | Default | None = Default.token,
+    ) -> SMTPResponse:
+        # The reply to the final dot comes only once the whole message is out: a long
+        # upload is bounded by min_rate (timeout + 1 s per min_rate bytes), not by the
+        # timeout of one reply.
+        if timeout is Default.token:
+            client = self._client
+            timeout = client.timeout + len(message) / client.min_rate
+        return await super().data(message, timeout=timeout)
 
     async def mo_starttls(self) -> None:
         await self._ehlo_or_helo_if_needed()
@@ -248,6 +256,8 @@ class SmtpClient(BaseClient):
         mechanism: str | None = None,
         allow_insecure_auth: bool = False,
         local_hostname: str | None = None,
+        connect_timeout: float | None = None,
+        min_rate: float = DEFAULT_MIN_RATE,
     ) -> None:
         super().__init__(
             host,
@@ -259,9 +269,11 @@ class SmtpClient(BaseClient):
             timeout=timeout,
             mechanism=mechanism,
             allow_insecure_auth=allow_insecure_auth,
+            connect_timeout=connect_timeout,
+            min_rate=min_rate,
         )
         #: The name sent in EHLO; "localhost" keeps the machine's name private.
-        self.local_hostname = local_hostname or "localhost"
+        self.local_hostname = refuse_controls(local_hostname or "localhost", "local_hostname")
         self._smtp: _CoreSMTP | None = None
         self._last_used = 0.0
 
@@ -338,7 +350,7 @@ class SmtpClient(BaseClient):
                 return self._smtp
         log.debug("SMTP connection to %s:%s is gone; reconnecting", self.host, self.port)
         await self._close()
-        await self._open()
+        await self._connect()
         assert self._smtp is not None
         return self._smtp
 

@@ -1,25 +1,54 @@
 """What the three clients share: argument checking, the token manager, the transport
-plan, ``async with``, and a repr without secrets."""
+plan and dialling, the deadlines, ``async with``, and a repr without secrets.
+
+The deadlines, one rule for SMTP, IMAP and POP3:
+
+- ``timeout`` bounds each reply as a whole: a greeting, a status line, the wait for a
+  multi-line response. A server dripping a byte at a time gains nothing.
+- A long transfer (a big RETR, a big message sent) is bounded by a minimum rate
+  instead: ``timeout`` plus one second for every ``min_rate`` bytes moved.
+- ``connect()`` is bounded end to end by ``connect_timeout``: TCP connect, TLS,
+  greeting, capabilities, STARTTLS, getting the access token and AUTH, together.
+"""
 
 from __future__ import annotations
 
+import math
 import ssl
 from types import TracebackType
-from typing import TypeVar
+from typing import Final, TypeVar
+
+import anyio
 
 from mailoauth._core.auth import choose_mechanism
+from mailoauth._core.connection import PLAINTEXT_HINT, Connection
 from mailoauth._text import refuse_controls
-from mailoauth.errors import ConfigurationError
+from mailoauth.errors import ConfigurationError, MailTimeoutError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 from mailoauth.tokens.manager import TokenManager, wrap_provider
 
-__all__ = ["DEFAULT_TIMEOUT", "BaseClient"]
+__all__ = [
+    "CONNECT_TIMEOUT_FACTOR",
+    "DEFAULT_MIN_RATE",
+    "DEFAULT_TIMEOUT",
+    "BaseClient",
+]
 
 _C = TypeVar("_C", bound="BaseClient")
 
-#: Seconds any single network wait may take before the connection is closed.
+#: Seconds one reply (a greeting, a status line, the start of a response) may take as a
+#: whole before the connection is closed.
 DEFAULT_TIMEOUT = 30.0
+#: ``connect_timeout`` defaults to this many times ``timeout``: connecting spans several
+#: replies, a TLS handshake and a token request, each of which may take a while, but
+#: together they may not take for ever.
+CONNECT_TIMEOUT_FACTOR: Final = 2.0
+#: The slowest a long transfer may go, in bytes per second, once ``timeout`` has been
+#: spent: a transfer of N bytes may take ``timeout + N / min_rate`` seconds. 1 KiB/s is
+#: far below any working link (a 50 MB message at 100 KB/s is well inside), and far
+#: above a server that drips a byte at a time to hold a connection.
+DEFAULT_MIN_RATE: Final = 1024.0
 
 
 class BaseClient:
@@ -43,6 +72,8 @@ class BaseClient:
         timeout: float = DEFAULT_TIMEOUT,
         mechanism: str | None = None,
         allow_insecure_auth: bool = False,
+        connect_timeout: float | None = None,
+        min_rate: float = DEFAULT_MIN_RATE,
     ) -> None:
         if not host or " " in refuse_controls(host, "host"):
             raise ConfigurationError(f"host {host!r} is not a valid host name")
@@ -50,8 +81,17 @@ class BaseClient:
             raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
         if not refuse_controls(username, "username"):
             raise ConfigurationError("username must be non-empty")
-        if timeout <= 0:
+        if not timeout > 0:
             raise ConfigurationError(f"timeout must be positive seconds, not {timeout!r}")
+        if connect_timeout is not None and not connect_timeout > 0:
+            raise ConfigurationError(
+                f"connect_timeout must be positive seconds (or None for "
+                f"{CONNECT_TIMEOUT_FACTOR:g} x timeout), not {connect_timeout!r}"
+            )
+        if not (isinstance(min_rate, int | float) and math.isfinite(min_rate) and min_rate > 0):
+            raise ConfigurationError(
+                f"min_rate must be a positive number of bytes per second, not {min_rate!r}"
+            )
         if mechanism is not None:
             choose_mechanism((mechanism,), mechanism, self.protocol_name)  # validates
         self.host = host
@@ -60,17 +100,88 @@ class BaseClient:
         self.security = security
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.connect_timeout = (
+            CONNECT_TIMEOUT_FACTOR * timeout if connect_timeout is None else connect_timeout
+        )
+        self.min_rate = float(min_rate)
         self.mechanism = mechanism
         self.allow_insecure_auth = allow_insecure_auth
-        self.plan: TransportPlan = plan_transport(
+        self._configured_plan = plan_transport(
             security, port, allow_insecure_auth=allow_insecure_auth
         )
+        #: The plan of the current connection: under ``AUTO`` what the server turned
+        #: out to speak (see :meth:`_dial`).
+        self.plan: TransportPlan = self._configured_plan
         self.tokens: TokenManager = wrap_provider(token)
         self.mechanism_used: str | None = None
+        self._dialled: Connection | None = None
 
     async def connect(self) -> None:
-        """Connect, secure and authenticate. See the subclass for what it raises."""
-        await self._open()
+        """Connect, secure and authenticate, all within ``connect_timeout`` seconds.
+
+        Raises :class:`~mailoauth.errors.MailTimeoutError` when that deadline (or one
+        reply's ``timeout``) runs out, naming the likely cause; see the subclass for the
+        rest.
+        """
+        await self._connect()
+
+    async def _connect(self) -> None:
+        """:meth:`_open` under the one ``connect_timeout`` deadline (reconnects too)."""
+        self._dialled = None
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                await self._open()
+        except MailTimeoutError as exc:
+            hint = self._silence_hint(str(exc))
+            if not hint:
+                raise
+            raise MailTimeoutError(f"{exc}{hint}") from exc
+        except TimeoutError as exc:
+            raise MailTimeoutError(
+                f"connecting to {self.host}:{self.port} took longer than connect_timeout="
+                f"{self.connect_timeout:g}s (TCP, TLS, greeting, capabilities, the access "
+                f"token and AUTH together); the connection was closed"
+                f"{self._silence_hint('')}"
+            ) from exc
+
+    def _silence_hint(self, message: str) -> str:
+        """Why a server may have sent nothing at all, when it did send nothing."""
+        conn = self._dialled
+        if conn is None or conn.bytes_received or "SSL_IMPLICIT" in message:
+            return ""
+        if conn.tls_active or self.security is SecurityOptions.SSL_IMPLICIT:
+            return ""
+        return (
+            f"; {self.host}:{self.port} sent no greeting at all: if that port expects TLS "
+            f"from the first byte (implicit TLS), use SecurityOptions.SSL_IMPLICIT or AUTO"
+        )
+
+    async def _dial(self) -> Connection:
+        """Open the connection as the security option says. Under ``AUTO`` the server
+        decides between implicit TLS and STARTTLS, and :attr:`plan` says which it
+        chose. Raises as :meth:`Connection.open`."""
+        plan = self._configured_plan
+        conn = await Connection.open(
+            self.host,
+            self.port,
+            implicit_tls=plan.implicit_tls,
+            ssl_context=self.ssl_context,
+            timeout=self.timeout,
+            detect=plan.detect,
+            plaintext_hint=PLAINTEXT_HINT,
+        )
+        self._dialled = conn
+        if plan.detect:
+            plan = TransportPlan(
+                implicit_tls=conn.tls_active, starttls=not conn.tls_active, detect=True
+            )
+        self.plan = plan
+        return conn
+
+    def transfer_deadline(self, start: float, transferred: int) -> float:
+        """When a transfer begun at loop time ``start`` must end, ``transferred`` bytes
+        in: ``timeout`` plus one second per ``min_rate`` bytes."""
+        return start + self.timeout + transferred / self.min_rate
 
     async def aclose(self) -> None:
         """Log out politely if possible, then close. Never raises for a dead connection."""

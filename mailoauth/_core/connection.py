@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,13 @@ from mailoauth.errors import (
 )
 from mailoauth.security import create_ssl_context
 
-__all__ = ["RECEIVE_CHUNK", "Connection", "ProtocolTransport", "map_io_errors"]
+__all__ = [
+    "RECEIVE_CHUNK",
+    "TLS_DETECT_WAIT",
+    "Connection",
+    "ProtocolTransport",
+    "map_io_errors",
+]
 
 log = logging.getLogger("mailoauth.transport")
 
@@ -49,6 +56,20 @@ RECEIVE_CHUNK: Final = 65536
 #: bounded however fast the server sends.
 PAUSE_READING_AT: Final = 256 * 1024
 RESUME_READING_AT: Final = 64 * 1024
+#: ``SecurityOptions.AUTO`` on a port not known for implicit TLS: seconds to wait for a
+#: plaintext greeting before starting the TLS handshake (at most half the timeout). A
+#: server that speaks TLS first sends nothing until the ClientHello; SMTP, IMAP and
+#: POP3 servers that speak plaintext first greet at once. One that greets later still
+#: works: it answers the ClientHello in plaintext and is dialled again for STARTTLS.
+TLS_DETECT_WAIT: Final = 2.0
+#: How many of the first bytes received during a TLS handshake are kept, to tell a
+#: plaintext greeting (``220 ...``, ``* OK ...``, ``+OK ...``) from a TLS record.
+PLAINTEXT_HEAD: Final = 80
+#: A plaintext protocol line: printable ASCII, not a TLS record (whose first byte is a
+#: content type from 0x14 to 0x17).
+_PLAINTEXT_LINE: Final = re.compile(rb"[\x21-\x7e][\x20-\x7e]*(?:\r?\n|$)")
+#: What to do when a server answers TLS in plaintext, unless the caller says otherwise.
+PLAINTEXT_HINT: Final = "use SecurityOptions.SSL_EXPLICIT (STARTTLS) or AUTO"
 
 
 @contextmanager
@@ -95,6 +116,13 @@ class Connection(asyncio.Protocol):
         self.timeout = timeout
         self._ssl_context = ssl_context
         self._tls_hostname = tls_hostname or host
+        #: Raw bytes received from the socket so far (TLS records included): what a
+        #: minimum transfer rate is measured on.
+        self.bytes_received = 0
+        #: Whether ``AUTO`` found a server speaking TLS first on this connection.
+        self.tls_detected = False
+        self.plaintext_hint = PLAINTEXT_HINT
+        self._handshake_head = b""
         self._loop = asyncio.get_running_loop()
         self._raw: asyncio.Transport | None = None
         self._ssl: ssl.SSLObject | None = None
@@ -126,12 +154,47 @@ class Connection(asyncio.Protocol):
         implicit_tls: bool,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
+        detect: bool = False,
+        plaintext_hint: str = PLAINTEXT_HINT,
     ) -> Connection:
         """Connect to ``host:port``, with TLS from the first byte if ``implicit_tls``.
 
-        Raises :class:`MailTimeoutError`, :class:`TLSError` or
-        :class:`MailConnectionError`.
+        With ``detect`` (``SecurityOptions.AUTO``) the server decides: when
+        ``implicit_tls`` is false, no plaintext greeting within :data:`TLS_DETECT_WAIT`
+        starts the TLS handshake (:attr:`tls_detected`); and a server that answers the
+        handshake with a plaintext greeting is dialled again without TLS, for the
+        caller's STARTTLS. Only a TLS ClientHello is ever sent before TLS is up.
+
+        Raises :class:`MailTimeoutError`, :class:`MailConnectionError`, and
+        :class:`TLSError` -- naming ``plaintext_hint`` when the server answered the
+        handshake in plaintext (a STARTTLS port dialled with implicit TLS).
         """
+        try:
+            return await cls._open(
+                host, port, implicit_tls, ssl_context, timeout, detect, plaintext_hint
+            )
+        except TLSError as exc:
+            if not (detect and isinstance(exc.__cause__, _PlaintextAnswer)):
+                raise
+        log.info(
+            "%s:%s answered the TLS handshake with a plaintext greeting; dialling again "
+            "for STARTTLS",
+            host,
+            port,
+        )
+        return await cls._open(host, port, False, ssl_context, timeout, False, plaintext_hint)
+
+    @classmethod
+    async def _open(
+        cls,
+        host: str,
+        port: int,
+        implicit_tls: bool,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float,
+        detect: bool,
+        plaintext_hint: str,
+    ) -> Connection:
         target_host, target_port = host, port
         route = route_address(host, port)  # set only by mailoauth.testing
         if route is not None:
@@ -144,15 +207,34 @@ class Connection(asyncio.Protocol):
             timeout=timeout,
             tls_hostname=target_host,
         )
+        conn.plaintext_hint = plaintext_hint
+        what = "connecting to"
         try:
-            with map_io_errors("connecting to", host, port), anyio.fail_after(timeout):
+            with anyio.fail_after(timeout):
                 await conn._loop.create_connection(lambda: conn, target_host, target_port)
+                if detect and not implicit_tls:
+                    wait = min(TLS_DETECT_WAIT, timeout / 2)
+                    implicit_tls = conn.tls_detected = not await conn._greeted_within(wait)
+                    what = (
+                        f"waiting for an answer to the TLS handshake (AUTO started TLS: "
+                        f"no plaintext greeting came within {wait:g}s) from"
+                    )
+                elif detect and conn._chunks:
+                    implicit_tls = False  # greeted in plaintext before any TLS byte
                 if implicit_tls:
                     await conn._handshake()
         except BaseException:
             conn.close()
-            raise
+            with map_io_errors(what, host, port):
+                raise
         return conn
+
+    async def _greeted_within(self, seconds: float) -> bool:
+        """Whether the server sent anything (its plaintext greeting) within ``seconds``."""
+        with anyio.move_on_after(seconds):
+            while not self._chunks:
+                await self._wait()
+        return bool(self._chunks)
 
     async def start_tls(self) -> None:
         """Upgrade to TLS (after the server's go-ahead to STARTTLS). Plaintext received
@@ -182,6 +264,11 @@ class Connection(asyncio.Protocol):
             raise
 
     async def _handshake(self) -> None:
+        if self._chunks:
+            # Plaintext arrived before the first TLS byte was sent: a server that
+            # greets in plaintext (start_tls() discards, so this is implicit TLS).
+            self._handshake_head = self._chunks[0][:PLAINTEXT_HEAD]
+            self._raise_if_plaintext()
         context = self._ssl_context or create_ssl_context()
         self._ssl_context = context
         self._ssl = context.wrap_bio(
@@ -194,10 +281,36 @@ class Connection(asyncio.Protocol):
                 break
             except ssl.SSLWantReadError:
                 self._flush_outgoing()
-                await self._wait()
+                try:
+                    await self._wait()
+                except ConnectionLostError:
+                    self._raise_if_plaintext()
+                    raise
+            except ssl.SSLError:
+                self._raise_if_plaintext()
+                raise
         self._handshaking = False
         self._flush_outgoing()
         self._decrypt()  # application data that came in with the handshake's end
+
+    @property
+    def plaintext_answer(self) -> bytes | None:
+        """The plaintext line the server sent where a TLS handshake was expected, if
+        it did (a STARTTLS or plaintext port dialled with implicit TLS)."""
+        match = _PLAINTEXT_LINE.match(self._handshake_head)
+        return match.group(0).rstrip(b"\r\n") if match else None
+
+    def _raise_if_plaintext(self) -> None:
+        answer = self.plaintext_answer
+        if answer is None:
+            return
+        error = TLSError(
+            f"{self.host}:{self.port} answered with a plaintext greeting "
+            f"({answer.decode('ascii')[:60]!r}) where a TLS handshake was expected: that "
+            f"port speaks STARTTLS or plaintext, not TLS from the first byte; "
+            f"{self.plaintext_hint}"
+        )
+        raise error from _PlaintextAnswer(answer)  # the SSL error stays its __context__
 
     @property
     def tls_active(self) -> bool:
@@ -214,11 +327,14 @@ class Connection(asyncio.Protocol):
         self._raw = transport
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         if self._ssl is None:
             self._deliver(data)
             return
         self._incoming.write(data)
         if self._handshaking:
+            if len(self._handshake_head) < PLAINTEXT_HEAD:
+                self._handshake_head += data[: PLAINTEXT_HEAD - len(self._handshake_head)]
             self._wake()
         else:
             self._decrypt()
@@ -453,6 +569,11 @@ class Connection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("tls" if self.tls_active else "plain")
         return f"<Connection {self.host}:{self.port} {state}>"
+
+
+class _PlaintextAnswer(Exception):
+    """The ``__cause__`` of the :class:`TLSError` for a plaintext answer to a TLS
+    handshake; lets :meth:`Connection.open` fall back to STARTTLS under ``AUTO``."""
 
 
 class ProtocolTransport(asyncio.Transport):

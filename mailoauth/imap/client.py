@@ -22,8 +22,8 @@ from typing import Any, Final, TypeVar
 import anyio
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
-from mailoauth._core.connection import Connection, ProtocolTransport
+from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.connection import ProtocolTransport
 from mailoauth._text import refuse_controls
 from mailoauth.errors import (
     CommandError,
@@ -160,6 +160,8 @@ class ImapClient(BaseClient):
         allow_insecure_auth: bool = False,
         idle_renew_after: float = IDLE_RENEW_AFTER,
         max_response_size: int = MAX_RESPONSE,
+        connect_timeout: float | None = None,
+        min_rate: float = DEFAULT_MIN_RATE,
     ) -> None:
         super().__init__(
             host,
@@ -171,6 +173,8 @@ class ImapClient(BaseClient):
             timeout=timeout,
             mechanism=mechanism,
             allow_insecure_auth=allow_insecure_auth,
+            connect_timeout=connect_timeout,
+            min_rate=min_rate,
         )
         self.idle_renew_after = idle_renew_after
         if isinstance(max_response_size, bool) or not isinstance(max_response_size, int):
@@ -196,13 +200,7 @@ class ImapClient(BaseClient):
         return self._protocol is not None and not self._protocol.lost
 
     async def _open(self) -> None:
-        conn = await Connection.open(
-            self.host,
-            self.port,
-            implicit_tls=self.plan.implicit_tls,
-            ssl_context=self.ssl_context,
-            timeout=self.timeout,
-        )
+        conn = await self._dial()
         protocol = ImapProtocol(asyncio.get_running_loop(), max_response=self.max_response_size)
         transport = conn.attach(protocol)
         self._protocol, self._transport = protocol, transport
@@ -338,7 +336,7 @@ class ImapClient(BaseClient):
         self._reconnecting = True
         try:
             await self._close()
-            await self._open()
+            await self._connect()
             self.reconnects += 1
             if selected is not None:
                 await self._select(*selected)

@@ -7,10 +7,18 @@ No message is ever lost: deletions (:meth:`Pop3Client.delete`) take effect only 
 the session ends with QUIT, and QUIT is sent only by a clean :meth:`Pop3Client.aclose`.
 A client leaving ``async with`` on an exception, cancelled, or after any protocol or
 network error closes the connection *without* QUIT, so the server keeps every message.
+
+Deadlines (the rule of :mod:`mailoauth._core.client_base`): every reply -- the
+greeting, a status line, the wait for a listing or a message -- has ``timeout`` seconds
+as a whole, however the server splits it into reads; a listing or a message body may
+take ``timeout`` plus one second per ``min_rate`` bytes. Time the caller spends between
+the chunks of :meth:`Pop3Client.iter_message` (or the messages of
+:meth:`Pop3Client.retrieve_many`) is not counted against the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import email.policy
 import logging
@@ -25,12 +33,15 @@ from typing import Final
 import anyio
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth._core.client_base import DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
 from mailoauth._core.connection import Connection
 from mailoauth.errors import (
     CommandError,
+    ConfigurationError,
     ConnectionLostError,
+    LimitExceededError,
     MailOAuthError,
+    MailTimeoutError,
     ProtocolError,
     TLSError,
 )
@@ -53,7 +64,7 @@ from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 
-__all__ = ["MailboxStat", "Pop3Client"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "MailboxStat", "Pop3Client"]
 
 log = logging.getLogger("mailoauth.pop3")
 
@@ -64,6 +75,11 @@ log = logging.getLogger("mailoauth.pop3")
 #: messages from Dovecot took 1.6x as long as with all commands sent at once; with 256,
 #: 1.3x; with 1,024, 1.05x (benchmarks/pop3.py).
 PIPELINE_WINDOW: Final = 1024
+#: Default ``max_message_size``: the largest message :meth:`Pop3Client.retrieve` and
+#: :meth:`Pop3Client.retrieve_many` hold in memory, in octets. Above Exchange Online's
+#: largest message (150 MB) and Gmail's (25 MB of attachments, about 34 MB encoded);
+#: :meth:`Pop3Client.iter_message` streams a message of any size in bounded memory.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 200 * 1024 * 1024
 
 _parser = BytesParser(policy=email.policy.default)
 
@@ -87,6 +103,12 @@ class Pop3Client(BaseClient):
     :class:`~mailoauth.errors.MailTimeoutError`,
     :class:`~mailoauth.errors.ConnectionLostError`,
     :class:`~mailoauth.errors.ProtocolError`. One task at a time per client.
+
+    ``timeout`` bounds each reply as a whole, ``min_rate`` (bytes/s) a long listing or
+    message, ``connect_timeout`` all of :meth:`connect` (see the module docstring).
+    ``max_message_size`` bounds what :meth:`retrieve` and :meth:`retrieve_many` hold in
+    memory (:class:`~mailoauth.errors.LimitExceededError` above it);
+    :meth:`iter_message` and :meth:`retrieve_to_file` stream any size.
     """
 
     protocol_name = "pop3"
@@ -103,6 +125,9 @@ class Pop3Client(BaseClient):
         timeout: float = DEFAULT_TIMEOUT,
         mechanism: str | None = None,
         allow_insecure_auth: bool = False,
+        connect_timeout: float | None = None,
+        min_rate: float = DEFAULT_MIN_RATE,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         super().__init__(
             host,
@@ -114,17 +139,53 @@ class Pop3Client(BaseClient):
             timeout=timeout,
             mechanism=mechanism,
             allow_insecure_auth=allow_insecure_auth,
+            connect_timeout=connect_timeout,
+            min_rate=min_rate,
         )
+        if isinstance(max_message_size, bool) or not (
+            isinstance(max_message_size, int) and max_message_size > 0
+        ):
+            raise ConfigurationError(
+                f"max_message_size must be a positive int (octets), not {max_message_size!r}"
+            )
+        self.max_message_size = max_message_size
         self._conn: Connection | None = None
         self._proto = Pop3Protocol()
         self._caps: Capabilities | None = None
         self._broken = False
+        # Message sizes from LIST in this session, checked before a RETR.
+        self._sizes: dict[int, int] = {}
+        # The reply being awaited: when it began, what it is, and, once its data flows,
+        # how many bytes of it have been received (None before).
+        self._reply_start = 0.0
+        self._awaiting = "the greeting"
+        self._streamed: int | None = None
 
     # -- the I/O loop -----------------------------------------------------------------
 
     async def _send(self, data: bytes) -> None:
         conn = self._live()
         await self._io(conn.send(data))
+
+    def _begin_reply(self, what: str) -> None:
+        """A new reply is awaited: it has ``timeout`` seconds as a whole."""
+        self._reply_start = self._loop_time()
+        self._awaiting = what
+        self._streamed = None
+
+    def _begin_data(self) -> None:
+        """The reply's data follows: from now on it may take longer, at ``min_rate``."""
+        self._streamed = 0
+
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _wait_budget(self) -> float:
+        if self._streamed is None:
+            deadline = self._reply_start + self.timeout
+        else:
+            deadline = self.transfer_deadline(self._reply_start, self._streamed)
+        return max(deadline - self._loop_time(), 0.0)
 
     async def _next_event(self) -> Event:
         conn = self._live()
@@ -136,10 +197,30 @@ class Pop3Client(BaseClient):
                     raise ConnectionLostError(f"{self.host}:{self.port} closed the connection")
                 return event
             try:
-                data = await self._io(conn.receive())
+                data = await self._io(conn.receive(timeout=self._wait_budget()))
             except ConnectionLostError:
                 data = b""  # let the protocol say what was cut short
+            except MailTimeoutError as exc:
+                raise self._timeout_error() from exc
+            if self._streamed is not None:
+                self._streamed += len(data)
             self._guarded(self._proto.receive_data, data)
+
+    def _timeout_error(self) -> MailTimeoutError:
+        where = f"{self.host}:{self.port}"
+        if self._streamed is None:
+            return MailTimeoutError(
+                f"timed out waiting for {self._awaiting} from {where} (timeout="
+                f"{self.timeout:g}s for the whole reply); the connection was closed "
+                f"without QUIT, so nothing was deleted"
+            )
+        elapsed = self._loop_time() - self._reply_start
+        return MailTimeoutError(
+            f"{where} sent {self._awaiting} too slowly ({self._streamed} bytes in "
+            f"{elapsed:.1f}s: under min_rate={self.min_rate:g} bytes/s after "
+            f"timeout={self.timeout:g}s); the connection was closed without QUIT, so "
+            f"nothing was deleted. On a link that slow, pass a smaller min_rate="
+        )
 
     async def _io(self, awaitable: object) -> bytes:
         try:
@@ -169,6 +250,7 @@ class Pop3Client(BaseClient):
         """Send the command ``build(*args)`` makes and read its status reply."""
         self._live()  # a dead session says so before the protocol objects to the state
         await self._send(build(*args))
+        self._begin_reply(f"the reply to {build.__name__.upper()}")
         event = await self._next_event()
         if not isinstance(event, Reply):
             self._broken = True
@@ -183,6 +265,7 @@ class Pop3Client(BaseClient):
 
     async def _data(self, build: Callable[..., bytes], *args: int) -> Event:
         await self._reply(build, *args)
+        self._begin_data()
         return await self._next_event()
 
     # -- connecting -------------------------------------------------------------------
@@ -190,14 +273,10 @@ class Pop3Client(BaseClient):
     async def _open(self) -> None:
         self._proto = Pop3Protocol()
         self._broken = False
-        self._conn = await Connection.open(
-            self.host,
-            self.port,
-            implicit_tls=self.plan.implicit_tls,
-            ssl_context=self.ssl_context,
-            timeout=self.timeout,
-        )
+        self._sizes = {}
+        self._conn = await self._dial()
         try:
+            self._begin_reply("the greeting")
             greeting = await self._next_event()
             if not isinstance(greeting, Greeting) or not greeting.ok:
                 raise ProtocolError(f"{self.host}:{self.port} refused the session: {greeting}")
@@ -250,10 +329,12 @@ class Pop3Client(BaseClient):
 
         async def exchange(mech: Mechanism) -> SaslOutcome:
             await self._send(self._proto.auth(mech))
+            self._begin_reply("the reply to AUTH")
             challenge = None
             while isinstance(event := await self._next_event(), AuthChallenge):
                 challenge = event.challenge or challenge
                 await self._send(self._proto.auth_continue())
+                self._begin_reply("the reply to AUTH")
             if not isinstance(event, Reply):
                 raise ProtocolError(f"unexpected {event!r} during AUTH from {self.host}")
             reply = ("+OK " if event.ok else "-ERR ") + event.text
@@ -318,9 +399,12 @@ class Pop3Client(BaseClient):
         return MailboxStat(event.count, event.size)
 
     async def list(self) -> dict[int, int]:
-        """LIST: message number -> size in octets."""
+        """LIST: message number -> size in octets. The sizes are remembered for the
+        session: :meth:`retrieve` and :meth:`retrieve_many` then refuse a message over
+        ``max_message_size`` before asking for it."""
         event = await self._data(self._proto.list)
         assert isinstance(event, Listing)
+        self._sizes = dict(event.entries)
         return dict(event.entries)
 
     async def uidl(self) -> dict[int, str]:
@@ -330,6 +414,7 @@ class Pop3Client(BaseClient):
         return dict(event.entries)
 
     async def _body_chunks(self) -> AsyncIterator[bytes]:
+        self._begin_data()
         while True:
             event = await self._next_event()
             if isinstance(event, MessageData):
@@ -347,7 +432,9 @@ class Pop3Client(BaseClient):
         finished = False
         try:
             async for chunk in self._body_chunks():
+                handed = self._loop_time()
                 yield chunk
+                self._reply_start += self._loop_time() - handed  # the caller's time
             finished = True
         finally:
             if not finished:
@@ -355,9 +442,50 @@ class Pop3Client(BaseClient):
                 await self._abort()
 
     async def retrieve(self, number: int) -> bytes:
-        """RETR: the message's bytes exactly as stored (dot-unstuffed)."""
+        """RETR: the message's bytes exactly as stored (dot-unstuffed).
+
+        Raises :class:`~mailoauth.errors.LimitExceededError` for a message larger than
+        ``max_message_size``: before asking for it when :meth:`list` gave its size,
+        else as soon as that many bytes have come (the session is then closed without
+        QUIT). Stream such a message with :meth:`iter_message` instead.
+        """
+        self._check_size(number)
         await self._reply(self._proto.retr, number)
-        return b"".join([chunk async for chunk in self._body_chunks()])
+        return await self._bounded_body(number)
+
+    async def _bounded_body(self, number: int) -> bytes:
+        chunks = []
+        size = 0
+        limit = self.max_message_size
+        async for chunk in self._body_chunks():
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(number, size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_size(self, number: int) -> None:
+        size = self._sizes.get(number)
+        if size is not None and size > self.max_message_size:
+            raise self._too_large_error(number, f"LIST gives {size} octets", closed=False)
+
+    def _too_large_error(self, number: int, what: str, *, closed: bool) -> LimitExceededError:
+        state = (
+            "the session was closed without QUIT, so nothing was deleted"
+            if closed
+            else "it was not retrieved; the session goes on"
+        )
+        return LimitExceededError(
+            f"message {number} on {self.host}:{self.port} is larger than max_message_size "
+            f"({self.max_message_size} octets; {what}): {state}. Stream it with "
+            f"iter_message() or retrieve_to_file(), which hold one chunk at a time, or "
+            f"pass a larger max_message_size="
+        )
+
+    async def _too_large(self, number: int, received: int) -> None:
+        self._broken = True
+        await self._abort()
+        raise self._too_large_error(number, f"{received} octets came", closed=True)
 
     async def retrieve_message(self, number: int) -> email.message.EmailMessage:
         """RETR, parsed as an :class:`email.message.EmailMessage`."""
@@ -378,10 +506,19 @@ class Pop3Client(BaseClient):
         """RETR each message, pipelined when the server offers PIPELINING (RFC 2449), so
         a mailbox of many small messages is not paid for in round trips. Yields
         ``(number, bytes)`` in the order given; a ``-ERR`` raises :class:`CommandError`
-        after the messages before it were yielded."""
+        after the messages before it were yielded, and a message over
+        ``max_message_size`` raises :class:`~mailoauth.errors.LimitExceededError` as
+        :meth:`retrieve` does (before asking for it when :meth:`list` gave its size)."""
         todo = list(numbers)
+        refused: int | None = None
+        for index, number in enumerate(todo):
+            if self._sizes.get(number, 0) > self.max_message_size:
+                refused, todo = number, todo[:index]
+                break
         window = PIPELINE_WINDOW if self._caps and "PIPELINING" in self._caps else 1
         next_buffered = self._proto.next_event
+        limit = self.max_message_size
+        loop_time = self._loop_time
         sent = 0
         for done, number in enumerate(todo):
             # Keep between window/2 and window commands in flight.
@@ -392,18 +529,26 @@ class Pop3Client(BaseClient):
             # Events already buffered come straight from the protocol; only when it
             # needs data does the loop await _next_event(). Per small message, the
             # wrappers would cost as much as the parsing.
+            self._reply_start = loop_time()
+            self._awaiting = "the reply to RETR"
+            self._streamed = None
             try:
                 event = next_buffered()
                 if event is NEED_DATA or type(event) is ConnectionClosed:
                     event = await self._next_event()
                 if type(event) is Reply and event.ok:
+                    self._streamed = 0
                     chunks = []
+                    size = 0
                     while True:
                         event = next_buffered()
                         if event is NEED_DATA or type(event) is ConnectionClosed:
                             event = await self._next_event()
                         if type(event) is not MessageData:
                             break
+                        size += len(event.data)
+                        if size > limit:
+                            await self._too_large(number, size)
                         chunks.append(event.data)
             except MailOAuthError:  # the server broke the protocol: session unusable
                 self._broken = True
@@ -419,11 +564,16 @@ class Pop3Client(BaseClient):
                 self._broken = True
                 raise ProtocolError(f"unexpected {event!r} inside a message from {self.host}")
             yield number, b"".join(chunks)
+        if refused is not None:
+            raise self._too_large_error(
+                refused, f"LIST gives {self._sizes[refused]} octets", closed=False
+            )
 
     async def top(self, number: int, lines: int = 0) -> bytes:
-        """TOP: the header and the first ``lines`` lines of the body."""
+        """TOP: the header and the first ``lines`` lines of the body. Bounded by
+        ``max_message_size`` like :meth:`retrieve` (checked while reading)."""
         await self._reply(self._proto.top, number, lines)
-        return b"".join([chunk async for chunk in self._body_chunks()])
+        return await self._bounded_body(number)
 
     async def delete(self, number: int) -> None:
         """DELE: mark for deletion. Applied only at a clean QUIT (:meth:`aclose`)."""

@@ -16,7 +16,8 @@ Every byte the client sent is kept (:attr:`ProxiedConnection.client_bytes`), so 
 can assert that a secret never crossed the wire in plaintext.
 
 :class:`ScriptedServer` is a tiny server that sends a greeting and answers each line
-with whatever a function returns: fixed bytes, or an endless stream of chunks.
+with whatever a function returns: fixed bytes, or a stream of chunks -- endless
+(:func:`endless`), or dripped a byte at a time to hold a connection (:func:`drip`).
 Both run on the caller's event loop: ``async with FaultProxy(host, port) as proxy``.
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "FaultProxy",
     "ProxiedConnection",
     "ScriptedServer",
+    "drip",
     "endless",
     "garbage",
     "lines",
@@ -283,6 +285,22 @@ async def endless(chunk: bytes, prefix: bytes = b"") -> AsyncIterator[bytes]:
         yield prefix
     while True:
         yield chunk
+
+
+async def drip(
+    data: bytes, interval: float, *, prefix: bytes = b"", forever: bool = False
+) -> AsyncIterator[bytes]:
+    """``prefix`` at once, then ``data`` one byte every ``interval`` seconds (over and
+    over with ``forever``): a server holding a connection open by answering slowly. It
+    stops when the client goes away (:class:`ScriptedServer` stops writing then)."""
+    if prefix:
+        yield prefix
+    while True:
+        for index in range(len(data)):
+            yield data[index : index + 1]
+            await asyncio.sleep(interval)
+        if not forever:
+            return
 
 
 class ScriptedServer:

@@ -12,6 +12,7 @@ import trustme
 
 from mailoauth._core.connection import (
     PAUSE_READING_AT,
+    PLAINTEXT_HEAD,
     RECEIVE_CHUNK,
     RESUME_READING_AT,
     Connection,
@@ -222,3 +223,43 @@ async def test_garbage_after_the_handshake_fails_the_attached_protocol_with_tls_
     conn.data_received(b"\x17\x03\x03\x00\x10" + b"\x00" * 16)  # a record that won't decrypt
     await asyncio.sleep(0)
     assert len(proto.lost) == 1 and isinstance(proto.lost[0], TLSError)
+
+
+async def test_plaintext_answer_to_the_handshake_names_the_security_option() -> None:
+    conn, sock = connect(ctx=client_context(trustme.CA()))
+    upgrade = asyncio.ensure_future(conn.start_tls())
+    await asyncio.sleep(0)
+    assert sock.sent[:1] == b"\x16"  # the ClientHello went out
+    conn.data_received(b"+OK POP3 ready\r\n")
+    with pytest.raises(TLSError, match=r"plaintext greeting \('\+OK POP3 ready'\).*SSL_EXPLICIT"):
+        await upgrade
+    assert conn.plaintext_answer == b"+OK POP3 ready" and conn.closed
+
+
+async def test_plaintext_before_an_implicit_handshake_fails_without_sending_anything() -> None:
+    conn, sock = connect(ctx=client_context(trustme.CA()))
+    conn.data_received(b"220 smtp.example.test ESMTP\r\n")
+    with pytest.raises(TLSError, match="plaintext greeting"):
+        await conn._handshake()
+    assert sock.sent == b""
+
+
+async def test_a_tls_alert_is_not_mistaken_for_a_plaintext_greeting() -> None:
+    conn, _sock = connect(ctx=client_context(trustme.CA()))
+    upgrade = asyncio.ensure_future(conn.start_tls())
+    await asyncio.sleep(0)
+    conn.data_received(b"\x15\x03\x03\x00\x02\x02\x28")  # alert: handshake_failure
+    with pytest.raises(TLSError) as caught:
+        await upgrade
+    assert "plaintext" not in str(caught.value) and conn.plaintext_answer is None
+
+
+async def test_only_the_first_plaintext_head_bytes_are_kept() -> None:
+    conn, _sock = connect(ctx=client_context(trustme.CA()))
+    upgrade = asyncio.ensure_future(conn.start_tls())
+    await asyncio.sleep(0)
+    conn.data_received(b"* OK " + b"x" * 500 + b"\r\n")
+    with pytest.raises(TLSError):
+        await upgrade
+    assert len(conn._handshake_head) == PLAINTEXT_HEAD
+    assert conn.bytes_received == 5 + 500 + 2
