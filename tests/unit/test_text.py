@@ -99,6 +99,13 @@ def test_clients_refuse_control_characters_in_username_and_host(cls: Any, bad: s
         cls(f"mail{bad}.example.test", 993, "u@example.test", "at-x", SecurityOptions.AUTO)
 
 
+@pytest.mark.parametrize("bad", CONTROLS)
+def test_smtp_local_hostname_is_guarded_too(bad: str) -> None:
+    # It goes on the EHLO line.
+    with pytest.raises(ConfigurationError, match="local_hostname"):
+        SmtpClient("h", 587, "u", "t", SecurityOptions.AUTO, local_hostname=f"me{bad}x")
+
+
 def test_escape_controls_makes_one_inert_line() -> None:
     hostile = "\x1b]0;owned\x07\x1b[2J\r✓ AUTH  ok\n\u202etxt.exe\x85\x9b31m"
     shown = escape_controls(hostile)
