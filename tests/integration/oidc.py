@@ -243,21 +243,20 @@ class OidcProvider:
         result: dict[str, Any] = response.json()
         return result
 
-    def refresh_token_alive(self, client: Client, refresh_token: str) -> bool:
-        """Whether ``refresh_token`` is still valid, asked by its own client (a
-        confidential one) by introspection, which neither uses nor rotates it."""
-        response = httpx.post(
-            self.introspection_url,
-            data={
-                "token": refresh_token,
-                "token_type_hint": "refresh_token",
-                "client_id": client.client_id,
-                "client_secret": client.client_secret or "",
-            },
-            timeout=10,
-        )
+    def introspect_as(self, client: Client, token: str, hint: str) -> dict[str, Any]:
+        """What ``client`` (a secret or public one) learns about its own ``token`` by
+        introspection, which neither uses nor rotates a refresh token."""
+        data = {"token": token, "token_type_hint": hint, "client_id": client.client_id}
+        if client.client_secret is not None:
+            data["client_secret"] = client.client_secret
+        response = httpx.post(self.introspection_url, data=data, timeout=10)
         response.raise_for_status()
-        return response.json()["active"] is True
+        result: dict[str, Any] = response.json()
+        return result
+
+    def refresh_token_alive(self, client: Client, refresh_token: str) -> bool:
+        """Whether ``refresh_token`` of ``client`` is still valid."""
+        return self.introspect_as(client, refresh_token, "refresh_token")["active"] is True
 
     def presented_refresh_tokens(self) -> list[str]:
         """SHA-256 digests (hex) of the refresh tokens presented so far, in order."""

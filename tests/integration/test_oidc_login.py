@@ -194,7 +194,10 @@ def test_login_pkce_then_refresh(
     )
     assert status == 0, cli.output()
     first = saved(store)
-    assert "offline_access" in first["scope"].split()  # prompt=consent reached the server
+    # prompt=consent reached the server: offline_access was granted (the access token's
+    # scope is the mail resource's alone; the refresh token carries the grant's).
+    granted = oidc_server.introspect_as(client, first["refresh_token"], "refresh_token")
+    assert "offline_access" in granted["scope"].split()
     status, out = refresh(store)
     assert status == 0, out
     assert saved(store)["refresh_token"] != first["refresh_token"]  # rotated, and kept
@@ -218,7 +221,8 @@ def test_item2_login_without_consent_then_refresh(
         str(store),
     )
     assert status == 0, cli.output()
-    assert "offline_access" not in saved(store)["scope"].split()
+    granted = oidc_server.introspect_as(POST, saved(store)["refresh_token"], "refresh_token")
+    assert "offline_access" not in granted["scope"].split()
     for _ in range(2):
         status, out = refresh(store)
         assert status == 0, out
