@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_SUPERSEDED",
     "STORE_RETRY_INTERVAL",
+    "STORE_RETRY_TIMEOUT",
     "OAuth2TokenProvider",
     "ProviderOptions",
     "StoreErrorCallback",
@@ -73,6 +74,9 @@ log = logging.getLogger("mailoauth.tokens")
 STORE_RETRY_INTERVAL = 5.0
 """Seconds between retries of a failed store save while the cached token is in use
 (a refresh always retries first, whatever the interval)."""
+STORE_RETRY_TIMEOUT = 2.0
+"""Longest a retry between refreshes may hold up a caller that has a usable token
+(waiting for the store's lock, saving); past it the retry is left to a later call."""
 MAX_SUPERSEDED = 64
 """Refresh tokens remembered as rotated away (never sent again), newest kept."""
 
@@ -502,8 +506,9 @@ class OAuth2TokenProvider:
             return
         self._last_retry = now
         try:
-            async with self._mutex, self._lock(store):
-                await self._save_pending(store)
+            with anyio.move_on_after(STORE_RETRY_TIMEOUT):
+                async with self._mutex, self._lock(store):
+                    await self._save_pending(store)
         except Exception as exc:  # the cached token still works; the next refresh retries
             log.debug("retrying the save for %s failed: %s", self.store_key, type(exc).__name__)
 

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
@@ -29,6 +32,7 @@ from mailoauth.tokens import (
     RefreshTokenGrant,
     StoredCredential,
     TokenEndpoint,
+    oauth2,
 )
 from mailoauth.tokens.discovery import discover, metadata_urls
 from mailoauth.tokens.endpoint import DEFAULT_TIMEOUT, attempt_deadline, is_loopback_host
@@ -155,6 +159,37 @@ async def test_pending_save_is_retried_between_refreshes_at_most_every_interval(
     assert provider.store_error is None and server.stats.token_requests == 1
     stored = await store.load(provider.store_key)
     assert stored is not None and stored.access_token == token.value
+
+
+class StuckLockStore(FlakyStore):
+    """Its lock, once ``stuck``, is held by someone else for ever."""
+
+    stuck = False
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        return self._stuck_lock() if self.stuck else super().lock(key)
+
+    @contextlib.asynccontextmanager
+    async def _stuck_lock(self) -> AsyncIterator[None]:
+        await asyncio.Event().wait()
+        yield  # pragma: no cover
+
+
+@pytest.mark.asyncio
+async def test_a_retry_between_refreshes_never_holds_a_caller_past_its_timeout(
+    server: FakeOAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oauth2, "STORE_RETRY_TIMEOUT", 0.2)
+    store = StuckLockStore()
+    clock = Clock()
+    provider = make(server, server.issue_refresh_token("u"), store=store, clock=clock)
+    store.failing = True
+    token = await provider.get_access_token()
+    store.stuck, store.failing = True, False
+    clock.offset = STORE_RETRY_INTERVAL + 1
+    # The lock never comes: the caller still gets its usable token.
+    again = await asyncio.wait_for(provider.get_access_token(), 10)
+    assert again.value == token.value and provider.store_error is not None
 
 
 # -- issue 10 item 3: one deadline per attempt ------------------------------------------
