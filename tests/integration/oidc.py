@@ -48,9 +48,9 @@ from mailoauth.testing._process import (
 from mailoauth.testing.certs import TestCA
 from mailoauth.testing.dovecot import DovecotServer
 from mailoauth.testing.postfix import PostfixServer
-from mailoauth.tokens import AccessToken, TokenEndpoint
+from mailoauth.tokens import AccessToken, TokenEndpoint, utcnow
 from mailoauth.tokens.endpoint import ClientAuth
-from mailoauth.tokens.jwt import make_client_assertion
+from mailoauth.tokens.jwt import CLIENT_ASSERTION_TYPE, make_client_assertion
 
 OIDC_DIR = Path(__file__).resolve().parent.parent / "oidc"
 SERVER_SCRIPT = OIDC_DIR / "server.mjs"
@@ -249,6 +249,9 @@ class OidcProvider:
         data = {"token": token, "token_type_hint": hint, "client_id": client.client_id}
         if client.client_secret is not None:
             data["client_secret"] = client.client_secret
+        if client.auth_method == "private_key_jwt":
+            data["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            data["client_assertion"] = jwt_assertion(self.issuer, utcnow())
         response = httpx.post(self.introspection_url, data=data, timeout=10)
         response.raise_for_status()
         result: dict[str, Any] = response.json()

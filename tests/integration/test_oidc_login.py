@@ -23,7 +23,17 @@ import httpx
 import pytest
 
 from mailoauth.cli.profiles import load_profiles
-from tests.integration.oidc import BASIC, MAIL_SCOPE, POST, PUBLIC, Browser, Client, OidcProvider
+from tests.integration.oidc import (
+    BASIC,
+    MAIL_SCOPE,
+    POST,
+    PUBLIC,
+    Browser,
+    Client,
+    OidcProvider,
+    jwt_client,
+    jwt_client_key,
+)
 
 SCOPE = f"openid {MAIL_SCOPE} offline_access"
 PROCESS_TIMEOUT = 60.0
@@ -33,9 +43,14 @@ DEVICE_LINE = re.compile(r"open (http://\S+) and enter the code (\S+)")
 EVERY_CLIENT = [
     pytest.param(POST, id="post"),
     pytest.param(BASIC, id="basic"),
+    pytest.param(jwt_client(), id="private_key_jwt"),
     pytest.param(PUBLIC, id="public"),
 ]
-AUTH_METHOD = {"client_secret_post": "post", "client_secret_basic": "basic"}
+AUTH_METHOD = {
+    "client_secret_post": "post",
+    "client_secret_basic": "basic",
+    "private_key_jwt": "private_key_jwt",
+}
 
 
 class Cli:
@@ -107,12 +122,20 @@ def run() -> Iterator[list[Cli]]:
         cli.kill()
 
 
-def client_args(client: Client) -> list[str]:
+def client_args(client: Client, keys: Path | None = None) -> list[str]:
+    """The client options of ``login``; a ``private_key_jwt`` client's key is written
+    to a file under ``keys`` (``--private-key``)."""
     args = ["--client-id", client.client_id]
     if client.client_secret is not None:
         args += ["--client-secret", client.client_secret]
     if client.auth_method in AUTH_METHOD:
         args += ["--client-auth", AUTH_METHOD[client.auth_method]]
+    if client.auth_method == "private_key_jwt":
+        assert keys is not None
+        pem = keys / "client-key.pem"
+        pem.write_text(jwt_client_key())
+        pem.chmod(0o600)
+        args += ["--private-key", str(pem)]
     return args
 
 
@@ -165,14 +188,7 @@ def refresh(store: Path, key: str = "oauth2") -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(
-    "client",
-    [
-        pytest.param(POST, id="post"),
-        pytest.param(BASIC, id="basic"),
-        pytest.param(PUBLIC, id="public"),
-    ],
-)
+@pytest.mark.parametrize("client", EVERY_CLIENT)
 def test_login_pkce_then_refresh(
     oidc_server: OidcProvider, run: list[Cli], store: Path, client: Client
 ) -> None:
@@ -184,7 +200,7 @@ def test_login_pkce_then_refresh(
         oidc_server,
         user,
         *endpoint_args(oidc_server, device=False),
-        *client_args(client),
+        *client_args(client, store.parent),
         "--scope",
         SCOPE,
         "--auth-param",
@@ -228,14 +244,7 @@ def test_item2_login_without_consent_then_refresh(
         assert status == 0, out
 
 
-@pytest.mark.parametrize(
-    "client",
-    [
-        pytest.param(POST, id="post"),
-        pytest.param(BASIC, id="basic"),
-        pytest.param(PUBLIC, id="public"),
-    ],
-)
+@pytest.mark.parametrize("client", EVERY_CLIENT)
 def test_item1_login_device_with_client_secret(
     oidc_server: OidcProvider, run: list[Cli], store: Path, client: Client
 ) -> None:
@@ -246,7 +255,7 @@ def test_item1_login_device_with_client_secret(
         oidc_server,
         f"cli-device-{client.client_id}@example.test",
         *endpoint_args(oidc_server, device=True),
-        *client_args(client),
+        *client_args(client, store.parent),
         "--scope",
         SCOPE,
         "--store",
