@@ -100,6 +100,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default_authorization_url=GOOGLE_AUTHORIZATION_URL,
         default_token_url=GOOGLE_TOKEN_URL,
         default_scope=GOOGLE_MAIL_SCOPE,
+        # A refresh token comes only with access_type=offline
+        # (https://developers.google.com/identity/protocols/oauth2/web-server#offline),
+        # and again after a first consent only with prompt=consent.
         extra_params={"access_type": "offline", "prompt": "consent"},
         device=False,
         device_authorization_url=None,
@@ -123,6 +126,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     microsoft.set_defaults(
         handler=run,
         provider="microsoft",
+        # offline_access asks for the refresh token
+        # (https://learn.microsoft.com/en-us/entra/identity-platform/scopes-oidc#offline_access).
         default_scope=" ".join((*MS_DELEGATED_SCOPES, MS_OFFLINE_ACCESS)),
         extra_params={"prompt": "select_account"},
     )
