@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import shutil
 import threading
 from collections.abc import Callable
 
@@ -43,6 +44,7 @@ from mailoauth.tokens import (
     utcnow,
 )
 from mailoauth.tokens.discovery import discover
+from tests.integration import oidc
 from tests.integration.oidc import (
     BASIC,
     MAIL_SCOPE,
@@ -501,3 +503,17 @@ async def test_from_issuer_refuses_a_mismatched_issuer(oidc_server: OidcProvider
             client_id=POST.client_id,
             client_secret=POST.client_secret,
         )
+
+
+# -- the fixture's own contract ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_without_node_skips_locally_and_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="node is not installed"):
+        oidc.require_oidc_provider()
