@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Final, TypeVar
 
@@ -177,6 +179,32 @@ class BaseClient:
             )
         self.plan = plan
         return conn
+
+    @contextmanager
+    def reply_deadline(self) -> Iterator[None]:
+        """Bound what runs inside to one reply's deadline: ``timeout`` as a whole, plus
+        one second for every ``min_rate`` bytes received meanwhile (a long FETCH on a
+        slow link goes on; a server dripping bytes does not). For protocols attached
+        to the connection (aiosmtplib's, aioimaplib's), whose reads are not ours.
+        Raises :class:`TimeoutError` when the deadline passes; nested uses leave the
+        outermost in charge.
+        """
+        conn = self._dialled
+        with anyio.fail_after(self.timeout) as scope:
+            if conn is None or conn.on_progress is not None:
+                yield
+                return
+            start = scope.deadline - self.timeout
+            base = conn.bytes_received
+
+            def progress() -> None:
+                scope.deadline = self.transfer_deadline(start, conn.bytes_received - base)
+
+            conn.on_progress = progress
+            try:
+                yield
+            finally:
+                conn.on_progress = None
 
     def transfer_deadline(self, start: float, transferred: int) -> float:
         """When a transfer begun at loop time ``start`` must end, ``transferred`` bytes

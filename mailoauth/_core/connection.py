@@ -119,6 +119,9 @@ class Connection(asyncio.Protocol):
         #: Raw bytes received from the socket so far (TLS records included): what a
         #: minimum transfer rate is measured on.
         self.bytes_received = 0
+        #: Called after every read from the socket while set (a reply deadline that
+        #: grows with the bytes received: see ``BaseClient.reply_deadline``).
+        self.on_progress: Callable[[], None] | None = None
         #: Whether ``AUTO`` found a server speaking TLS first on this connection.
         self.tls_detected = False
         self.plaintext_hint = PLAINTEXT_HINT
@@ -328,6 +331,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self.on_progress is not None:
+            self.on_progress()
         if self._ssl is None:
             self._deliver(data)
             return

@@ -344,9 +344,11 @@ class ImapClient(BaseClient):
             self._reconnecting = False
 
     async def _guard(self, awaitable: Awaitable[T], what: str, *, hint: str = "") -> T:
-        """Await an aioimaplib call with our timeout; on timeout close the connection."""
+        """Await an aioimaplib call within one reply's deadline (``timeout``, growing at
+        ``min_rate`` while bytes arrive: see ``reply_deadline``); on timeout close the
+        connection."""
         try:
-            with anyio.fail_after(self.timeout):
+            with self.reply_deadline():
                 return await awaitable
         except TimeoutError as exc:
             if self._transport is not None:

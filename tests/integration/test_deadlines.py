@@ -400,3 +400,55 @@ async def test_pop3_message_over_the_limit_is_cut_off_while_reading(
     with pytest.raises(LimitExceededError):
         await client.top(1, 100_000)
     await client.aclose()
+
+
+# -- IMAP: a long response at min_rate outlasts the timeout, a drip does not -------------
+
+IMAP_GREETING = b"* OK ready\r\n"
+
+
+def imap_answer(noop: Callable[[bytes], Reply]) -> Callable[[bytes], Reply]:
+    """An IMAP server that accepts any XOAUTH2 and answers NOOP with ``noop(tag)``."""
+
+    def answer(line: bytes) -> Reply:
+        tag, _, rest = line.strip().partition(b" ")
+        command = rest.split(b" ")[0].upper()
+        if command == b"NOOP":
+            return noop(tag)
+        if command == b"LOGOUT":
+            return b"* BYE bye\r\n" + tag + b" OK done\r\n"
+        if command == b"CAPABILITY":
+            return b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR\r\n" + tag + b" OK done\r\n"
+        return tag + b" OK done\r\n"
+
+    return answer
+
+
+async def test_imap_long_response_above_min_rate_outlasts_the_timeout() -> None:
+    # 15 x 200 bytes, one every 0.1 s: 2 kB/s for 1.5 s, three times the timeout.
+    def noop(tag: bytes) -> Reply:
+        async def steady() -> AsyncIterator[bytes]:
+            for _ in range(15):
+                yield b"* 1 EXISTS\r\n" * 16 + b"* OK padding..\r\n"
+                await asyncio.sleep(0.1)
+            yield tag + b" OK NOOP done\r\n"
+
+        return steady()
+
+    async with ScriptedServer(IMAP_GREETING, imap_answer(noop)) as server:
+        client = plain_client(ImapClient, server.port)
+        await guarded(client.connect())
+        await guarded(client.noop())
+        await client.aclose()
+
+
+async def test_imap_response_dripped_for_ever_fails_under_the_minimum_rate() -> None:
+    def noop(tag: bytes) -> Reply:
+        return drip(b"* 1 EXISTS\r\n", DRIP, forever=True)
+
+    async with ScriptedServer(IMAP_GREETING, imap_answer(noop)) as server:
+        client = plain_client(ImapClient, server.port)
+        await guarded(client.connect())
+        with pytest.raises(MailTimeoutError):
+            await guarded(client.noop())
+        await client.aclose()
