@@ -76,8 +76,9 @@ log = logging.getLogger("mailoauth.pop3")
 #: 1.3x; with 1,024, 1.05x (benchmarks/pop3.py).
 PIPELINE_WINDOW: Final = 1024
 #: Default ``max_message_size``: the largest message :meth:`Pop3Client.retrieve` and
-#: :meth:`Pop3Client.retrieve_many` hold in memory, in octets. Above Exchange Online's
-#: largest message (150 MB) and Gmail's (25 MB of attachments, about 34 MB encoded);
+#: :meth:`Pop3Client.retrieve_many` hold in memory, in octets. Above the largest
+#: message size an Exchange Online administrator can configure, 150 MB
+#: (https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits);
 #: :meth:`Pop3Client.iter_message` streams a message of any size in bounded memory.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 200 * 1024 * 1024
 

@@ -24,6 +24,7 @@ from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
 from mailoauth.testing.faultproxy import FaultProxy, ScriptedServer
 from mailoauth.testing.sandbox import MailSandbox
+from tests.integration.conftest import MailServers
 
 pytestmark = pytest.mark.asyncio
 
@@ -169,3 +170,38 @@ async def test_auto_silent_server_is_a_timeout_that_says_so() -> None:
             await guarded(client.connect())
         await client.aclose()
     assert nothing_plaintext(bytes(server.received))
+
+
+# -- the same against real Dovecot and Postfix -------------------------------------------
+
+
+def real_ports(servers: MailServers, protocol: str) -> tuple[int, int]:
+    """(implicit-TLS port, STARTTLS port) of the real server for ``protocol``."""
+    return {
+        "smtp": (servers.postfix.smtps_port, servers.postfix.submission_port),
+        "imap": (servers.dovecot.imaps_port, servers.dovecot.imap_port),
+        "pop3": (servers.dovecot.pop3s_port, servers.dovecot.pop3_port),
+    }[protocol]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_real_servers_auto_on_both_ports_and_ssl_implicit_on_starttls(
+    mail_servers: MailServers, protocol: str
+) -> None:
+    implicit_port, starttls_port = real_ports(mail_servers, protocol)
+    user = f"detect-{protocol}@example.test"
+
+    def client(port: int, security: SecurityOptions) -> Any:
+        return CLIENTS[protocol](
+            "127.0.0.1", port, user, mail_servers.token(user), security,
+            ssl_context=mail_servers.client_context(), timeout=5.0,
+        )  # fmt: skip
+
+    for port, implicit in ((implicit_port, True), (starttls_port, False)):
+        async with client(port, SecurityOptions.AUTO) as auto:
+            await guarded(auto.noop())
+            assert (auto.plan.implicit_tls, auto.plan.starttls) == (implicit, not implicit)
+    wrong = client(starttls_port, SecurityOptions.SSL_IMPLICIT)
+    with pytest.raises(TLSError, match=r"plaintext greeting .*SecurityOptions.SSL_EXPLICIT"):
+        await guarded(wrong.connect())
+    await wrong.aclose()
