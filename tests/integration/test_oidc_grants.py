@@ -41,9 +41,9 @@ from mailoauth.tokens import (
     PasswordGrant,
     RefreshTokenGrant,
     StoredCredential,
+    discover,
     utcnow,
 )
-from mailoauth.tokens.discovery import discover
 from tests.integration import oidc
 from tests.integration.oidc import (
     BASIC,
