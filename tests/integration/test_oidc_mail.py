@@ -1,4 +1,4 @@
-"""IMAP and SMTP with tokens from node-oidc-provider, checked by Dovecot and Postfix.
+"""IMAP, SMTP (and POP3) with tokens from node-oidc-provider, checked by Dovecot and Postfix.
 
 Dovecot's oauth2 passdb introspects every token at the provider (RFC 7662, as the
 ``dovecot`` client, credentials in the POST body); Postfix authenticates through
@@ -16,6 +16,7 @@ import pytest
 
 from mailoauth.errors import AuthenticationError, PermanentTokenError
 from mailoauth.imap.client import ImapClient
+from mailoauth.pop3.client import Pop3Client
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
 from mailoauth.testing.certs import TestCA
@@ -114,6 +115,16 @@ async def test_imap_and_smtp_with_the_providers_tokens(
         async with imaps(servers, user, provider, mechanism=mechanism) as imap:
             info = await imap.select()
             assert info.exists == 1
+        async with Pop3Client(
+            "localhost",
+            servers.dovecot.pop3s_port,
+            user,
+            provider,
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=servers.ca.client_context(),
+            mechanism=mechanism,
+        ) as pop:
+            assert b"Subject: via oidc" in await pop.retrieve(1)
         token = await provider.get_access_token()
     seen = servers.oidc.introspect(token.value)
     assert seen["username"] == user and seen["scope"] == MAIL_SCOPE
