@@ -11,30 +11,31 @@
 // the defaults would have rejected):
 //
 // - features.deviceFlow, clientCredentials, introspection and revocation are all off
-//   by default: every request to those endpoints would get 404 / unsupported_grant_type.
+//   by default: those endpoints do not exist and no client may use those grants.
 // - features.resourceIndicators: by default an access token is only good for the
-//   userinfo endpoint and a non-OpenID scope such as `mail` is silently dropped from
-//   the token (the response would say `scope: "openid"`). The `mail` scope lives on one
-//   resource server (the mail servers), used by default for every request and kept on
-//   refresh (useGrantedResource), with *opaque* access tokens: the provider refuses to
-//   introspect structured (JWT) tokens, and Dovecot introspects every token it gets.
+//   userinfo endpoint and a non-OpenID scope such as `mail` is silently dropped (seen:
+//   client_credentials with scope=mail gets a token with no scope). Here `mail` lives
+//   on one resource server (the mail servers), used by default for every request and
+//   kept on refresh (useGrantedResource), with *opaque* access tokens: the provider
+//   refuses to introspect structured (JWT) tokens, and Dovecot introspects every token.
+//   A token response's `scope` is then the access token's: `mail` alone.
 // - issueRefreshToken: the default issues a refresh token only when `offline_access`
 //   was granted, and grants `offline_access` only together with `prompt=consent`. Here
 //   any client allowed the refresh_token grant gets one, as Google (access_type=offline)
-//   and Microsoft do; the token response's `scope` still tells which scopes were really
-//   granted (without prompt=consent: no `offline_access`), which is what issue 16 item 2
-//   is about: a refresh that asks for `offline_access` again is refused (invalid_scope).
+//   and Microsoft do. Without prompt=consent the grant (and the refresh token) still
+//   lacks `offline_access`, so a refresh that asks for the scope originally requested
+//   is refused (invalid_scope, RFC 6749 §6): issue 16 item 2.
 // - rotateRefreshToken: the default rotates only for public clients, or once 70% of
 //   the refresh token's lifetime has passed. Here it rotates on every use, as Microsoft
 //   does; presenting a rotated-away refresh token is reuse (RFC 9700 §4.14.2): the
-//   library revokes the whole grant, which is what issue 16 item 3 is about.
+//   server revokes the whole grant, which is what issue 16 item 3 is about.
 // - extraTokenClaims: introspection answers `sub`, not `username`; Dovecot's oauth2
 //   passdb is configured with `username_attribute = username`, so every token carries
 //   `username` (the account id, a mail address).
 // - introspection.allowedPolicy: the default lets any authenticated client introspect
-//   any token, a refresh token included, so a refresh token would be accepted as a
-//   bearer token by Dovecot. Here the configured resource-server clients may introspect
-//   access tokens only; a client may introspect its own tokens.
+//   any token: a refresh token presented to Dovecot as a bearer token would come back
+//   `active`. Here the configured resource-server clients may introspect access tokens
+//   only; a client may introspect its own tokens (tests read a refresh token's scope).
 // - interactions: the default development login pages (devInteractions) are for
 //   development only and are turned off; /interaction/:uid below is a small form-POST
 //   login + consent handler that a test can drive as the browser or as the user of a
