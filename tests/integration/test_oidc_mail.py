@@ -141,6 +141,22 @@ async def test_another_users_token_is_refused(oidc_mail_servers: OidcMailServers
     assert "AUTHENTICATIONFAILED" in caught.value.server_reply
 
 
+@pytest.mark.asyncio
+async def test_a_refresh_token_is_no_bearer_token(oidc_mail_servers: OidcMailServers) -> None:
+    """Dovecot may introspect access tokens only: a refresh token sent as a bearer
+    token is refused (the server's default policy would call it active)."""
+    servers = oidc_mail_servers
+    user = new_user()
+    async with await provider_for(servers.oidc, POST, user) as provider:
+        await provider.get_access_token()
+        refresh_token = provider.current_refresh_token
+    assert refresh_token is not None
+    assert servers.oidc.introspect(refresh_token) == {"active": False}
+    with pytest.raises(AuthenticationError):
+        async with imaps(servers, user, refresh_token):
+            pass
+
+
 class ExpiredFirst:
     """Hands out a token the server has expired (claiming it is fresh), then defers to
     the real provider: the client must see the rejection, force a refresh, retry."""
