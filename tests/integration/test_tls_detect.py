@@ -157,6 +157,25 @@ async def test_auto_server_greeting_after_the_wait_is_dialled_again_for_starttls
         assert server.received[0] == TLS_HANDSHAKE_RECORD  # all the first one was sent
 
 
+async def test_auto_greeting_within_tls_detect_wait_means_plaintext_and_no_tls_byte() -> None:
+    # With a long timeout the wait is TLS_DETECT_WAIT itself: a greeting just inside it
+    # is a plaintext (STARTTLS) server, and the client has sent nothing at all.
+    async def greeting() -> AsyncIterator[bytes]:
+        await asyncio.sleep(TLS_DETECT_WAIT - 0.5)
+        yield b"* OK ready\r\n"
+
+    async with ScriptedServer(greeting) as server:
+        conn = await guarded(
+            Connection.open("127.0.0.1", server.port, implicit_tls=False, timeout=30, detect=True)
+        )
+        try:
+            assert not conn.tls_active and not conn.tls_detected
+            assert await guarded(conn.receive()) == b"* OK ready\r\n"
+        finally:
+            conn.close()
+    assert server.connections == 1 and server.received == b""
+
+
 async def test_auto_silent_server_is_a_timeout_that_says_so() -> None:
     async with ScriptedServer(b"") as server:
         client = Pop3Client(

@@ -18,6 +18,7 @@ from mailoauth._core.connection import (
     Connection,
 )
 from mailoauth.errors import ConnectionLostError, MailTimeoutError, TLSError
+from mailoauth.pop3.client import Pop3Client
 
 pytestmark = pytest.mark.asyncio
 
@@ -263,3 +264,31 @@ async def test_only_the_first_plaintext_head_bytes_are_kept() -> None:
         await upgrade
     assert len(conn._handshake_head) == PLAINTEXT_HEAD
     assert conn.bytes_received == 5 + 500 + 2
+
+
+async def test_reply_deadline_grows_at_min_rate_and_not_for_a_drip() -> None:
+    conn, _sock = connect()
+    client = Pop3Client("localhost", 1, "u@example.test", "t0k3n", timeout=0.2, min_rate=100)
+    client._dialled = conn
+    with client.reply_deadline():
+        for _ in range(10):  # 1 s in all, five times the timeout, at 200 bytes/s
+            await asyncio.sleep(0.1)
+            conn.data_received(b"x" * 20)
+    assert conn.on_progress is None
+    with pytest.raises(TimeoutError), client.reply_deadline():
+        for _ in range(10):  # 10 bytes/s, under min_rate: over soon after the timeout
+            await asyncio.sleep(0.1)
+            conn.data_received(b"x")
+    assert conn.on_progress is None
+
+
+async def test_nested_reply_deadlines_leave_the_outer_one_in_charge() -> None:
+    conn, _sock = connect()
+    client = Pop3Client("localhost", 1, "u@example.test", "t0k3n", timeout=5.0)
+    client._dialled = conn
+    with client.reply_deadline():
+        outer = conn.on_progress
+        with client.reply_deadline():
+            assert conn.on_progress is outer
+        assert conn.on_progress is outer
+    assert conn.on_progress is None
