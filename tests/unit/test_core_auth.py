@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import logging
 
 import pytest
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth.errors import AuthenticationError, ConfigurationError
+from mailoauth.errors import AuthenticationError, ConfigurationError, ProtocolError
 from mailoauth.sasl import ErrorChallenge, Mechanism
 from mailoauth.tokens.access_token import AccessToken, utcnow
 from mailoauth.tokens.manager import TokenManager, wrap_provider
@@ -107,3 +109,42 @@ async def test_choose_mechanism() -> None:
         choose_mechanism(["XOAUTH2"], "OAUTHBEARER", "pop3")
     with pytest.raises(ConfigurationError):
         choose_mechanism(["PLAIN"], "PLAIN", "smtp")
+
+
+LONG = "ya29.echoed-access-token-0123456789abcdef"
+
+
+class LongTokenProvider:
+    async def get_access_token(self, *, force_refresh: bool = False) -> AccessToken:
+        return AccessToken(LONG, utcnow() + dt.timedelta(hours=1))
+
+
+async def test_an_exchange_error_quoting_the_initial_response_is_scrubbed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def echoing(mech: Mechanism) -> SaslOutcome:
+        line = b"AUTHENTICATE XOAUTH2 " + mech.initial_response_b64()
+        logging.getLogger("aioimaplib.aioimaplib").debug("Received : %r", line)
+        try:
+            raise ValueError(f"parser choked on {line!r}")
+        except ValueError as exc:
+            raise ProtocolError(f"unexpected line {line.decode()}") from exc
+
+    with pytest.raises(ProtocolError) as info:
+        await authenticate(
+            tokens=TokenManager(LongTokenProvider()),
+            username="u@example.com",
+            host="h",
+            port=993,
+            protocol="imap",
+            mechanism="XOAUTH2",
+            exchange=echoing,
+        )
+    b64 = base64.b64encode(f"user=u@example.com\x01auth=Bearer {LONG}\x01\x01".encode())
+    texts = [str(info.value), str(info.value.__cause__)] + [r.getMessage() for r in caplog.records]
+    assert all(b64.decode() not in t and LONG not in t for t in texts)
+    assert "<redacted>" in str(info.value)
+    assert "<redacted>" in str(info.value.__cause__)
+    assert any("<redacted>" in r.getMessage() for r in caplog.records)
