@@ -64,6 +64,12 @@ MAX_LITERAL: Final = 256 * 1024 * 1024
 #: fetch fewer messages per call, or raise it with ``ImapClient(max_response_size=)``.
 MAX_RESPONSE: Final = 256 * 1024 * 1024
 _CRLF: Final = b"\r\n"
+_CONNECTED: Final = _aio.CONNECTED
+_IdleCommand: Final = _aio.IdleCommand
+#: aioimaplib's literal pattern (``.*\{(?P<size>\d+)\}$``), tried only on lines
+#: that can match it: ``}`` last, or before a final LF (``$`` allows one).
+_LITERAL: Final = _aio.literal_data_re
+_LITERAL_ENDS: Final = (b"}", b"}\n")
 
 
 class _FetchCommand(_aio.FetchCommand):  # type: ignore[misc]
@@ -99,6 +105,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     after a STARTTLS go-ahead are never parsed."""
 
     current_command: _aio.Command | None
+    pending_sync_command: _aio.Command | None
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, *, max_response: int = MAX_RESPONSE
@@ -302,7 +309,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def _line(self, line: bytes, current: _aio.Command | None) -> _aio.Command | None:
         """Dispatch one line; return the command that the next line continues, if any."""
-        if self.state == _aio.CONNECTED:
+        if self.state == _CONNECTED:
             # aioimaplib starts a welcome task for every line before the greeting is
             # processed; one is enough (a compliant server sends one greeting line).
             if self._welcomed:
@@ -311,13 +318,13 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         command: _aio.Command | None = self._handle_line(line, current)
         if command is not None:
             self._response_size += len(line) + 2
-            if type(command) is _aio.IdleCommand:
+            if type(command) is _IdleCommand:
                 self._idle_bytes += len(line) + 2
             if self._response_size > self.max_response:
                 self._over_response()
                 return None
-        if line[-1:] == b"}" or line[-2:] == b"}\n":
-            literal = _aio.literal_data_re.match(line)
+        if line.endswith(_LITERAL_ENDS):
+            literal = _LITERAL.match(line)
             if literal:
                 size = int(literal.group("size"))
                 if size > MAX_LITERAL:
@@ -374,6 +381,10 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         commands = list(self.pending_async_commands.values())
         if self.pending_sync_command is not None:
             commands.append(self.pending_sync_command)
+        # Forgotten as well: a later command would otherwise wait for them first (and
+        # leave a "Task exception was never retrieved" behind).
+        self.pending_async_commands.clear()
+        self.pending_sync_command = None
         for command in commands:
             if command is not None and not command._event.is_set():
                 command._exception = error

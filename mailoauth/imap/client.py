@@ -197,7 +197,8 @@ class ImapClient(BaseClient):
 
     @property
     def connected(self) -> bool:
-        return self._protocol is not None and not self._protocol.lost
+        protocol = self._protocol
+        return protocol is not None and not protocol.lost and protocol.fatal_error is None
 
     async def _open(self) -> None:
         conn = await self._dial()
@@ -307,7 +308,7 @@ class ImapClient(BaseClient):
         if protocol is None or transport is None:
             return
         self._selected = None if not self._reconnecting else self._selected
-        if not protocol.lost:
+        if not protocol.lost and protocol.fatal_error is None:
             try:
                 with anyio.fail_after(min(self.timeout, 5.0)):
                     await protocol.logout()
@@ -368,7 +369,8 @@ class ImapClient(BaseClient):
         expire (or the server dropped us after an expired token)."""
         if self._protocol is None:
             raise ConnectionLostError("ImapClient is not connected; call connect() first")
-        if not self._reconnecting and (self._protocol.lost or self._session_expiring()):
+        dead = self._protocol.lost or self._protocol.fatal_error is not None
+        if not self._reconnecting and (dead or self._session_expiring()):
             await self._reconnect()
         assert self._protocol is not None
         return self._protocol

@@ -72,12 +72,14 @@ def parse_fetch(lines: list[bytes | bytearray]) -> list[FetchRecord]:
     """Group FETCH lines into records; literals are attached to their section name."""
     records: list[FetchRecord] = []
     current: FetchRecord | None = None
-    text = b""
+    # A record's lines are joined once at its end: a record of many lines (literals
+    # between them) would otherwise be re-copied for each line.
+    text: list[bytes] = []
     pending_key: str | None = None
 
     def finish() -> None:
         if current is not None:
-            _fill(current, text)
+            _fill(current, b" ".join(text))
             records.append(current)
 
     for item in lines:
@@ -90,10 +92,10 @@ def parse_fetch(lines: list[bytes | bytearray]) -> list[FetchRecord]:
         if start:
             finish()
             current = FetchRecord(seq=int(start.group(1)))
-            text = b""
+            text = []
         if current is None:
             continue
-        text += b" " + item
+        text.append(item)
         literal = _LITERAL_KEY.search(item)
         pending_key = literal.group(1).decode("ascii").upper() if literal else None
     finish()
