@@ -2,9 +2,10 @@
 that builds an :class:`ssl.SSLContext`.
 
 ``AUTO`` means TLS either way, found out without ever sending plaintext: implicit TLS
-on the well-known implicit-TLS ports (465, 993, 995), and elsewhere whatever the
-server speaks -- a plaintext greeting means *required* STARTTLS, silence means a server
-waiting for the TLS ClientHello (implicit TLS on a port not known for it). Unlike the
+on the well-known implicit-TLS ports (465, 993, 995), required STARTTLS on the
+well-known STARTTLS ports (25, 110, 143, 587), and elsewhere whatever the server speaks
+-- a plaintext greeting means *required* STARTTLS, silence means a server waiting for
+the TLS ClientHello (implicit TLS on a port not known for it). Unlike the
 Auto of some other libraries it never falls back to plaintext: a server that does not
 offer STARTTLS is an error.
 """
@@ -20,6 +21,7 @@ from mailoauth.errors import ConfigurationError, InsecureTransportError
 
 __all__ = [
     "IMPLICIT_TLS_PORTS",
+    "STARTTLS_PORTS",
     "SecurityOptions",
     "TransportPlan",
     "create_ssl_context",
@@ -28,6 +30,10 @@ __all__ = [
 
 #: SMTPS (RFC 8314), IMAPS, POP3S.
 IMPLICIT_TLS_PORTS: Final = frozenset({465, 993, 995})
+#: SMTP, POP3, IMAP, submission: a server there greets in plaintext. AUTO never probes
+#: them with a TLS ClientHello, which an MTA that delays its greeting on purpose
+#: (Postfix postscreen on 25) would count as a client talking before its turn.
+STARTTLS_PORTS: Final = frozenset({25, 110, 143, 587})
 
 
 class SecurityOptions(enum.Enum):
@@ -82,6 +88,8 @@ def plan_transport(
     if security is SecurityOptions.SSL_EXPLICIT:
         return TransportPlan(implicit_tls=False, starttls=True)
     if security is SecurityOptions.AUTO:
+        if port in STARTTLS_PORTS:
+            return TransportPlan(implicit_tls=False, starttls=True)
         implicit = port in IMPLICIT_TLS_PORTS
         return TransportPlan(implicit_tls=implicit, starttls=not implicit, detect=True)
     if not allow_insecure_auth:

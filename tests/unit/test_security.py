@@ -22,6 +22,18 @@ def test_auto_is_required_starttls_elsewhere(port: int) -> None:
     assert plan.starttls and not plan.implicit_tls and plan.encrypted
 
 
+@pytest.mark.parametrize("port", [25, 110, 143, 587])
+def test_auto_never_probes_a_well_known_starttls_port_with_tls(port: int) -> None:
+    # An MTA delaying its greeting on purpose (postscreen on 25) must not see a
+    # ClientHello before it has spoken.
+    assert not plan_transport(SecurityOptions.AUTO, port).detect
+
+
+@pytest.mark.parametrize("port", [465, 993, 995, 2525, 10143])
+def test_auto_lets_the_server_decide_elsewhere(port: int) -> None:
+    assert plan_transport(SecurityOptions.AUTO, port).detect
+
+
 def test_explicit_options() -> None:
     assert plan_transport(SecurityOptions.SSL_IMPLICIT, 587).implicit_tls
     assert plan_transport(SecurityOptions.SSL_EXPLICIT, 993).starttls
