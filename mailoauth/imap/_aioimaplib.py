@@ -206,6 +206,11 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def _response_done(self, line: bytes) -> None:
         command = self.pending_sync_command
+        if type(command) is _IdleCommand:
+            # aioimaplib queues IDLE lines only at the end of a read while IDLE is
+            # pending: lines that came with the IDLE's completion were dropped. Queue
+            # them now; the next idle() reports them first.
+            self._queue_idle_lines(command)
         super()._response_done(line)
         self._response_size = 0
         if command is not None and command.name == "STARTTLS" and command.response.result == "OK":
@@ -301,11 +306,16 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             pos = eol + 2
         self.current_command = command
         pending = self.pending_sync_command
-        if pending is not None:
-            if self._idle_bytes and isinstance(pending, _aio.IdleCommand) and pending.buffer:
-                self._idle_batches.append(self._idle_bytes)  # what this flush queues
-                self._idle_bytes = 0
+        if type(pending) is _IdleCommand:
+            self._queue_idle_lines(pending)
+        elif pending is not None:
             pending.flush()
+
+    def _queue_idle_lines(self, idle: _aio.IdleCommand) -> None:
+        if idle.buffer:
+            self._idle_batches.append(self._idle_bytes)  # what next_idle_lines() takes
+            self._idle_bytes = 0
+            idle.flush()
 
     def _line(self, line: bytes, current: _aio.Command | None) -> _aio.Command | None:
         """Dispatch one line; return the command that the next line continues, if any."""
@@ -342,6 +352,15 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         if command is not None and command.wait_data():
             return command
         return None
+
+    def forget_unsolicited(self) -> None:
+        """Drop what the server reported about the selected mailbox and nobody read yet
+        (before selecting another: its changes do not concern the new one)."""
+        self.unsolicited.clear()
+        while not self.idle_queue.empty():
+            self.idle_queue.get_nowait()
+        self._idle_batches.clear()
+        self._idle_bytes = 0
 
     async def next_idle_lines(self) -> list[bytes]:
         """The next batch of lines the server pushed during IDLE (empty when the

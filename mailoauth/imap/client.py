@@ -423,7 +423,7 @@ class ImapClient(BaseClient):
         command = "EXAMINE" if readonly else "SELECT"
 
         async def op(p: ImapProtocol) -> Any:
-            p.unsolicited.clear()  # the new selection reports its own size
+            p.forget_unsolicited()  # the new selection reports its own size
             if readonly:
                 response = await p.simple_command("EXAMINE", name)
                 if response.result == "OK":

@@ -349,3 +349,33 @@ async def test_lines_after_the_starttls_go_ahead_are_never_parsed() -> None:
     # Over TLS, parsing resumes.
     protocol.data_received(b"* 3 EXISTS\r\n")
     assert protocol.unsolicited == [b"3 EXISTS"]
+
+
+@pytest.mark.asyncio
+async def test_lines_that_come_with_the_idle_completion_are_queued() -> None:
+    """aioimaplib queued IDLE lines only at the end of a read while IDLE was pending:
+    ``* 5 EXISTS`` arriving in the same read as the IDLE's OK was lost."""
+    protocol, transport = selected_protocol()
+    idle = asyncio.ensure_future(protocol.idle())
+    tag = await sent_tag(transport)
+    protocol.data_received(b"+ idling\r\n")
+    protocol.idle_done()
+    protocol.data_received(b"* 5 EXISTS\r\n" + tag + b" OK Idle completed.\r\n")
+    assert (await idle).result == "OK"
+    assert protocol.idle_queue.qsize() == 1
+    assert await protocol.next_idle_lines() == [b"5 EXISTS"]
+
+
+@pytest.mark.asyncio
+async def test_selecting_forgets_what_was_pushed_about_the_previous_mailbox() -> None:
+    protocol, transport = selected_protocol()
+    idle = asyncio.ensure_future(protocol.idle())
+    tag = await sent_tag(transport)
+    protocol.data_received(b"+ idling\r\n* 9 EXISTS\r\n")  # queued, never read
+    protocol.idle_done()
+    protocol.data_received(b"* 10 EXISTS\r\n" + tag + b" OK Idle completed.\r\n")
+    await idle
+    protocol.unsolicited.append(b"11 EXISTS")
+    protocol.forget_unsolicited()
+    assert protocol.idle_queue.empty() and protocol.unsolicited == []
+    assert not protocol._idle_batches
