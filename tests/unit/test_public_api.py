@@ -26,6 +26,7 @@ EXPECTED = {
     "ImapClient",
     "InsecureTransportError",
     "LimitExceededError",
+    "LockLostError",
     "MailConnectionError",
     "MailOAuthError",
     "MailTimeoutError",
