@@ -142,6 +142,13 @@ class ImapClient(BaseClient):
     :class:`~mailoauth.errors.AuthenticationError`,
     :class:`~mailoauth.errors.TLSError`, :class:`~mailoauth.errors.MailTimeoutError`,
     :class:`~mailoauth.errors.ConnectionLostError`. One task at a time per client.
+
+    Big mailboxes: UID sets are sent as ranges, split into several commands when longer
+    than :data:`MAX_COMMAND_LINE`. A response held in memory (a FETCH until it ends)
+    may not exceed ``max_response_size`` bytes (:data:`~mailoauth.imap._aioimaplib.
+    MAX_RESPONSE` by default): over it the command raises
+    :class:`~mailoauth.errors.LimitExceededError` and the connection is closed (the
+    next command reconnects); fetch fewer messages per call.
     """
 
     protocol_name = "imap"
