@@ -145,8 +145,8 @@ class ImapClient(BaseClient):
 
     Big mailboxes: UID sets are sent as ranges, split into several commands when longer
     than :data:`MAX_COMMAND_LINE`. A response held in memory (a FETCH until it ends)
-    may not exceed ``max_response_size`` bytes (:data:`~mailoauth.imap._aioimaplib.
-    MAX_RESPONSE` by default): over it the command raises
+    may not exceed ``max_response_size`` bytes (``MAX_RESPONSE``, 256 MiB, by default):
+    over it the command raises
     :class:`~mailoauth.errors.LimitExceededError` and the connection is closed (the
     next command reconnects); fetch fewer messages per call.
     """
