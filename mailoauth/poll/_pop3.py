@@ -26,6 +26,8 @@ class Pop3Watcher:
         self.ctx = ctx
         #: UIDLs reported in this run or handled before it, pruned to the server's.
         self.reported: set[str] | None = None
+        #: UIDLs of messages over ``max_message_size`` already warned about.
+        self.oversized: set[str] = set()
 
     async def run(self) -> None:
         """Poll until cancelled; raises whatever the connection raises."""
@@ -47,6 +49,7 @@ class Pop3Watcher:
 
     def _client(self) -> Pop3Client:
         mb = self.ctx.mailbox
+        limit = {} if mb.max_message_size is None else {"max_message_size": mb.max_message_size}
         return Pop3Client(
             mb.host,
             mb.port,
@@ -57,6 +60,7 @@ class Pop3Watcher:
             timeout=mb.timeout,
             mechanism=mb.mechanism,
             allow_insecure_auth=mb.allow_insecure_auth,
+            **limit,
         )
 
     async def _poll(self, client: Pop3Client) -> None:
@@ -80,10 +84,41 @@ class Pop3Watcher:
             await ctx.progress.update(key, _Prune(present))
         new = [n for n, uidl in sorted(listing.items()) if uidl not in self.reported]
         log.debug("%s: %d messages, %d new", key, len(listing), len(new))
+        if new:
+            new = await self._within_limit(client, new, listing)
         async for number, data in client.retrieve_many(new):
             uidl = listing[number]
             self.reported.add(uidl)
             await ctx.emit(NewMessage(key, data, uidl=uidl), _Add(uidl))
+
+    async def _within_limit(
+        self, client: Pop3Client, new: list[int], listing: dict[int, str]
+    ) -> list[int]:
+        """``new`` without the messages over the client's ``max_message_size``: those
+        stay on the server, unreported (retrieving one would fail every poll and hold
+        back the messages after it); each is named in one warning per watcher."""
+        sizes = await client.list()
+        limit = client.max_message_size
+        fit = []
+        for number in new:
+            size = sizes.get(number, 0)
+            if size <= limit:
+                fit.append(number)
+                continue
+            uidl = listing[number]
+            if uidl not in self.oversized:
+                self.oversized.add(uidl)
+                log.warning(
+                    "%s: message %d (UIDL %s) has %d octets, over max_message_size=%d; "
+                    "it is left on the server and not reported: raise the Mailbox's "
+                    "max_message_size to receive it",
+                    self.ctx.mailbox.key,
+                    number,
+                    uidl,
+                    size,
+                    limit,
+                )
+        return fit
 
 
 class _Add:

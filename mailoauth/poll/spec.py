@@ -30,7 +30,8 @@ class Mailbox:
 
     ``key`` names the mailbox in events and in the state store; it defaults to
     ``"{protocol}://{username}@{host}:{port}/{folder}"``. Keep it stable across
-    restarts, or the poller treats the mailbox as new. Raises
+    restarts, or the poller treats the mailbox as new. ``max_message_size`` bounds
+    what a POP3 poll holds in memory per message. Raises
     :class:`~mailoauth.errors.ConfigurationError` for an unknown protocol or a POP3
     folder other than ``INBOX`` (POP3 has only one).
     """
@@ -48,6 +49,10 @@ class Mailbox:
     mechanism: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     allow_insecure_auth: bool = False
+    #: POP3: the largest message retrieved (octets; None: the client's default). A
+    #: larger one is skipped with a warning and left on the server, unreported, so the
+    #: messages after it still arrive.
+    max_message_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in ("imap", "pop3"):

@@ -4,6 +4,7 @@ a revoked grant among healthy mailboxes, connection limits and cancellation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 import socket
@@ -264,6 +265,33 @@ async def test_revoked_mailbox_is_set_aside_and_the_others_go_on(
     assert all(isinstance(f.error, PermanentTokenError) for f in failures)
     assert set(poller.failed) == {boxes[3].key, pop3_box.key}
     assert subjects(got) == Counter({(b.key, "still here"): 1 for b in boxes[:3]})
+
+
+async def test_pop3_message_over_the_limit_is_skipped_and_the_rest_arrive(
+    mail_servers: MailServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the skip, retrieving the big message fails every poll (LimitExceededError,
+    # retried for ever) and the message after it never arrives.
+    user = new_user()
+    box = dataclasses.replace(
+        mailbox(mail_servers, "pop3", user, Provider(mail_servers.oauth, user)),
+        max_message_size=4096,
+    )
+    store = MemoryPollStateStore()
+    async with Poller([box], state_store=store, interval=0.3) as poller:
+        await wait_for_baselines(store, [box])
+        deliver(mail_servers, user, "small one")
+        mail_servers.dovecot.deliver(
+            user, "From: a@example.test\r\nSubject: big\r\n\r\n" + "x" * 10_000 + "\r\n"
+        )
+        deliver(mail_servers, user, "small two")
+        got = await collect(poller, 2)  # a failure here fails the test
+        assert await quiet(poller, 1.0) == []
+    assert subjects(got) == Counter({(box.key, "small one"): 1, (box.key, "small two"): 1})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("over max_message_size=4096" in w for w in warnings) == 1  # once, not per poll
+    saved = await store.load(box.key)
+    assert saved is not None and len(saved.uidls) == 2  # type: ignore[union-attr]
 
 
 async def test_transient_failures_back_off_with_jitter_and_retry(
