@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
-from mailoauth._text import refuse_controls
+from mailoauth._util.text import refuse_controls
 from mailoauth.errors import ConfigurationError
 
 __all__ = [

@@ -26,7 +26,7 @@ from aiosmtplib.typing import Default, SMTPStatus
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
 from mailoauth._core.connection import ProtocolTransport
-from mailoauth._text import refuse_controls
+from mailoauth._util.text import refuse_controls
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,

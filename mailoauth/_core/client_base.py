@@ -24,7 +24,7 @@ import anyio
 
 from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.connection import PLAINTEXT_HINT, Connection
-from mailoauth._text import refuse_controls
+from mailoauth._util.text import refuse_controls
 from mailoauth.errors import ConfigurationError, MailTimeoutError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
 from mailoauth.tokens.access_token import AccessToken, TokenProvider

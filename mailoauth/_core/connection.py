@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import anyio
 
-from mailoauth._core.routing import route_address
+from mailoauth._util.routing import route_address
 from mailoauth.errors import (
     ConnectionLostError,
     MailConnectionError,

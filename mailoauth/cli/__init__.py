@@ -14,7 +14,7 @@ import textwrap
 import traceback
 from collections.abc import Sequence
 
-from mailoauth._text import escape_controls
+from mailoauth._util.text import escape_controls
 from mailoauth.errors import MailOAuthError
 
 __all__ = ["build_parser", "main"]

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from mailoauth._text import escape_controls
+from mailoauth._util.text import escape_controls
 
 __all__ = ["REDACT_KEEP", "Printer", "Timer", "print_diagnosis", "redact", "relative_time"]
 

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mailoauth._core.files import write_atomically
+from mailoauth._util.files import write_atomically
+from mailoauth._util.jsonfile import json_object_member, read_json_file
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.endpoint import AssertionFactory, ClientAuth
 from mailoauth.tokens.grants import RefreshTokenGrant
@@ -128,14 +129,11 @@ class Profile:
 def load_profiles(store: Path) -> dict[str, Profile]:
     """Every profile next to ``store``; empty if there is no profiles file."""
     path = profiles_path(store)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    doc = read_json_file(path, "profiles file")
+    if doc is None:
         return {}
-    except ValueError as exc:
-        raise ConfigurationError(f"{str(path)!r} is not valid JSON; fix or delete it") from exc
-    profiles = doc.get("profiles") if isinstance(doc, dict) else None
-    if not isinstance(profiles, dict):
+    profiles = json_object_member(doc, "profiles")
+    if profiles is None:
         raise ConfigurationError(f"{str(path)!r} is not a mailoauth profiles file")
     return {
         key: Profile.from_json(key, value)

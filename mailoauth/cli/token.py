@@ -13,12 +13,12 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
+from mailoauth._util.jsonfile import json_object_member, read_json_file
 from mailoauth.cli import diagnose
 from mailoauth.cli.claims import decode_jwt
 from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
@@ -74,14 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _stored_keys(store: Path) -> list[str]:
-    try:
-        doc = json.loads(store.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except ValueError as exc:
-        raise ConfigurationError(f"{str(store)!r} is not valid JSON; fix or delete it") from exc
-    creds = doc.get("credentials") if isinstance(doc, dict) else None
-    return sorted(creds) if isinstance(creds, dict) else []
+    creds = json_object_member(read_json_file(store, "token store"), "credentials")
+    return sorted(creds) if creds is not None else []
 
 
 def run_show(args: argparse.Namespace) -> int:

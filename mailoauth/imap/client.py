@@ -24,7 +24,7 @@ import anyio
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
 from mailoauth._core.connection import ProtocolTransport
-from mailoauth._text import refuse_controls
+from mailoauth._util.text import refuse_controls
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,

@@ -19,7 +19,8 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import anyio.to_thread
 
-from mailoauth._core.files import write_atomically
+from mailoauth._util.files import write_atomically
+from mailoauth._util.jsonfile import json_object_member, read_json_file
 from mailoauth.errors import ConfigurationError
 
 __all__ = [
@@ -246,18 +247,11 @@ class FilePollStateStore:
         return self._states
 
     def _read(self) -> dict[str, PollState]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        doc = read_json_file(self.path, "poll state file")
+        if doc is None:
             return {}
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"poll state file {str(self.path)!r} is not valid JSON; fix or delete it"
-            ) from exc
-        entries = doc.get("mailboxes") if isinstance(doc, dict) else None
-        if not isinstance(entries, dict):
+        entries = json_object_member(doc, "mailboxes")
+        if not isinstance(doc, dict) or entries is None:
             raise ConfigurationError(
                 f"{str(self.path)!r} is not a mailoauth poll state file (no 'mailboxes' "
                 "object); give FilePollStateStore a file of its own"

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from mailoauth._text import refuse_controls
+from mailoauth._util.text import refuse_controls
 from mailoauth.errors import (
     ConfigurationError,
     ConnectionLostError,

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from mailoauth._core.routing import Route, override_routes
+from mailoauth._util.routing import Route, override_routes
 from mailoauth.testing._serving import LoopService
 from mailoauth.testing.certs import TestCA
 from mailoauth.testing.imap_server import TestImapServer

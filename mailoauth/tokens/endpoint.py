@@ -31,7 +31,7 @@ from typing import Literal, TypeVar
 import anyio
 import httpx
 
-from mailoauth._core.routing import route_url
+from mailoauth._util.routing import route_url
 from mailoauth.errors import (
     ConfigurationError,
     InsecureTransportError,

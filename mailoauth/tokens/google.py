@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailoauth._util.jsonfile import read_json_file
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import JwtBearerGrant, RefreshTokenGrant
 from mailoauth.tokens.jwt import load_rsa_private_key, make_service_account_assertion
@@ -124,13 +124,15 @@ def _load_info(info_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> Mapp
         return info_or_path
     path = Path(info_or_path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, "the service account file")
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read the service account file {str(path)!r}: {exc.strerror}"
         ) from exc
-    except ValueError:
-        raise ConfigurationError(f"the service account file {str(path)!r} is not JSON") from None
+    if data is None:
+        raise ConfigurationError(
+            f"cannot read the service account file {str(path)!r}: there is no such file"
+        )
     if not isinstance(data, dict):
         raise ConfigurationError(f"the service account file {str(path)!r} is not a JSON object")
     return data

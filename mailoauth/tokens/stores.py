@@ -26,7 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
-from mailoauth._core.files import make_private_dirs, write_atomically
+from mailoauth._util.files import make_private_dirs, write_atomically
+from mailoauth._util.jsonfile import json_object_member, read_json_file
 from mailoauth.errors import ConfigurationError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken
 
@@ -213,18 +214,11 @@ class FileTokenStore:
     # -- blocking helpers (worker thread) --------------------------------------------
 
     def _read(self) -> dict[str, Any]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        doc = read_json_file(self.path, "token store")
+        if doc is None:
             return {}
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"token store {str(self.path)!r} is not valid JSON; fix or delete it"
-            ) from exc
-        creds = doc.get("credentials") if isinstance(doc, dict) else None
-        if not isinstance(creds, dict):
+        creds = json_object_member(doc, "credentials")
+        if creds is None:
             raise ConfigurationError(
                 f"token store {str(self.path)!r} is not a mailoauth token store "
                 "(no 'credentials' object); point FileTokenStore at a file of its own"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from mailoauth._text import TERMINAL_UNSAFE
+from mailoauth._util.text import TERMINAL_UNSAFE
 from mailoauth.testing.faultproxy import Reply, ScriptedServer
 
 pytestmark = pytest.mark.asyncio

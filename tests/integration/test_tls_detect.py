@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from mailoauth._core.connection import TLS_DETECT_WAIT, Connection
-from mailoauth._core.routing import Route, override_routes
+from mailoauth._util.routing import Route, override_routes
 from mailoauth.errors import MailTimeoutError, TLSError
 from mailoauth.imap.client import ImapClient
 from mailoauth.pop3.client import Pop3Client

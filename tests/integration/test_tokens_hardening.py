@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 import httpx
 import pytest
 
-from mailoauth._core.routing import override_routes
+from mailoauth._util.routing import override_routes
 from mailoauth.errors import (
     ConfigurationError,
     InsecureTransportError,

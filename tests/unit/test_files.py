@@ -1,4 +1,4 @@
-"""Private files and the directories above them, whatever the umask (_core/files.py)."""
+"""Private files and the directories above them, whatever the umask (_util/files.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailoauth._core.files import PRIVATE_DIR_MODE, make_private_dirs, write_atomically
+from mailoauth._util.files import PRIVATE_DIR_MODE, make_private_dirs, write_atomically
 from mailoauth.poll import FilePollStateStore, ImapState
 from mailoauth.tokens import FileTokenStore
 

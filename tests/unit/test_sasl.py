@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailoauth._text import CONTROL_CHARACTERS
+from mailoauth._util.text import CONTROL_CHARACTERS
 from mailoauth.errors import ConfigurationError
 from mailoauth.sasl import (
     POP3_MAX_AUTH_LINE,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailoauth._text import CONTROL_CHARACTERS
+from mailoauth._util.text import CONTROL_CHARACTERS
 from mailoauth.sasl import OAuthBearer, XOAuth2
 from mailoauth.testing._imap_syntax import (
     ImapSyntaxError,

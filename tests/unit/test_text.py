@@ -1,5 +1,5 @@
 """The one control-character guard (refused in what we send) and the terminal escape
-(applied to what we show), mailoauth/_text.py."""
+(applied to what we show), mailoauth/_util/text.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mailoauth
-from mailoauth import _text
-from mailoauth._text import (
+from mailoauth._util import text as _text
+from mailoauth._util.text import (
     CONTROL_CHARACTERS,
     TERMINAL_UNSAFE,
     escape_controls,
@@ -133,4 +133,4 @@ def test_there_is_one_control_character_guard() -> None:
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if _AD_HOC_GUARD.search(line)
     ]
-    assert copies == [], f"use mailoauth._text.refuse_controls instead of: {copies}"
+    assert copies == [], f"use mailoauth._util.text.refuse_controls instead of: {copies}"
