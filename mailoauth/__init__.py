@@ -9,6 +9,13 @@
 Asyncio only (aiosmtplib and aioimaplib are asyncio libraries).
 """
 
+from typing import TYPE_CHECKING
+
+from mailoauth._util.lazy import lazy_exports
+
+# The errors are stdlib-only and imported here at once; every other public name is
+# imported on first use (PEP 562), so that the sans-IO modules (mailoauth.pop3.protocol,
+# mailoauth.sasl) import without the network libraries. See docs/architecture.md.
 from mailoauth.errors import (
     AuthenticationError,
     CommandError,
@@ -27,33 +34,67 @@ from mailoauth.errors import (
     TokenExpiredError,
     TransientTokenError,
 )
-from mailoauth.imap.client import IdleEvent, ImapClient
-from mailoauth.poll import (
-    FilePollStateStore,
-    Mailbox,
-    MailboxFailed,
-    MemoryPollStateStore,
-    NewMessage,
-    Poller,
-    PollEvent,
-    PollStateStore,
-)
-from mailoauth.pop3.client import MailboxStat, Pop3Client
-from mailoauth.security import SecurityOptions
-from mailoauth.smtp import SendResult, SmtpClient
-from mailoauth.tokens import (
-    AccessToken,
-    FileTokenStore,
-    GoogleTokenProvider,
-    MemoryTokenStore,
-    MicrosoftTokenProvider,
-    OAuth2TokenProvider,
-    RedisTokenStore,
-    StaticTokenProvider,
-    TokenManager,
-    TokenProvider,
-    TokenStore,
-)
+
+#: Where each public name is imported from, on first access.
+_LAZY = {
+    "mailoauth.imap.client": ["IdleEvent", "ImapClient"],
+    "mailoauth.poll": [
+        "FilePollStateStore",
+        "Mailbox",
+        "MailboxFailed",
+        "MemoryPollStateStore",
+        "NewMessage",
+        "PollEvent",
+        "PollStateStore",
+        "Poller",
+    ],
+    "mailoauth.pop3.client": ["MailboxStat", "Pop3Client"],
+    "mailoauth.security": ["SecurityOptions"],
+    "mailoauth.smtp": ["SendResult", "SmtpClient"],
+    "mailoauth.tokens": [
+        "AccessToken",
+        "FileTokenStore",
+        "GoogleTokenProvider",
+        "MemoryTokenStore",
+        "MicrosoftTokenProvider",
+        "OAuth2TokenProvider",
+        "RedisTokenStore",
+        "StaticTokenProvider",
+        "TokenManager",
+        "TokenProvider",
+        "TokenStore",
+    ],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+
+if TYPE_CHECKING:
+    from mailoauth.imap.client import IdleEvent, ImapClient
+    from mailoauth.poll import (
+        FilePollStateStore,
+        Mailbox,
+        MailboxFailed,
+        MemoryPollStateStore,
+        NewMessage,
+        Poller,
+        PollEvent,
+        PollStateStore,
+    )
+    from mailoauth.pop3.client import MailboxStat, Pop3Client
+    from mailoauth.security import SecurityOptions
+    from mailoauth.smtp import SendResult, SmtpClient
+    from mailoauth.tokens import (
+        AccessToken,
+        FileTokenStore,
+        GoogleTokenProvider,
+        MemoryTokenStore,
+        MicrosoftTokenProvider,
+        OAuth2TokenProvider,
+        RedisTokenStore,
+        StaticTokenProvider,
+        TokenManager,
+        TokenProvider,
+        TokenStore,
+    )
 
 __version__ = "0.1.0"
 

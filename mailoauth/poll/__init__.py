@@ -6,19 +6,43 @@ iterator; how far each mailbox has been handled is kept in a state store, so a
 restart reports no handled message twice and misses none. See :class:`Poller`.
 """
 
-from mailoauth.poll.backoff import backoff_delay, is_permanent
-from mailoauth.poll.poller import Poller
-from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
-from mailoauth.poll.state import (
-    FilePollStateStore,
-    ImapState,
-    MemoryPollStateStore,
-    PollState,
-    PollStateStore,
-    Pop3State,
-    StartPolicy,
-    imap_resume_point,
-)
+from typing import TYPE_CHECKING
+
+from mailoauth._util.lazy import lazy_exports
+
+#: Where each public name is imported from, on first access (PEP 562): importing a
+#: submodule does not import its siblings.
+_LAZY = {
+    "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
+    "mailoauth.poll.poller": ["Poller"],
+    "mailoauth.poll.spec": ["Mailbox", "MailboxFailed", "NewMessage", "PollEvent"],
+    "mailoauth.poll.state": [
+        "FilePollStateStore",
+        "ImapState",
+        "MemoryPollStateStore",
+        "PollState",
+        "PollStateStore",
+        "Pop3State",
+        "StartPolicy",
+        "imap_resume_point",
+    ],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+
+if TYPE_CHECKING:
+    from mailoauth.poll.backoff import backoff_delay, is_permanent
+    from mailoauth.poll.poller import Poller
+    from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
+    from mailoauth.poll.state import (
+        FilePollStateStore,
+        ImapState,
+        MemoryPollStateStore,
+        PollState,
+        PollStateStore,
+        Pop3State,
+        StartPolicy,
+        imap_resume_point,
+    )
 
 __all__ = [
     "FilePollStateStore",

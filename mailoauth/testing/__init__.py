@@ -13,16 +13,37 @@ that uses mailoauth without a real Gmail or Office 365 account.
   packages) with bearer-token authentication, for integration tests.
 """
 
-from mailoauth.testing.certs import TestCA
-from mailoauth.testing.dovecot import DovecotServer
-from mailoauth.testing.imap_server import TestImapServer
-from mailoauth.testing.mailstore import MailStore
-from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
-from mailoauth.testing.personality import Personality
-from mailoauth.testing.pop3_server import TestPop3Server
-from mailoauth.testing.postfix import PostfixServer
-from mailoauth.testing.sandbox import MailSandbox, SandboxUser
-from mailoauth.testing.smtp_server import TestSmtpServer
+from typing import TYPE_CHECKING
+
+from mailoauth._util.lazy import lazy_exports
+
+#: Where each public name is imported from, on first access (PEP 562): importing a
+#: submodule does not import its siblings.
+_LAZY = {
+    "mailoauth.testing.certs": ["TestCA"],
+    "mailoauth.testing.dovecot": ["DovecotServer"],
+    "mailoauth.testing.imap_server": ["TestImapServer"],
+    "mailoauth.testing.mailstore": ["MailStore"],
+    "mailoauth.testing.oauth_server": ["FakeOAuthServer", "ScriptedResponse"],
+    "mailoauth.testing.personality": ["Personality"],
+    "mailoauth.testing.pop3_server": ["TestPop3Server"],
+    "mailoauth.testing.postfix": ["PostfixServer"],
+    "mailoauth.testing.sandbox": ["MailSandbox", "SandboxUser"],
+    "mailoauth.testing.smtp_server": ["TestSmtpServer"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+
+if TYPE_CHECKING:
+    from mailoauth.testing.certs import TestCA
+    from mailoauth.testing.dovecot import DovecotServer
+    from mailoauth.testing.imap_server import TestImapServer
+    from mailoauth.testing.mailstore import MailStore
+    from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
+    from mailoauth.testing.personality import Personality
+    from mailoauth.testing.pop3_server import TestPop3Server
+    from mailoauth.testing.postfix import PostfixServer
+    from mailoauth.testing.sandbox import MailSandbox, SandboxUser
+    from mailoauth.testing.smtp_server import TestSmtpServer
 
 __all__ = [
     "DovecotServer",
