@@ -6,7 +6,8 @@ the TLS handshake after ``STLS``, closed, and broken (after a protocol error).
 
 States change only through :data:`TRANSITIONS`, keyed by (state, trigger); a pair that
 is not in the table is a bug in the caller or in the protocol object, never a silent
-no-op. Which commands may be sent in which state is :data:`ALLOWED_COMMANDS`.
+no-op. Which commands may be sent in which state is :data:`ALLOWED_COMMANDS`; which
+replies move the state is :data:`REPLY_TRIGGERS`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Final
 __all__ = [
     "ALLOWED_COMMANDS",
     "BARRIER_COMMANDS",
+    "REPLY_TRIGGERS",
     "TRANSITIONS",
     "State",
     "Trigger",
@@ -90,3 +92,14 @@ ALLOWED_COMMANDS: Final[Mapping[State, frozenset[str]]] = {
 #: Commands whose reply may change the state (or, for STLS, the transport): nothing may
 #: be pipelined behind them until that reply has been read (RFC 2449 §6.6, RFC 2595 §4).
 BARRIER_COMMANDS: Final = frozenset({"PASS", "APOP", "AUTH", "STLS", "QUIT"})
+
+#: The trigger a status reply fires, by (command, ``+OK``?); a reply not listed leaves
+#: the state alone. QUIT ends the session either way: the server closes after it.
+REPLY_TRIGGERS: Final[Mapping[tuple[str, bool], Trigger]] = {
+    ("QUIT", True): _T.QUIT_REPLIED,
+    ("QUIT", False): _T.QUIT_REPLIED,
+    ("PASS", True): _T.LOGIN_OK,
+    ("APOP", True): _T.LOGIN_OK,
+    ("AUTH", True): _T.LOGIN_OK,
+    ("STLS", True): _T.STLS_OK,
+}
