@@ -39,6 +39,7 @@ from mailoauth.errors import (
 from mailoauth.security import create_ssl_context
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "RECEIVE_CHUNK",
     "TLS_DETECT_WAIT",
     "Connection",
@@ -70,6 +71,10 @@ PLAINTEXT_HEAD: Final = 80
 _PLAINTEXT_LINE: Final = re.compile(rb"[\x21-\x7e][\x20-\x7e]*(?:\r?\n|$)")
 #: What to do when a server answers TLS in plaintext, unless the caller says otherwise.
 PLAINTEXT_HINT: Final = "use SecurityOptions.SSL_EXPLICIT (STARTTLS) or AUTO"
+#: Seconds a closed connection may take to hand its last bytes (a TLS close_notify
+#: included) to a peer that has stopped reading; then the socket is aborted, so that no
+#: close ever hangs on an unresponsive peer or keeps its socket open.
+CLOSE_TIMEOUT: Final = 2.0
 
 
 @contextmanager
@@ -133,6 +138,8 @@ class Connection(asyncio.Protocol):
         self._outgoing = ssl.MemoryBIO()
         self._handshaking = False
         self._closed = False
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._abort_later: asyncio.TimerHandle | None = None
         self._eof = False
         self._error: MailOAuthError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -145,6 +152,10 @@ class Connection(asyncio.Protocol):
         # attach() mode
         self._sink: asyncio.Protocol | None = None
         self._sink_lost = False
+        #: The attached protocol asked to stop reading (its reader is behind).
+        self._sink_paused = False
+        #: Whether the socket's reading is paused, for either of the two reasons.
+        self._raw_paused = False
 
     # -- opening and TLS --------------------------------------------------------------
 
@@ -353,6 +364,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._abort_later is not None:
+            self._abort_later.cancel()
         if exc is not None and self._error is None:
             self._error = ConnectionLostError(f"connection to {self.host}:{self.port} lost: {exc}")
         self._eof = True
@@ -413,9 +428,38 @@ class Connection(asyncio.Protocol):
         self._chunks.append(data)
         self._buffered += len(data)
         self._wake()
-        if self._buffered > PAUSE_READING_AT and not self._reading_paused and self._raw:
+        if self._buffered > PAUSE_READING_AT and not self._reading_paused:
             self._reading_paused = True
-            self._raw.pause_reading()
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause the socket's reading while the receive() queue is over its watermark or
+        the attached protocol asked (:meth:`ProtocolTransport.pause_reading`); resume
+        when neither holds. Bytes then wait in the kernel, and TCP slows the sender."""
+        paused = self._reading_paused or self._sink_paused
+        raw = self._raw
+        if paused == self._raw_paused or raw is None or raw.is_closing():
+            return
+        self._raw_paused = paused
+        if paused:
+            raw.pause_reading()
+        else:
+            raw.resume_reading()
+
+    def pause_reading(self) -> None:
+        """For the attached protocol: stop reading the socket until :meth:`resume_reading`."""
+        self._sink_paused = True
+        self._update_reading()
+
+    def resume_reading(self) -> None:
+        """For the attached protocol: read the socket again."""
+        self._sink_paused = False
+        self._update_reading()
+
+    @property
+    def reading(self) -> bool:
+        """Whether bytes are being read from the socket (not paused, not closed)."""
+        return not self._closed and not self._raw_paused
 
     def _flush_outgoing(self) -> None:
         if self._outgoing.pending and self._raw is not None and not self._closed:
@@ -520,9 +564,9 @@ class Connection(asyncio.Protocol):
                 parts.append(chunks.popleft())
             data = b"".join(parts)
         self._buffered -= len(data)
-        if self._reading_paused and self._buffered < RESUME_READING_AT and self._raw:
+        if self._reading_paused and self._buffered < RESUME_READING_AT:
             self._reading_paused = False
-            self._raw.resume_reading()
+            self._update_reading()
         return data
 
     # -- attach() mode ----------------------------------------------------------------
@@ -536,6 +580,9 @@ class Connection(asyncio.Protocol):
         while self._chunks:
             self._buffered -= len(self._chunks[0])
             protocol.data_received(self._chunks.popleft())
+        if self._reading_paused:  # the queue is the protocol's now: it decides
+            self._reading_paused = False
+            self._update_reading()
         if self._closed:
             self._report_lost(None)
         return transport
@@ -543,16 +590,46 @@ class Connection(asyncio.Protocol):
     # -- closing ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close at once, without waiting for the peer (no TLS close_notify)."""
+        """Abort: close without a TLS close_notify (after an error or a timeout, or when
+        the peer must not take the session as cleanly ended). Bytes already written
+        still go out, for at most :data:`CLOSE_TIMEOUT` seconds."""
         if self._raw is not None and not self._raw.is_closing():
             self._raw.close()
+            if not self._lost.done():
+                self._abort_later = self._loop.call_later(CLOSE_TIMEOUT, self._raw.abort)
         if not self._closed:
             self._closed = True
             self._wake()
 
-    async def aclose(self) -> None:
-        """:meth:`close`, for ``await`` sites."""
+    def shutdown(self) -> None:
+        """Close cleanly without waiting: over TLS, send close_notify first (RFC 8446
+        §6.1), so that the peer can tell the end of the session from a truncation; then
+        as :meth:`close`. The peer's close_notify is not awaited (the protocol's own
+        goodbye, QUIT or LOGOUT, has been answered already). A connection that failed
+        (a TLS or protocol error) is closed without it."""
+        if self._ssl is not None and self.tls_active and not self._closed and self._error is None:
+            raw = self._raw
+            try:
+                self._ssl.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # ours is written; the peer's has not come: not waited for
+            except (ssl.SSLError, ValueError) as exc:
+                log.debug("no TLS close_notify to %s:%s: %r", self.host, self.port, exc)
+            if raw is not None and not raw.is_closing() and self._outgoing.pending:
+                raw.write(self._outgoing.read())
         self.close()
+
+    async def aclose(self) -> None:
+        """:meth:`shutdown`, then wait until the socket is closed: at most
+        :data:`CLOSE_TIMEOUT` seconds, after which it is aborted. Never raises for a
+        dead connection."""
+        self.shutdown()
+        if self._raw is None or self._lost.done():
+            return
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await asyncio.shield(self._lost)
+        if not self._lost.done():
+            self._raw.abort()
 
     def extra(self, name: str, default: Any = None) -> Any:
         """``get_extra_info`` of an asyncio transport, TLS included."""
@@ -606,22 +683,26 @@ class ProtocolTransport(asyncio.Transport):
         return self.connection.closed
 
     def close(self) -> None:
-        self.connection.close()
+        """Close cleanly: TLS close_notify, then the socket (see ``Connection.shutdown``)."""
+        self.connection.shutdown()
 
     def abort(self) -> None:
+        """Close without close_notify (see ``Connection.close``)."""
         self.connection.close()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.connection.extra(name, default)
 
     def is_reading(self) -> bool:
-        return not self.connection.closed
+        return self.connection.reading
 
-    def pause_reading(self) -> None:  # the protocols never ask
-        pass
+    def pause_reading(self) -> None:
+        """Stop reading the socket: the protocol's reader is behind (read
+        back-pressure; ``ImapProtocol`` asks while IDLE lines wait unread)."""
+        self.connection.pause_reading()
 
     def resume_reading(self) -> None:
-        pass
+        self.connection.resume_reading()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass

@@ -63,6 +63,11 @@ MAX_LITERAL: Final = 256 * 1024 * 1024
 #: and the caller has not read yet). Two 150 MB messages in one FETCH go over it:
 #: fetch fewer messages per call, or raise it with ``ImapClient(max_response_size=)``.
 MAX_RESPONSE: Final = 256 * 1024 * 1024
+#: During IDLE, stop reading the socket while this many bytes of pushed lines wait for
+#: the caller (an ``async for`` over ``ImapClient.idle()`` whose body is slow), and read
+#: again once the caller has taken them down to a quarter of it: the server's pushes
+#: wait in the TCP buffers instead of in memory. Ending the IDLE reads again at once.
+IDLE_PAUSE_READING_AT: Final = 1024 * 1024
 _CRLF: Final = b"\r\n"
 _CONNECTED: Final = _aio.CONNECTED
 _IdleCommand: Final = _aio.IdleCommand
@@ -129,6 +134,11 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         #: Bytes of IDLE lines counted but not yet queued, and of each queued batch.
         self._idle_bytes = 0
         self._idle_batches: collections.deque[int] = collections.deque()
+        #: Bytes of the queued batches (what the caller has not taken yet).
+        self._idle_unread = 0
+        #: The IDLE for which DONE was sent (its completion must be read).
+        self._idle_ended: _aio.Command | None = None
+        self._reading_paused = False
         #: After a STARTTLS go-ahead: plaintext bytes received (and never parsed).
         self._tls_pending = False
         self._injected = 0
@@ -213,6 +223,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             self._queue_idle_lines(command)
         super()._response_done(line)
         self._response_size = 0
+        self._flow()  # an IDLE that ended reads again
         if command is not None and command.name == "STARTTLS" and command.response.result == "OK":
             # Whatever follows the go-ahead in plaintext can only be injected (RFC 3501
             # §6.2.1, RFC 2595 §3.1): stop parsing until reset_after_starttls().
@@ -314,8 +325,36 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     def _queue_idle_lines(self, idle: _aio.IdleCommand) -> None:
         if idle.buffer:
             self._idle_batches.append(self._idle_bytes)  # what next_idle_lines() takes
+            self._idle_unread += self._idle_bytes
             self._idle_bytes = 0
             idle.flush()
+            self._flow()
+
+    def _flow(self) -> None:
+        """Read back-pressure: pause the transport's reading while an IDLE (not being
+        ended) has more than :data:`IDLE_PAUSE_READING_AT` bytes unread; resume below
+        a quarter of it, when the IDLE ends, and when the connection is given up."""
+        idling = (
+            type(self.pending_sync_command) is _IdleCommand
+            and self.pending_sync_command is not self._idle_ended
+        )
+        if not self._reading_paused:
+            pause = idling and self._idle_unread > IDLE_PAUSE_READING_AT
+        else:
+            pause = idling and self._idle_unread > IDLE_PAUSE_READING_AT // 4
+        if pause == self._reading_paused or self.transport is None:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def idle_done(self) -> None:
+        """DONE; reads again if the socket was paused: the IDLE's completion must come."""
+        self._idle_ended = self.pending_sync_command
+        self._flow()
+        super().idle_done()
 
     def _line(self, line: bytes, current: _aio.Command | None) -> _aio.Command | None:
         """Dispatch one line; return the command that the next line continues, if any."""
@@ -361,13 +400,18 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             self.idle_queue.get_nowait()
         self._idle_batches.clear()
         self._idle_bytes = 0
+        self._idle_unread = 0
+        self._flow()
 
     async def next_idle_lines(self) -> list[bytes]:
         """The next batch of lines the server pushed during IDLE (empty when the
         connection is gone: check :attr:`lost` and :attr:`fatal_error`)."""
         lines: list[bytes] = await self.idle_queue.get()
         if lines and self._idle_batches:
-            self._response_size = max(0, self._response_size - self._idle_batches.popleft())
+            taken = self._idle_batches.popleft()
+            self._response_size = max(0, self._response_size - taken)
+            self._idle_unread -= taken
+            self._flow()
         return lines
 
     # -- giving up ----------------------------------------------------------------------
@@ -394,7 +438,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._fail_pending(error)
         self.idle_queue.put_nowait([])  # wake an IDLE reader
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()  # no TLS close_notify: the session did not end well
 
     def _fail_pending(self, error: Exception) -> None:
         commands = list(self.pending_async_commands.values())

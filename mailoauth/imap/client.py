@@ -227,7 +227,7 @@ class ImapClient(BaseClient):
                 await self._starttls(protocol, transport)
             await self._authenticate(protocol, transport)
         except BaseException:
-            transport.close()
+            transport.abort()
             self._protocol = self._transport = None
             raise
 
@@ -315,13 +315,18 @@ class ImapClient(BaseClient):
         if protocol is None or transport is None:
             return
         self._selected = None if not self._reconnecting else self._selected
+        logged_out = False
         if not protocol.lost and protocol.fatal_error is None:
             try:
                 with anyio.fail_after(min(self.timeout, 5.0)):
                     await protocol.logout()
+                logged_out = True
             except Exception as exc:  # a dying connection must not stop the close
                 log.debug("LOGOUT to %s:%s failed: %r", self.host, self.port, exc)
-        transport.close()
+        if logged_out:
+            transport.close()  # with a TLS close_notify
+        else:
+            transport.abort()
 
     def _seconds_until_reauth(self) -> float | None:
         """Seconds until the session should re-authenticate: when its token is within
@@ -360,7 +365,7 @@ class ImapClient(BaseClient):
                 return await awaitable
         except TimeoutError as exc:
             if self._transport is not None:
-                self._transport.close()
+                self._transport.abort()
             raise MailTimeoutError(
                 f"timed out {what} {self.host}:{self.port}; the connection was closed{hint}"
             ) from exc

@@ -372,8 +372,10 @@ class Pop3Client(BaseClient):
             try:
                 with anyio.fail_after(self.timeout):
                     await self._reply(self._proto.quit)
-            finally:
+            except BaseException:
                 await self._abort()
+                raise
+            await self._abort(clean=True)
             return
         await self._abort()
 
@@ -381,10 +383,16 @@ class Pop3Client(BaseClient):
         """Close without QUIT: the server discards this session's deletions."""
         await self._abort()
 
-    async def _abort(self) -> None:
+    async def _abort(self, *, clean: bool = False) -> None:
+        """Drop the connection: after QUIT's answer (``clean``) with a TLS close_notify,
+        else without one."""
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is None:
+            return
+        if clean:
             await conn.aclose()
+        else:
+            conn.close()
 
     # -- commands ---------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ import ssl
 import pytest
 import trustme
 
+from mailoauth._core import connection as connection_module
 from mailoauth._core.connection import (
+    CLOSE_TIMEOUT,
     PAUSE_READING_AT,
     PLAINTEXT_HEAD,
     RECEIVE_CHUNK,
@@ -26,11 +28,15 @@ pytestmark = pytest.mark.asyncio
 class FakeSocket(asyncio.Transport):
     """What asyncio's socket transport would do, recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, peer_reads: bool = True) -> None:
         super().__init__()
         self.sent = bytearray()
         self.closed = False
+        self.aborted = False
         self.reading = True
+        #: False: the peer stopped reading, so close() never gets the bytes out and
+        #: never reports the connection lost (only abort() does).
+        self.peer_reads = peer_reads
         self.protocol: Connection | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -42,8 +48,16 @@ class FakeSocket(asyncio.Transport):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            assert self.protocol is not None
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+            if self.peer_reads:
+                self._lost()
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+        self._lost()
+
+    def _lost(self) -> None:
+        assert self.protocol is not None
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -65,10 +79,10 @@ class Recorder(asyncio.Protocol):
 
 
 def connect(
-    timeout: float = 1.0, ctx: ssl.SSLContext | None = None
+    timeout: float = 1.0, ctx: ssl.SSLContext | None = None, *, peer_reads: bool = True
 ) -> tuple[Connection, FakeSocket]:
     conn = Connection(host="localhost", port=1, ssl_context=ctx, timeout=timeout)
-    sock = FakeSocket()
+    sock = FakeSocket(peer_reads=peer_reads)
     sock.protocol = conn
     conn.connection_made(sock)
     return conn, sock
@@ -103,6 +117,18 @@ class TlsPeer:
     def send(self, data: bytes) -> None:
         self.ssl.write(data)
         self.conn.data_received(self.outgoing.read())
+
+    def got_close_notify(self) -> bool:
+        """Whether what the client sent ends with a TLS close_notify (an SSLObject
+        reads that as the end of the stream; without one it waits for more)."""
+        self.incoming.write(bytes(self.sock.sent))
+        self.sock.sent.clear()
+        try:
+            return self.ssl.read(65536) == b""
+        except ssl.SSLZeroReturnError:
+            return True
+        except ssl.SSLWantReadError:
+            return False
 
     def received(self) -> bytes:
         self.incoming.write(bytes(self.sock.sent))
@@ -292,3 +318,264 @@ async def test_nested_reply_deadlines_leave_the_outer_one_in_charge() -> None:
             assert conn.on_progress is outer
         assert conn.on_progress is outer
     assert conn.on_progress is None
+
+
+# -- closing: TLS close_notify on a clean close, none on an abort, never a hang -----------
+
+
+async def tls_connection(**options: bool) -> tuple[Connection, FakeSocket, TlsPeer]:
+    ca = trustme.CA()
+    conn, sock = connect(ctx=client_context(ca), **options)
+    peer = TlsPeer(ca, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    await conn.send(b"QUIT\r\n")
+    assert peer.received() == b"QUIT\r\n"
+    return conn, sock, peer
+
+
+async def test_aclose_sends_tls_close_notify_then_closes_the_socket() -> None:
+    conn, sock, peer = await tls_connection()
+    await conn.aclose()
+    assert peer.got_close_notify()
+    assert sock.closed and not sock.aborted and conn.closed
+    assert conn._lost.done()  # aclose() returned once the socket was gone
+
+
+async def test_abort_sends_no_close_notify() -> None:
+    conn, sock, peer = await tls_connection()
+    conn.close()
+    await asyncio.sleep(0)
+    assert not peer.got_close_notify() and sock.closed and conn.closed
+
+
+async def test_attached_transport_close_is_clean_and_abort_is_not() -> None:
+    conn, _sock, peer = await tls_connection()
+    conn.attach(Recorder()).close()
+    assert peer.got_close_notify()
+    conn, _sock, peer = await tls_connection()
+    conn.attach(Recorder()).abort()
+    assert not peer.got_close_notify()
+
+
+async def test_no_close_notify_after_a_tls_error() -> None:
+    conn, _sock, peer = await tls_connection()
+    conn.attach(Recorder())
+    conn.data_received(b"\x17\x03\x03\x00\x10" + b"\x00" * 16)  # a record that won't decrypt
+    await conn.aclose()
+    assert not peer.got_close_notify()
+
+
+async def test_aclose_of_a_plain_connection_just_closes() -> None:
+    conn, sock = connect()
+    await conn.aclose()
+    assert sock.closed and sock.sent == b"" and conn.closed
+
+
+async def test_close_gives_up_on_a_peer_that_takes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CLOSE_TIMEOUT > 0
+    monkeypatch.setattr(connection_module, "CLOSE_TIMEOUT", 0.05)
+    conn, sock, peer = await tls_connection(peer_reads=False)
+    await asyncio.wait_for(conn.aclose(), 5)  # bounded by CLOSE_TIMEOUT, then aborted
+    assert sock.aborted and conn._lost.done()
+    assert peer.got_close_notify()  # it was written before the wait
+    conn, sock = connect(peer_reads=False)
+    conn.close()  # an abort does not wait, but does not leave the socket open either
+    for _ in range(100):
+        if sock.aborted:
+            break
+        await asyncio.sleep(0.01)
+    assert sock.aborted
+
+
+class LoopbackTlsPeer(asyncio.Protocol):
+    """A TLS server on a real loopback socket (OpenSSL through an SSLObject), recording
+    whether the client ended the session with close_notify before its FIN."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.ssl = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.transport: asyncio.Transport | None = None
+        self.close_notify = False
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.incoming.write(data)
+        try:
+            self.ssl.do_handshake()
+            while self.ssl.read(65536):
+                pass
+            self.close_notify = True  # read() returned b"": the end of the TLS stream
+        except ssl.SSLZeroReturnError:
+            self.close_notify = True
+        except ssl.SSLWantReadError:
+            pass
+        if self.outgoing.pending:
+            self.transport.write(self.outgoing.read())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+@pytest.mark.parametrize("clean", [True, False])
+async def test_close_notify_reaches_a_real_tls_server_only_on_a_clean_close(clean: bool) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    peers: list[LoopbackTlsPeer] = []
+
+    def factory() -> LoopbackTlsPeer:
+        peers.append(LoopbackTlsPeer(server_ctx))
+        return peers[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        conn = await Connection.open(
+            "127.0.0.1", port, implicit_tls=True, ssl_context=client_context(ca), timeout=5
+        )
+        assert conn.tls_active
+        if clean:
+            await conn.aclose()
+        else:
+            conn.close()
+        await asyncio.wait_for(peers[0].ended, 5)
+        assert peers[0].close_notify is clean
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# -- read back-pressure for attached protocols ------------------------------------------
+
+
+class SlowConsumer(asyncio.Protocol):
+    """A protocol whose reader does not read: it holds what arrives and, like asyncio's
+    StreamReader, asks its transport to pause above ``limit`` and to resume below."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = bytearray()
+        self.most_held = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.held += data
+        self.most_held = max(self.most_held, len(self.held))
+        if len(self.held) > self.limit and self.transport.is_reading():
+            self.transport.pause_reading()
+
+    def take(self) -> bytes:
+        assert self.transport is not None
+        data, self.held = bytes(self.held), bytearray()
+        self.transport.resume_reading()
+        return data
+
+
+async def test_attached_protocol_pauses_and_resumes_the_socket() -> None:
+    conn, sock = connect()
+    consumer = SlowConsumer(limit=10_000)
+    transport = conn.attach(consumer)
+    while sock.reading:
+        conn.data_received(b"x" * 4096)
+    assert not transport.is_reading() and len(consumer.held) <= 10_000 + 4096
+    consumer.take()
+    assert sock.reading and transport.is_reading()
+
+
+async def test_attach_takes_over_a_receive_queue_that_had_paused_the_socket() -> None:
+    conn, sock = connect()
+    while sock.reading:
+        conn.data_received(b"x" * RECEIVE_CHUNK)
+    consumer = SlowConsumer(limit=1 << 30)
+    conn.attach(consumer)
+    assert sock.reading and len(consumer.held) > PAUSE_READING_AT
+
+
+class Flood(LoopbackTlsPeer):
+    """A scripted server that sends ``total`` bytes at once, in plaintext or (with a
+    context) once its TLS handshake is done, on a real loopback socket."""
+
+    def __init__(self, ctx: ssl.SSLContext | None, total: int) -> None:
+        super().__init__(ctx or ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+        self.tls, self.total = ctx is not None, total
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self.tls:
+            self.flood()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.tls and self.total and self.ssl.version() is not None:
+            self.flood()
+
+    def flood(self) -> None:
+        assert self.transport is not None
+        for _ in range(self.total // RECEIVE_CHUNK):
+            chunk = b"y" * RECEIVE_CHUNK
+            if self.tls:
+                self.ssl.write(chunk)
+                chunk = self.outgoing.read()
+            self.transport.write(chunk)
+        self.total = 0
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_peer_sending_more_than_the_bound_waits_for_a_slow_consumer(tls: bool) -> None:
+    """A scripted server sends 8 MB at once; the attached protocol holds at most its
+    limit plus one socket read, and the rest waits in the server's buffers until the
+    consumer reads."""
+    total, limit = 8 * 1024 * 1024, 64 * 1024
+    ca = trustme.CA()
+    server_ctx = None
+    if tls:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    floods: list[Flood] = []
+
+    def factory() -> Flood:
+        floods.append(Flood(server_ctx, total))
+        return floods[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    conn = None
+    try:
+        port = server.sockets[0].getsockname()[1]
+        conn = await Connection.open(
+            "127.0.0.1", port, implicit_tls=tls, ssl_context=client_context(ca), timeout=5
+        )
+        consumer = SlowConsumer(limit)
+        conn.attach(consumer)
+        for _ in range(50):  # the consumer asks to pause at once; give the peer time
+            await asyncio.sleep(0.01)
+        assert not conn.reading
+        server_side = floods[0].transport
+        assert server_side is not None
+        assert server_side.get_write_buffer_size() > 0  # the rest waits at the server
+        # At most the limit, one socket read (asyncio reads 256 KiB at a time) and, with
+        # TLS, what OpenSSL had buffered of that read.
+        assert consumer.most_held <= limit + 2 * 256 * 1024
+        received = 0
+        for _ in range(100_000):
+            received += len(consumer.take())
+            if received == total:
+                break
+            await asyncio.sleep(0)
+        assert received == total
+        assert consumer.most_held <= limit + 2 * 256 * 1024
+    finally:
+        if conn is not None:
+            await conn.aclose()
+        server.close()
+        await server.wait_closed()

@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 
 from mailoauth.errors import ConnectionLostError, LimitExceededError, ProtocolError
 from mailoauth.imap import parsing
-from mailoauth.imap._aioimaplib import MAX_LITERAL, MAX_RESPONSE, ImapProtocol, _FetchCommand
+from mailoauth.imap._aioimaplib import (
+    IDLE_PAUSE_READING_AT,
+    MAX_LITERAL,
+    MAX_RESPONSE,
+    ImapProtocol,
+    _FetchCommand,
+)
 
 #: More lines than Python's default recursion limit (1000) many times over.
 MANY = 100_000
@@ -32,6 +38,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
@@ -39,8 +46,17 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def is_closing(self) -> bool:
         return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
 
 def selected_protocol(protocol: Any = None, **kwargs: Any) -> tuple[Any, FakeTransport]:
@@ -379,3 +395,46 @@ async def test_selecting_forgets_what_was_pushed_about_the_previous_mailbox() ->
     protocol.forget_unsolicited()
     assert protocol.idle_queue.empty() and protocol.unsolicited == []
     assert not protocol._idle_batches
+
+
+# -- read back-pressure during IDLE ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_idle_lines_the_caller_does_not_read_pause_the_socket() -> None:
+    """A server pushing more than IDLE_PAUSE_READING_AT to a caller that does not read:
+    reading pauses (the rest waits in TCP buffers), resumes as the caller catches up,
+    and at once when the IDLE is ended (its completion must be read)."""
+    protocol, transport = selected_protocol()
+    idle = asyncio.ensure_future(protocol.idle())
+    tag = await sent_tag(transport)
+    protocol.data_received(b"+ idling\r\n")
+    read = b"* 5 FETCH (FLAGS (\\Seen))\r\n" * 1000  # one socket read
+    while transport.reading:
+        protocol.data_received(read)
+    assert IDLE_PAUSE_READING_AT < protocol._idle_unread <= IDLE_PAUSE_READING_AT + len(read)
+    while not transport.reading:
+        assert await protocol.next_idle_lines()
+    assert protocol._idle_unread <= IDLE_PAUSE_READING_AT // 4
+    while transport.reading:
+        protocol.data_received(read)
+    protocol.idle_done()
+    assert transport.reading
+    protocol.data_received(read + tag + b" OK Idle completed.\r\n")
+    assert (await idle).result == "OK"
+    assert transport.reading  # the next IDLE starts with the socket read
+
+
+@pytest.mark.asyncio
+async def test_selecting_another_mailbox_resumes_a_paused_idle_reader() -> None:
+    protocol, transport = selected_protocol()
+    idle = asyncio.ensure_future(protocol.idle())
+    tag = await sent_tag(transport)
+    protocol.data_received(b"+ idling\r\n")
+    while transport.reading:
+        protocol.data_received(b"* 1 EXISTS\r\n" * 10_000)
+    protocol.forget_unsolicited()
+    assert transport.reading and protocol._idle_unread == 0
+    protocol.idle_done()
+    protocol.data_received(tag + b" OK Idle completed.\r\n")
+    assert (await idle).result == "OK"
