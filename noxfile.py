@@ -26,9 +26,9 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 #: The extras whose requirements ``lowest`` pins at their floors, besides the runtime
-#: dependencies: what the suite imports (pytest, pytest-asyncio, hypothesis, redis,
-#: cryptography).
-LOWEST_EXTRAS = ("testing", "redis", "crypto", "dev")
+#: dependencies: what the suite imports (the sandbox's trustme and aiosmtpd, pytest,
+#: pytest-asyncio, hypothesis, redis, cryptography, import-linter).
+LOWEST_EXTRAS = ("sandbox", "testing", "redis", "crypto", "dev")
 #: Tools in those extras that do not take part in a test run (lint, type check, the
 #: session runner): they stay at their newest, where lint and typecheck run them.
 NOT_IN_TEST_RUN = frozenset({"nox", "ruff", "mypy"})
@@ -75,10 +75,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff>=0.6")
+    """ruff check, ruff format --check, and the layer contract (lint-imports reads
+    [tool.importlinter] in pyproject.toml; see docs/architecture.md)."""
+    session.install("ruff>=0.6", "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports", "--config", "pyproject.toml")
 
 
 @nox.session(python=PYTHON)

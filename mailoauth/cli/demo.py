@@ -111,10 +111,10 @@ async def demo(personality_name: str, out: Printer) -> int:
     try:
         from mailoauth.testing.personality import Personality
         from mailoauth.testing.sandbox import MailSandbox
-    except ImportError as exc:  # pragma: no cover - the testing extra is missing
+    except ImportError as exc:  # the sandbox extra is not installed
         raise ConfigurationError(
-            f"the demo needs the sandbox's packages ({exc.name} is missing): "
-            "pip install 'mailoauth[testing]'"
+            f"the demo runs an in-process sandbox, which needs the sandbox extra "
+            f"({exc.name} is not installed): pip install 'mailoauth[sandbox]'"
         ) from exc
     total = Timer()
     out.line(

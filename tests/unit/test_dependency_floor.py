@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 import mailoauth
 
@@ -31,6 +37,7 @@ def test_every_runtime_dependency_is_pinned_at_its_floor(noxfile: ModuleType) ->
         assert name in pins
     for name in ("pytest", "pytest-asyncio", "hypothesis", "redis", "cryptography"):
         assert name in pins  # what the suite imports
+    assert "import-linter" in pins  # tests/unit/test_import_contract.py runs it
     assert not {"nox", "ruff", "mypy", "mailoauth"} & set(pins)
     assert pins["aiosmtplib"] == "5.1.3"  # the first release with _on_connection_lost
 
@@ -40,7 +47,7 @@ def test_a_requirement_without_a_floor_is_refused(noxfile: ModuleType, tmp_path:
     pyproject.write_text(
         '[project]\nname = "mailoauth"\ndependencies = ["httpx>=0.27", "anyio"]\n'
         "[project.optional-dependencies]\n"
-        'testing = []\nredis = []\ncrypto = []\ndev = ["mailoauth[testing]", "ruff"]\n'
+        'sandbox = []\ntesting = []\nredis = []\ncrypto = []\ndev = ["mailoauth[testing]", "ruff"]\n'
     )
     with pytest.raises(ValueError, match="'anyio' has no lower bound"):
         noxfile.lowest_pins(pyproject)
@@ -52,9 +59,22 @@ def test_extras_and_markers_are_kept_and_dropped(noxfile: ModuleType, tmp_path: 
         '[project]\nname = "mailoauth"\n'
         'dependencies = ["httpx[http2]>=0.27,<1", "tomli>=2; python_version < \'3.11\'"]\n'
         "[project.optional-dependencies]\n"
-        'testing = []\nredis = []\ncrypto = []\ndev = ["nox>=2024.4"]\n'
+        'sandbox = []\ntesting = []\nredis = []\ncrypto = []\ndev = ["nox>=2024.4"]\n'
     )
     assert noxfile.lowest_pins(pyproject) == [
         "httpx[http2]==0.27",
         "tomli==2; python_version < '3.11'",
     ]
+
+
+def test_a_production_install_needs_four_packages() -> None:
+    """``pip install mailoauth``: aiosmtplib, aioimaplib, httpx and anyio; the sandbox's
+    trustme and aiosmtpd come with the ``sandbox`` extra, which ``testing`` and ``dev``
+    include."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names = {re.split(r"[<>=\[;]", r)[0] for r in project["dependencies"]}
+    assert names == {"aiosmtplib", "aioimaplib", "httpx", "anyio"}
+    extras = project["optional-dependencies"]
+    assert {re.split(r"[<>=]", r)[0] for r in extras["sandbox"]} == {"trustme", "aiosmtpd"}
+    assert "mailoauth[sandbox]" in extras["testing"]
+    assert any(r.startswith("mailoauth[") and "testing" in r for r in extras["dev"])

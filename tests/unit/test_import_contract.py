@@ -4,8 +4,11 @@ import-linter contract in pyproject.toml passes."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +43,96 @@ def test_the_probe_sees_a_network_library_when_one_is_imported() -> None:
     # The check above could pass by mistake (a wrong module list, a silent probe).
     assert "httpx" in _imported("mailoauth.tokens.endpoint")
     assert "aioimaplib" in _imported("mailoauth.imap.client")
+
+
+# -- the import-linter contract ([tool.importlinter] in pyproject.toml) ----------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("importlinter")
+    command = Path(sys.executable).parent / "lint-imports"
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
+    return subprocess.run(
+        [str(command), "--no-cache", "--config", "pyproject.toml"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_import_contract_is_kept() -> None:
+    result = _lint_imports(ROOT)
+    broken = result.stdout[result.stdout.find("Broken contracts") :]
+    assert result.returncode == 0, f"lint-imports: a layer rule is broken:\n{broken}"
+    assert "0 broken" in result.stdout
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    """A copy of the package and pyproject.toml, to break on purpose."""
+    shutil.copytree(
+        ROOT / "mailoauth", tmp_path / "mailoauth", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("smtp.py", "import mailoauth.testing.sandbox", "No library module imports the testing"),
+        ("tokens/endpoint.py", "import mailoauth._core.connection", "The layers"),
+        ("sasl.py", "import anyio", "The sans-IO modules import no network library"),
+        ("_core/auth.py", "import aiosmtpd", "No library module imports the testing"),
+    ],
+)
+def test_a_broken_rule_fails_naming_its_contract(
+    package_copy: Path, module: str, line: str, contract: str
+) -> None:
+    path = package_copy / "mailoauth" / module
+    path.write_text(path.read_text(encoding="utf-8") + f"\n{line}  # noqa\n", encoding="utf-8")
+    result = _lint_imports(package_copy, pythonpath=package_copy)
+    assert result.returncode != 0
+    broken = result.stdout[result.stdout.find("Broken contracts") :]
+    assert contract in broken, broken
+
+
+# -- a production install: the four runtime dependencies, without the sandbox extra -----
+
+_WITHOUT_SANDBOX = """
+import sys
+sys.modules["trustme"] = None  # as if the sandbox extra were not installed
+sys.modules["aiosmtpd"] = None
+from mailoauth.cli import main
+status = main({argv!r})
+import mailoauth, mailoauth.tokens, mailoauth.poll
+for package in (mailoauth, mailoauth.tokens, mailoauth.poll):
+    for name in package.__all__:
+        getattr(package, name)
+print("status", status)
+"""
+
+
+def _run_without_sandbox(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    code = _WITHOUT_SANDBOX.format(argv=argv)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_demo_without_the_sandbox_extra_names_the_install_command() -> None:
+    result = _run_without_sandbox(["demo"])
+    assert "status 1" in result.stdout, result.stderr
+    message = " ".join(result.stderr.split())  # one paragraph, wrapped for a terminal
+    assert "(trustme is not installed): pip install 'mailoauth[sandbox]'" in message
+    assert "Traceback" not in message
+
+
+def test_the_library_and_the_command_work_without_the_sandbox_extra() -> None:
+    # The command's parser loads every subcommand; then every public name is loaded.
+    result = _run_without_sandbox(["token", "show", "--store", "/nonexistent/tokens.json"])
+    assert "status 0" in result.stdout, result.stderr
