@@ -1,10 +1,11 @@
 """``mailoauth login google|microsoft|oauth2``: get a refresh token interactively.
 
-The authorization-code flow with PKCE (S256) on a loopback redirect: a one-shot HTTP
-server (the standard library's :mod:`http.server`, in a thread) listens on
-``127.0.0.1`` on a free port, the user signs in in a browser, the browser is sent
-back to ``http://127.0.0.1:PORT/`` with the code, and the code is exchanged at the
-token URL. Or, for headless machines, the device-code flow (RFC 8628). Either way the
+The authorization-code flow with PKCE (S256) on a loopback redirect
+(:mod:`mailoauth.tokens.authcode`, which this command drives with callbacks that print):
+a one-shot HTTP server listens on ``127.0.0.1`` on a free port, the user signs in in a
+browser, the browser is sent back to ``http://127.0.0.1:PORT/`` with the code, and the
+code is exchanged at the token URL. Or, for headless machines, the device-code flow
+(RFC 8628, :class:`~mailoauth.tokens.grants.DeviceCodeGrant`). Either way the
 tokens are saved in the token store (see :mod:`mailoauth.cli.profiles`), with the scope
 the server granted, which later refreshes ask for (RFC 6749 §6).
 
@@ -20,17 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import secrets
-import threading
-import urllib.parse
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from types import TracebackType
-from typing import Any
 
 import anyio
 
@@ -44,8 +37,10 @@ from mailoauth.cli.profiles import (
     save_profile,
     store_path,
 )
-from mailoauth.errors import ConfigurationError, MailTimeoutError, PermanentTokenError
+from mailoauth.errors import ConfigurationError, MailTimeoutError
+from mailoauth.tokens import authcode
 from mailoauth.tokens.access_token import AccessToken, utcnow
+from mailoauth.tokens.authcode import LoopbackRedirect, RedirectResult
 from mailoauth.tokens.discovery import discover
 from mailoauth.tokens.endpoint import TokenEndpoint
 from mailoauth.tokens.grants import DeviceCodeGrant
@@ -61,15 +56,13 @@ from mailoauth.tokens.scopes import (
 )
 from mailoauth.tokens.stores import FileTokenStore, StoredCredential
 
-__all__ = ["LoopbackRedirect", "add_parser", "authorization_code_flow", "run"]
+# LoopbackRedirect and RedirectResult moved to mailoauth.tokens.authcode (the library's
+# authorization-code grant); they stay importable from here.
+__all__ = ["LoopbackRedirect", "RedirectResult", "add_parser", "authorization_code_flow", "run"]
 
 GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 #: Seconds to wait for the browser to come back (or the device code to be entered).
-DEFAULT_LOGIN_TIMEOUT = 300.0
-_PAGE = (
-    b"<!doctype html><meta charset=utf-8><title>mailoauth</title>"
-    b"<p>%s You can close this tab and return to the terminal.</p>"
-)
+DEFAULT_LOGIN_TIMEOUT = authcode.DEFAULT_AUTHORIZATION_TIMEOUT
 
 #: Opens the authorization URL; tests replace it with a scripted browser.
 open_browser: Callable[[str], object] = webbrowser.open
@@ -365,106 +358,6 @@ def _username_from(token: AccessToken) -> str | None:
 # -- the authorization-code flow -------------------------------------------------------
 
 
-@dataclass
-class RedirectResult:
-    """What came back to the redirect URI (the code is a secret: never printed)."""
-
-    code: str | None = None
-    state: str | None = None
-    error: str | None = None
-    error_description: str | None = None
-
-
-class LoopbackRedirect:
-    """A one-shot HTTP server on ``127.0.0.1:0`` receiving the authorization redirect.
-
-    Use as a context manager; :attr:`redirect_uri` is ``http://127.0.0.1:PORT/``;
-    :meth:`wait` returns the first request carrying ``code`` or ``error``. Other
-    requests (a browser's favicon) get 404 and are otherwise ignored. Enter it from a
-    coroutine (its loop is woken when the redirect arrives).
-    """
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.result: RedirectResult | None = None
-        self._done = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # the query string holds the authorization code
-
-            def do_GET(self) -> None:
-                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                if owner._done.is_set() or not ({"code", "error"} & query.keys()):
-                    self.send_error(404)
-                    return
-                owner.result = RedirectResult(
-                    code=query.get("code"),
-                    state=query.get("state"),
-                    error=query.get("error"),
-                    error_description=query.get("error_description"),
-                )
-                message = b"Signed in." if owner.result.error is None else b"Sign-in failed."
-                body = _PAGE % message
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-                owner._done.set()
-                owner._loop.call_soon_threadsafe(owner._arrived.set)
-
-        self._server = HTTPServer((host, 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="mailoauth-login-redirect",
-            daemon=True,
-        )
-
-    @property
-    def redirect_uri(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/"
-
-    def __enter__(self) -> LoopbackRedirect:
-        # Entered from a coroutine: the handler thread wakes it through its loop.
-        self._loop = asyncio.get_running_loop()
-        self._arrived = asyncio.Event()
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    async def wait(self, timeout: float) -> RedirectResult:
-        """The redirect's parameters; MailTimeoutError after ``timeout`` seconds."""
-        try:
-            with anyio.fail_after(timeout):
-                await self._arrived.wait()
-        except TimeoutError:
-            raise MailTimeoutError(
-                f"no sign-in came back to {self.redirect_uri} within {timeout:g} s; run "
-                "login again (--timeout to wait longer)"
-            ) from None
-        assert self.result is not None
-        return self.result
-
-
-def _pkce_pair() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(64)  # 86 characters, within RFC 7636's 43..128
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 async def authorization_code_flow(
     *,
     authorization_url: str,
@@ -478,28 +371,16 @@ async def authorization_code_flow(
     browser: Callable[[str], object] | None,
     client: ClientOptions | None = None,
 ) -> AccessToken:
-    """Run the authorization-code flow with PKCE on a loopback redirect; the token.
+    """Run :func:`mailoauth.tokens.authcode.authorization_code_flow`, printing the URL
+    and opening ``browser`` on it; the token.
 
     ``client`` says how the client authenticates at the token endpoint (default: the
     ``client_secret`` in the form). Raises :class:`MailTimeoutError` when the browser
     does not come back in time, :class:`PermanentTokenError` when the server reports an
     error, the state does not match, or the code is refused.
     """
-    verifier, challenge = _pkce_pair()
-    state = secrets.token_urlsafe(16)
-    with LoopbackRedirect() as redirect:
-        params = {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": redirect.redirect_uri,
-            "scope": scope,
-            "state": state,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-            **extra_params,
-        }
-        sep = "&" if "?" in authorization_url else "?"
-        url = authorization_url + sep + urllib.parse.urlencode(params)
+
+    def open_url(url: str) -> None:
         out.line("Open this URL in a browser and sign in:")
         out.line(f"  {url}")
         if browser is not None:
@@ -507,33 +388,34 @@ async def authorization_code_flow(
                 browser(url)
             except Exception as exc:  # a missing browser must not end the login
                 out.warn(f"could not open a browser ({type(exc).__name__}); open the URL")
-        with out.waiting(f"waiting for the sign-in to come back to {redirect.redirect_uri}"):
-            result = await redirect.wait(timeout)
-    if result.state != state:
-        raise PermanentTokenError(
-            "the redirect's state does not match this login (a stale or forged redirect); "
-            "run login again"
-        )
-    if result.error is not None or not result.code:
-        raise PermanentTokenError(
-            f"the authorization server refused the sign-in: {result.error or 'no code'}"
-            + (f" ({result.error_description})" if result.error_description else ""),
-            error=result.error,
-            error_description=result.error_description,
-        )
+
+    waited_at: list[str] = []
+
+    def waiting(redirect_uri: str) -> None:
+        waited_at.append(redirect_uri)
+        with out.waiting(f"waiting for the sign-in to come back to {redirect_uri}"):
+            pass
+
     if client is None:
         client = client_options(client_id, "post", client_secret, None)
     endpoint = TokenEndpoint(token_url, client_id=client_id, **client)
     try:
-        return await endpoint.request_token(
-            {
-                "grant_type": "authorization_code",
-                "code": result.code,
-                "redirect_uri": redirect.redirect_uri,
-                "code_verifier": verifier,
-            },
-            grant="authorization_code",
+        return await authcode.authorization_code_flow(
+            endpoint,
+            authorization_url,
+            scope=scope,
+            extra_params=extra_params,
+            on_open_url=open_url,
+            on_waiting=waiting,
+            timeout=timeout,
         )
+    except MailTimeoutError as exc:
+        if not waited_at:
+            raise
+        raise MailTimeoutError(
+            f"no sign-in came back to {waited_at[0]} within {timeout:g} s; run login again "
+            "(--timeout to wait longer)"
+        ) from exc
     finally:
         await endpoint.aclose()
 

@@ -8,6 +8,7 @@ from mailoauth._util.lazy import lazy_exports
 #: submodule does not import its siblings.
 _LAZY = {
     "mailoauth.tokens.access_token": ["AccessToken", "TokenProvider", "utcnow"],
+    "mailoauth.tokens.authcode": ["AuthorizationCodeGrant", "authorization_code_flow"],
     "mailoauth.tokens.discovery": ["ServerMetadata", "discover"],
     "mailoauth.tokens.endpoint": ["TokenEndpoint"],
     "mailoauth.tokens.google": ["GoogleTokenProvider"],
@@ -48,6 +49,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 if TYPE_CHECKING:
     from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+    from mailoauth.tokens.authcode import AuthorizationCodeGrant, authorization_code_flow
     from mailoauth.tokens.discovery import ServerMetadata, discover
     from mailoauth.tokens.endpoint import TokenEndpoint
     from mailoauth.tokens.google import GoogleTokenProvider
@@ -96,6 +98,7 @@ __all__ = [
     "MS_POP_SCOPE",
     "MS_SMTP_SCOPE",
     "AccessToken",
+    "AuthorizationCodeGrant",
     "ClientCredentialsGrant",
     "DeviceAuthorization",
     "DeviceCodeGrant",
@@ -118,6 +121,7 @@ __all__ = [
     "TokenManager",
     "TokenProvider",
     "TokenStore",
+    "authorization_code_flow",
     "discover",
     "parse_token_response",
     "utcnow",
