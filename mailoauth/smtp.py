@@ -14,6 +14,7 @@ import logging
 import re
 import ssl
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,6 +150,17 @@ class _CoreSMTP(aiosmtplib.SMTP):
         await self.ehlo()
 
 
+# RFC 3463 §2: class "." subject "." detail, at the start of the reply text (RFC 2034).
+_ENHANCED_STATUS = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9.])")
+
+
+def enhanced_status(text: str) -> str | None:
+    """The enhanced status code (RFC 3463, ``"5.7.1"``) that starts an SMTP reply's
+    text, or None when the server sent none."""
+    found = _ENHANCED_STATUS.match(text.lstrip())
+    return None if found is None else found.group(1)
+
+
 @contextmanager
 def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
     where = f"{host}:{port}"
@@ -165,8 +177,17 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
         ) from exc
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refused = ", ".join(f"{r.recipient} ({r.code} {r.message})" for r in exc.recipients)
+        # The codes are those of the least final refusal: a 4xx on any recipient
+        # means that sending again later may reach it.
+        first = min(exc.recipients, key=lambda r: r.code, default=None)
         raise CommandError(
-            f"{where} refused every recipient: {refused}", command="RCPT", reply=refused
+            f"{where} refused every recipient: {refused}",
+            command="RCPT",
+            reply=refused,
+            code=None if first is None else first.code,
+            enhanced_code=None if first is None else enhanced_status(first.message),
+            host=host,
+            port=port,
         ) from exc
     except aiosmtplib.SMTPTimeoutError as exc:
         raise MailTimeoutError(f"timed out waiting for {where}; the connection was closed") from exc
@@ -183,6 +204,10 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
             f"{where} refused {name}: {exc.code} {exc.message}",
             command=name.upper(),
             reply=f"{exc.code} {exc.message}",
+            code=exc.code,
+            enhanced_code=enhanced_status(exc.message),
+            host=host,
+            port=port,
         ) from exc
     except aiosmtplib.SMTPException as exc:
         raise ProtocolError(f"SMTP error with {where}: {exc}") from exc
@@ -299,7 +324,9 @@ class SmtpClient(BaseClient):
         self._last_used = time.monotonic()
 
     async def _authenticate(self, smtp: _CoreSMTP) -> None:
-        mechanism = choose_mechanism(smtp.server_auth_methods, self.mechanism, "smtp")
+        mechanism = choose_mechanism(
+            smtp.server_auth_methods, self.mechanism, "smtp", host=self.host, port=self.port
+        )
 
         async def exchange(mech: Mechanism) -> SaslOutcome:
             name = mech.name.encode()
@@ -337,7 +364,18 @@ class SmtpClient(BaseClient):
         self.mechanism_used = mechanism
 
     async def _ensure_connected(self) -> _CoreSMTP:
-        """Reconnect (and re-authenticate) when the server has dropped us."""
+        """Reconnect (and re-authenticate) when the server has dropped us. On a client
+        that is not open, connect with a DeprecationWarning (see :meth:`sendmail`)."""
+        if not self._opened:
+            warnings.warn(
+                "sending on an SmtpClient that is not open (connect() never called, or "
+                "aclose() called) connects by itself; this is deprecated and will raise "
+                "UsageError, as ImapClient and Pop3Client do: use `async with "
+                "SmtpClient(...) as smtp:` or await smtp.connect() first",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self._opened = True
         if self._smtp is not None and self._smtp.is_connected:
             if time.monotonic() - self._last_used > IDLE_CHECK_AFTER:
                 try:
@@ -361,8 +399,12 @@ class SmtpClient(BaseClient):
 
         Returns the refused recipients (if some were accepted) and the DATA reply.
         Raises :class:`~mailoauth.errors.CommandError` when the server refuses the
-        sender, every recipient or the data; a message is only reported sent when the
-        server accepted it with 250 after DATA.
+        sender, every recipient or the data (its ``code``, ``enhanced_code`` and
+        ``retryable`` say whether sending later may work); a message is only reported
+        sent when the server accepted it with 250 after DATA. Reconnects when the
+        server dropped the connection. Called before :meth:`connect` (or after
+        :meth:`aclose`) it connects by itself, with a DeprecationWarning: open the
+        client with ``async with`` instead.
         """
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
         _check_addresses(sender, rcpts)
@@ -403,9 +445,15 @@ class SmtpClient(BaseClient):
         )
 
     async def noop(self) -> None:
-        """Send NOOP; raises if the connection is gone."""
+        """Send NOOP. Raises :class:`~mailoauth.errors.UsageError` on a client that is
+        not open, :class:`~mailoauth.errors.ConnectionLostError` if the connection is
+        gone."""
+        self._require_opened()
         if self._smtp is None:
-            raise ConnectionLostError("SmtpClient is not connected; call connect() first")
+            raise ConnectionLostError(
+                f"the connection to {self.host}:{self.port} is not open (connecting failed); "
+                f"call connect() to try again"
+            )
         with _map_smtp_errors(self.host, self.port):
             await self._smtp.noop()
 

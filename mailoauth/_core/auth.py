@@ -61,11 +61,20 @@ _HINTS = {
 }
 
 
-def choose_mechanism(offered: Collection[str], preferred: str | None, protocol: str) -> str:
+def choose_mechanism(
+    offered: Collection[str],
+    preferred: str | None,
+    protocol: str,
+    *,
+    host: str = "",
+    port: int | None = None,
+) -> str:
     """OAUTHBEARER if offered, else XOAUTH2; or the caller's ``preferred`` choice.
 
-    Raises :class:`AuthenticationError` when the server offers neither (or not the
-    preferred one), naming what it does offer.
+    Raises :class:`~mailoauth.errors.ConfigurationError` for a ``preferred`` mechanism
+    mailoauth does not implement, and :class:`AuthenticationError` (carrying ``host``
+    and ``port``, not retryable) when the server offers neither (or not the preferred
+    one), naming what it does offer.
     """
     upper = {m.upper() for m in offered}
     if preferred is not None:
@@ -83,6 +92,8 @@ def choose_mechanism(offered: Collection[str], preferred: str | None, protocol: 
             f"{', '.join(sorted(upper)) or 'no SASL mechanisms'}); leave mechanism= unset "
             f"to pick one it offers",
             mechanism=choice,
+            host=host,
+            port=port,
         )
     for name in MECHANISMS:
         if name in upper:
@@ -91,6 +102,8 @@ def choose_mechanism(offered: Collection[str], preferred: str | None, protocol: 
         f"the {protocol.upper()} server offers neither OAUTHBEARER nor XOAUTH2 (it offers: "
         f"{', '.join(sorted(upper)) or 'no SASL mechanisms'}); OAuth is not enabled there "
         f"or not before TLS",
+        host=host,
+        port=port,
     )
 
 
@@ -142,6 +155,8 @@ async def authenticate(
                 challenge=outcome.challenge,
                 mechanism=mechanism,
                 temporary=True,
+                host=host,
+                port=port,
             )
         if attempt == 1:
             log.debug(
@@ -163,6 +178,8 @@ async def authenticate(
                     server_reply=outcome.reply,
                     challenge=outcome.challenge,
                     mechanism=mechanism,
+                    host=host,
+                    port=port,
                 ) from exc
             continue
         raise AuthenticationError(
@@ -172,5 +189,7 @@ async def authenticate(
             server_reply=outcome.reply,
             challenge=outcome.challenge,
             mechanism=mechanism,
+            host=host,
+            port=port,
         )
     raise AssertionError("unreachable")  # pragma: no cover

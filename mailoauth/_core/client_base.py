@@ -25,7 +25,7 @@ import anyio
 from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.connection import PLAINTEXT_HINT, Connection
 from mailoauth._util.text import refuse_controls
-from mailoauth.errors import ConfigurationError, MailTimeoutError
+from mailoauth.errors import ConfigurationError, MailTimeoutError, UsageError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 from mailoauth.tokens.manager import TokenManager, wrap_provider
@@ -117,6 +117,9 @@ class BaseClient:
         self.tokens: TokenManager = wrap_provider(token)
         self.mechanism_used: str | None = None
         self._dialled: Connection | None = None
+        # True from connect() (even one that failed: the connection is then "lost",
+        # not "never opened") until aclose(): outside that, a command is a misuse.
+        self._opened = False
 
     async def connect(self) -> None:
         """Connect, secure and authenticate, all within ``connect_timeout`` seconds.
@@ -125,7 +128,18 @@ class BaseClient:
         reply's ``timeout``) runs out, naming the likely cause; see the subclass for the
         rest.
         """
+        self._opened = True
         await self._connect()
+
+    def _require_opened(self) -> None:
+        """Raise :class:`~mailoauth.errors.UsageError` unless :meth:`connect` was called
+        and :meth:`aclose` not since."""
+        if not self._opened:
+            name = type(self).__name__
+            raise UsageError(
+                f"this {name} is not open (connect() was never called, or aclose() was): "
+                f"use `async with {name}(...) as client:` or await client.connect() first"
+            )
 
     async def _connect(self) -> None:
         """:meth:`_open` under the one ``connect_timeout`` deadline (reconnects too)."""
@@ -212,8 +226,13 @@ class BaseClient:
         return start + self.timeout + transferred / self.min_rate
 
     async def aclose(self) -> None:
-        """Log out politely if possible, then close. Never raises for a dead connection."""
-        await self._close()
+        """Log out politely if possible, then close. Never raises for a dead connection.
+        Commands after this raise :class:`~mailoauth.errors.UsageError` until the next
+        :meth:`connect`."""
+        try:
+            await self._close()
+        finally:
+            self._opened = False
 
     async def _open(self) -> None:
         raise NotImplementedError

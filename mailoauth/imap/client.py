@@ -32,6 +32,7 @@ from mailoauth.errors import (
     MailTimeoutError,
     ProtocolError,
     TLSError,
+    UsageError,
 )
 from mailoauth.imap import parsing
 from mailoauth.imap._aioimaplib import (
@@ -262,7 +263,9 @@ class ImapClient(BaseClient):
 
     async def _authenticate(self, protocol: ImapProtocol, transport: ProtocolTransport) -> None:
         offered = [c[5:] for c in protocol.capabilities if c.upper().startswith("AUTH=")]
-        mechanism = choose_mechanism(offered, self.mechanism, "imap")
+        mechanism = choose_mechanism(
+            offered, self.mechanism, "imap", host=self.host, port=self.port
+        )
         sasl_ir = "SASL-IR" in protocol.capabilities
         ok_lines: list[bytes | bytearray] = []
 
@@ -380,7 +383,11 @@ class ImapClient(BaseClient):
         """The live protocol, reconnecting first when the session's token is about to
         expire (or the server dropped us after an expired token)."""
         if self._protocol is None:
-            raise ConnectionLostError("ImapClient is not connected; call connect() first")
+            self._require_opened()
+            raise ConnectionLostError(
+                f"the connection to {self.host}:{self.port} is not open (connecting failed, "
+                f"or it was lost and could not be made again); call connect() to try again"
+            )
         dead = self._protocol.lost or self._protocol.fatal_error is not None
         if not self._reconnecting and (dead or self._session_expiring()):
             await self._reconnect()
@@ -410,6 +417,9 @@ class ImapClient(BaseClient):
                 f"{self.host}:{self.port} refused {command}: {response.result} {reply}",
                 command=command,
                 reply=f"{response.result} {reply}",
+                response_code=parsing.parse_response_code(reply),
+                host=self.host,
+                port=self.port,
             )
         lines: list[bytes | bytearray] = response.lines
         return lines
@@ -468,8 +478,11 @@ class ImapClient(BaseClient):
         return parsing.parse_status(self._check(response, "STATUS"))
 
     def _require_selected(self) -> None:
+        self._require_opened()
         if self._selected is None:
-            raise ConfigurationError("select() a mailbox first")
+            raise UsageError(
+                "this command works on the selected mailbox: call select() or examine() first"
+            )
 
     async def uid_search(self, *criteria: str) -> list[int]:
         """UID SEARCH with IMAP search keys, e.g. ``uid_search("UNSEEN")``; returns UIDs."""
@@ -511,7 +524,13 @@ class ImapClient(BaseClient):
         """One message by UID; raises :class:`CommandError` if there is no such UID."""
         messages = await self.fetch_messages([uid])
         if uid not in messages:
-            raise CommandError(f"no message with UID {uid}", command="UID FETCH")
+            raise CommandError(
+                f"{self.host}:{self.port} has no message with UID {uid} in the selected mailbox",
+                command="UID FETCH",
+                host=self.host,
+                port=self.port,
+                retryable=False,
+            )
         return messages[uid]
 
     async def fetch_headers(self, uids: Iterable[int]) -> dict[int, email.message.EmailMessage]:
@@ -632,7 +651,14 @@ class ImapClient(BaseClient):
         while True:
             protocol = await self._ready()
             if "IDLE" not in protocol.capabilities:
-                raise CommandError(f"{self.host} does not support IDLE", command="IDLE")
+                raise CommandError(
+                    f"{self.host}:{self.port} does not support IDLE (RFC 2177); poll "
+                    f"with noop() instead",
+                    command="IDLE",
+                    host=self.host,
+                    port=self.port,
+                    retryable=False,
+                )
             renew_at = anyio.current_time() + self.idle_renew_after
             until_reauth = self._seconds_until_reauth()
             if until_reauth is not None:

@@ -17,6 +17,7 @@ __all__ = [
     "parse_appenduid",
     "parse_fetch",
     "parse_list",
+    "parse_response_code",
     "parse_search",
     "parse_select",
     "parse_status",
@@ -34,6 +35,8 @@ _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 # arrives as "(...)"), so the keyword is optional.
 _LIST = re.compile(rb'^(?:(?:LIST|LSUB) )?\(([^)]*)\) (NIL|"(?:[^"\\]|\\.)*") (.+)$')
 _STATUS = re.compile(rb"^(?:STATUS )?(.+) \(([^)]*)\)$")
+# resp-text-code (RFC 3501 §9): an atom, maybe followed by arguments, in brackets.
+_RESPONSE_CODE = re.compile(r"\[([A-Za-z0-9./_-]+)(?: [^\]\r\n]*)?\]")
 
 
 @dataclass
@@ -237,3 +240,11 @@ def decode_mailbox(name: str) -> str:
             return m.group(0)
 
     return re.sub(r"&([^-]*)-", repl, name)
+
+
+def parse_response_code(text: str) -> str | None:
+    """The response code (RFC 3501 §7.1, RFC 5530) at the start of a completion's text,
+    upper case and without its arguments: ``"[UNAVAILABLE] Try later"`` gives
+    ``"UNAVAILABLE"``; None when the text has none."""
+    found = _RESPONSE_CODE.match(text.lstrip())
+    return None if found is None else found.group(1).upper()

@@ -238,8 +238,13 @@ class Pop3Client(BaseClient):
             raise
 
     def _live(self) -> Connection:
+        self._require_opened()
         if self._conn is None or self._conn.closed:
-            raise ConnectionLostError("Pop3Client is not connected; call connect() first")
+            raise ConnectionLostError(
+                f"the POP3 session with {self.host}:{self.port} is closed (connecting failed, "
+                f"or the connection was lost; nothing was deleted); call connect() for a new "
+                f"session"
+            )
         if self._broken:
             raise ConnectionLostError(
                 "this POP3 session was abandoned after an error (without QUIT, so nothing "
@@ -261,6 +266,9 @@ class Pop3Client(BaseClient):
                 f"{self.host}:{self.port} refused {event.command}: -ERR {event.text}",
                 command=event.command,
                 reply=f"-ERR {event.text}",
+                response_code=event.code,
+                host=self.host,
+                port=self.port,
             )
         return event
 
@@ -326,7 +334,9 @@ class Pop3Client(BaseClient):
 
     async def _authenticate(self) -> None:
         assert self._caps is not None
-        mechanism = choose_mechanism(self._caps.sasl_mechanisms, self.mechanism, "pop3")
+        mechanism = choose_mechanism(
+            self._caps.sasl_mechanisms, self.mechanism, "pop3", host=self.host, port=self.port
+        )
 
         async def exchange(mech: Mechanism) -> SaslOutcome:
             await self._send(self._proto.auth(mech))
@@ -362,6 +372,7 @@ class Pop3Client(BaseClient):
         if exc_type is None:
             await self.aclose()
         else:
+            self._opened = False
             await self._abort()  # no QUIT: the server keeps every message
 
     async def _close(self) -> None:
@@ -380,7 +391,9 @@ class Pop3Client(BaseClient):
         await self._abort()
 
     async def abort(self) -> None:
-        """Close without QUIT: the server discards this session's deletions."""
+        """Close without QUIT: the server discards this session's deletions. Commands
+        after this raise :class:`~mailoauth.errors.UsageError` until :meth:`connect`."""
+        self._opened = False
         await self._abort()
 
     async def _abort(self, *, clean: bool = False) -> None:
@@ -568,6 +581,9 @@ class Pop3Client(BaseClient):
                     f"{self.host}:{self.port} refused RETR {number}: -ERR {event.text}",
                     command="RETR",
                     reply=f"-ERR {event.text}",
+                    response_code=event.code,
+                    host=self.host,
+                    port=self.port,
                 )
             if type(event) is not MessageEnd:
                 self._broken = True

@@ -18,6 +18,7 @@ from mailoauth.errors import (
     TLSError,
     TokenExpiredError,
     TransientTokenError,
+    UsageError,
 )
 from mailoauth.poll import backoff_delay, is_permanent
 from mailoauth.poll.backoff import jittered
@@ -102,3 +103,30 @@ def test_permanent_failures(exc: BaseException) -> None:
 @pytest.mark.parametrize("exc", TRANSIENT, ids=lambda e: f"{type(e).__name__}")
 def test_transient_failures(exc: BaseException) -> None:
     assert not is_permanent(exc)
+
+
+def test_backoff_reads_the_fields_not_the_text() -> None:
+    # A refusal whose text mentions a permanent code elsewhere is judged by its own code.
+    busy = CommandError(
+        "busy",
+        command="EXAMINE",
+        reply="NO [UNAVAILABLE] see [NONEXISTENT] in the docs",
+        response_code="UNAVAILABLE",
+    )
+    assert not is_permanent(busy)
+    gone = CommandError("gone", command="EXAMINE", reply="NO gone", response_code="NONEXISTENT")
+    assert is_permanent(gone)
+    assert is_permanent(CommandError("rejected", command="RCPT", code=550, enhanced_code="5.1.1"))
+    assert not is_permanent(CommandError("greylisted", command="RCPT", code=451))
+
+
+def test_backoff_follows_retryable_for_every_mailoauth_error() -> None:
+    class Flaky(MailTimeoutError):
+        pass
+
+    class Doomed(ProtocolError):
+        _retryable = False
+
+    assert not is_permanent(Flaky("x"))
+    assert is_permanent(Doomed("x"))
+    assert is_permanent(UsageError("select() first"))
