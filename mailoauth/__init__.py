@@ -33,6 +33,8 @@ from mailoauth.errors import (
     TokenError,
     TokenExpiredError,
     TransientTokenError,
+    TransportError,
+    UsageError,
 )
 
 #: Where each public name is imported from, on first access.
@@ -141,5 +143,7 @@ __all__ = [
     "TokenProvider",
     "TokenStore",
     "TransientTokenError",
+    "TransportError",
+    "UsageError",
     "__version__",
 ]

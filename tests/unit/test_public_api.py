@@ -55,6 +55,8 @@ EXPECTED = {
     "TokenProvider",
     "TokenStore",
     "TransientTokenError",
+    "TransportError",
+    "UsageError",
     "__version__",
 }
 
@@ -75,6 +77,9 @@ def test_errors_inherit_stdlib_where_it_fits() -> None:
     assert issubclass(mailoauth.MailTimeoutError, TimeoutError)
     assert issubclass(mailoauth.MailConnectionError, ConnectionError)
     assert issubclass(mailoauth.ConfigurationError, ValueError)
+    assert issubclass(mailoauth.MailTimeoutError, mailoauth.TransportError)
+    assert issubclass(mailoauth.MailConnectionError, mailoauth.TransportError)
+    assert not issubclass(mailoauth.UsageError, mailoauth.ConfigurationError)
     for name in mailoauth.__all__:
         obj = getattr(mailoauth, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
