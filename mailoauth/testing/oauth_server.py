@@ -48,6 +48,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -170,7 +171,12 @@ class FakeOAuthServer:
         reuse_detection: bool = False,
         grantable_scopes: str | None = None,
         strict_refresh_scope: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        #: Seconds since the epoch, for token lifetimes and introspection: a test gives
+        #: ``FakeClock().time`` and moves it forward instead of sleeping (may be replaced
+        #: between tests; every check reads it anew).
+        self.clock = clock
         self.access_token_lifetime = access_token_lifetime
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.reuse_detection = reuse_detection
@@ -348,7 +354,7 @@ class FakeOAuthServer:
             isinstance(aud, str)
             and aud.endswith("/token")
             and isinstance(exp, int)
-            and exp > time.time()
+            and exp > self.clock()
         )
 
     def add_user(self, username: str, password: str) -> None:
@@ -371,7 +377,7 @@ class FakeOAuthServer:
         life = self.access_token_lifetime if lifetime is None else lifetime
         with self._lock:
             self._tokens[token] = TokenRecord(
-                username, scope or self.default_scope, client_id, time.time() + life
+                username, scope or self.default_scope, client_id, self.clock() + life
             )
         return token
 
@@ -429,7 +435,7 @@ class FakeOAuthServer:
     def expire(self, token: str) -> None:
         """Make an access token expired now."""
         with self._lock:
-            self._tokens[token].expires_at = time.time() - 1
+            self._tokens[token].expires_at = self.clock() - 1
 
     def token_info(self, token: str) -> TokenRecord | None:
         """The record of an issued access token, or None."""
@@ -440,7 +446,7 @@ class FakeOAuthServer:
         """Whether introspection would call ``token`` active now."""
         with self._lock:
             rec = self._tokens.get(token)
-            return rec is not None and not rec.revoked and rec.expires_at > time.time()
+            return rec is not None and not rec.revoked and rec.expires_at > self.clock()
 
     def script(self, *responses: ScriptedResponse) -> None:
         """Queue responses the token endpoint gives, in order, before normal ones."""
@@ -703,7 +709,7 @@ class FakeOAuthServer:
         with self._lock:
             self.stats.introspections += 1
             rec = self._tokens.get(token)
-            now = time.time()
+            now = self.clock()
             if rec is None or rec.revoked or rec.expires_at <= now:
                 return 200, {"active": False}
             return 200, {
