@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from mailoauth._core.scrub import Scrubber
+from mailoauth._providers import AUTH_FAILURE_HINTS
 from mailoauth.errors import AuthenticationError, TokenExpiredError
 from mailoauth.sasl import MECHANISMS, ErrorChallenge, Mechanism, create_mechanism
 from mailoauth.tokens.access_token import AccessToken
@@ -41,24 +42,7 @@ class SaslOutcome:
 
 SaslExchange = Callable[[Mechanism], Awaitable[SaslOutcome]]
 
-_HINTS = {
-    "smtp": (
-        "check the token's scope (Google: https://mail.google.com/; Microsoft: "
-        "https://outlook.office.com/SMTP.Send, or .default for app-only) and audience "
-        "(Outlook, not Graph), that SMTP AUTH is enabled for the mailbox (Microsoft "
-        "5.7.139), and that the token belongs to this user"
-    ),
-    "imap": (
-        "check the token's scope (Google: https://mail.google.com/; Microsoft: "
-        "https://outlook.office.com/IMAP.AccessAsUser.All) and audience, that IMAP is "
-        "enabled for the account, and that the token belongs to this user"
-    ),
-    "pop3": (
-        "check the token's scope (Google: https://mail.google.com/; Microsoft: "
-        "https://outlook.office.com/POP.AccessAsUser.All) and audience, that POP is "
-        "enabled for the account, and that the token belongs to this user"
-    ),
-}
+_HINTS = AUTH_FAILURE_HINTS
 
 
 def choose_mechanism(

@@ -12,6 +12,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from mailoauth._providers import (
+    AADSTS_CONSENT_REQUIRED,
+    AADSTS_INVALID_CLIENT_SECRET,
+    AADSTS_NO_OFFLINE_ACCESS,
+    AADSTS_REFRESH_TOKEN_EXPIRED,
+    APP_ONLY_ROLES,
+    DELEGATED_PERMISSIONS,
+    GOOGLE_DOMAINS,
+    GOOGLE_MAIL_SCOPE,
+    GRAPH_AUDIENCES,
+    MICROSOFT_DOMAINS,
+    MICROSOFT_ISSUERS,
+    MS_APP_ONLY_SCOPE,
+    OUTLOOK_AUDIENCES,
+    OUTLOOK_RESOURCE,
+    host_in,
+)
 from mailoauth.cli.claims import claim_list
 from mailoauth.errors import (
     AuthenticationError,
@@ -37,32 +54,9 @@ __all__ = [
     "situation_from_error",
 ]
 
-#: Microsoft Graph: a token for it is useless for IMAP, POP and SMTP.
-GRAPH_AUDIENCES: Final = frozenset(
-    {"00000003-0000-0000-c000-000000000000", "https://graph.microsoft.com"}
-)
-#: Exchange Online: what a mail token's ``aud`` should be.
-OUTLOOK_AUDIENCES: Final = frozenset(
-    {
-        "https://outlook.office.com",
-        "https://outlook.office365.com",
-        "00000002-0000-0ff1-ce00-000000000000",
-    }
-)
-#: The delegated permission (``scp``) each protocol needs from Exchange Online.
-DELEGATED_SCOPES: Final = {
-    "smtp": "SMTP.Send",
-    "imap": "IMAP.AccessAsUser.All",
-    "pop3": "POP.AccessAsUser.All",
-}
-#: The application permission (``roles``) each protocol needs for app-only access.
-APP_ONLY_ROLES: Final = {
-    "smtp": "SMTP.SendAsApp",
-    "imap": "IMAP.AccessAsApp",
-    "pop3": "POP.AccessAsApp",
-}
-_MICROSOFT_HOSTS: Final = ("office365.com", "outlook.com", "office.com", "microsoftonline.com")
-_GOOGLE_HOSTS: Final = ("gmail.com", "googlemail.com", "google.com", "googleapis.com")
+# Re-exported from mailoauth._providers, where what mailoauth knows about Google and
+# Microsoft lives: DELEGATED_SCOPES is its DELEGATED_PERMISSIONS.
+DELEGATED_SCOPES: Final = DELEGATED_PERMISSIONS
 
 
 @dataclass(frozen=True)
@@ -116,11 +110,6 @@ def situation_from_error(exc: BaseException, base: Situation) -> Situation:
     return replace(base, kind=kind, **fields)
 
 
-def _host_matches(host: str, suffixes: tuple[str, ...]) -> bool:
-    host = host.lower().rstrip(".")
-    return any(host == s or host.endswith("." + s) for s in suffixes)
-
-
 def _url_host(url: str) -> str:
     rest = url.split("://", 1)[-1]
     return rest.split("/", 1)[0].split(":", 1)[0]
@@ -130,18 +119,15 @@ def is_microsoft(s: Situation) -> bool:
     """A Microsoft mail host, Microsoft token endpoint, or a Microsoft-issued token."""
     issuer = str((s.claims or {}).get("iss", ""))
     return (
-        _host_matches(s.host, _MICROSOFT_HOSTS)
-        or _host_matches(_url_host(s.token_url), _MICROSOFT_HOSTS)
-        or "sts.windows.net" in issuer
-        or "login.microsoftonline.com" in issuer
+        host_in(s.host, MICROSOFT_DOMAINS)
+        or host_in(_url_host(s.token_url), MICROSOFT_DOMAINS)
+        or any(name in issuer for name in MICROSOFT_ISSUERS)
     )
 
 
 def is_google(s: Situation) -> bool:
     """A Gmail host or a Google token endpoint."""
-    return _host_matches(s.host, _GOOGLE_HOSTS) or _host_matches(
-        _url_host(s.token_url), _GOOGLE_HOSTS
-    )
+    return host_in(s.host, GOOGLE_DOMAINS) or host_in(_url_host(s.token_url), GOOGLE_DOMAINS)
 
 
 def _audiences(claims: Mapping[str, Any]) -> list[str]:
@@ -161,7 +147,7 @@ def _token_user(claims: Mapping[str, Any]) -> str | None:
 
 
 def _outlook_scope(protocol: str) -> str:
-    return f"https://outlook.office.com/{DELEGATED_SCOPES.get(protocol, 'IMAP.AccessAsUser.All')}"
+    return f"{OUTLOOK_RESOURCE}/{DELEGATED_SCOPES.get(protocol, 'IMAP.AccessAsUser.All')}"
 
 
 # -- token warnings, before anything is sent ----------------------------------------
@@ -178,7 +164,7 @@ def preflight(protocol: str, username: str, claims: Mapping[str, Any] | None) ->
         warnings.append(
             f"the token's audience is Microsoft Graph ({', '.join(auds)}), not Exchange "
             f"Online: mail servers refuse it. Request {_outlook_scope(protocol)} "
-            f"(delegated) or https://outlook.office365.com/.default (app-only) instead of "
+            f"(delegated) or {MS_APP_ONLY_SCOPE} (app-only) instead of "
             f"a Graph scope such as Mail.Send"
         )
     elif (
@@ -188,7 +174,7 @@ def preflight(protocol: str, username: str, claims: Mapping[str, Any] | None) ->
     ):
         warnings.append(
             f"the token's audience ({', '.join(auds)}) is not Exchange Online "
-            f"(https://outlook.office.com); request {_outlook_scope(protocol)}"
+            f"({OUTLOOK_RESOURCE}); request {_outlook_scope(protocol)}"
         )
     if protocol in DELEGATED_SCOPES:
         if _is_app_only(claims):
@@ -245,7 +231,7 @@ def _graph_audience(s: Situation) -> str | None:
         f"the token was issued for Microsoft Graph (aud={', '.join(auds)}), and "
         f"Exchange Online's {s.protocol.upper()} accepts only Outlook tokens. Request "
         f"the scope {_outlook_scope(s.protocol)} (delegated, with offline_access) or "
-        f"https://outlook.office365.com/.default (app-only), not Graph's Mail.* scopes"
+        f"{MS_APP_ONLY_SCOPE} (app-only), not Graph's Mail.* scopes"
     )
 
 
@@ -304,7 +290,7 @@ def _microsoft_offline_access(s: Situation) -> str | None:
     if s.kind != "token" or not is_microsoft(s):
         return None
     description = s.oauth_description or ""
-    if s.has_refresh_token is False or "AADSTS9002313" in description:
+    if s.has_refresh_token is False or AADSTS_NO_OFFLINE_ACCESS in description:
         return (
             "there is no refresh token for this Microsoft credential, so nothing can "
             "renew the access token: request the offline_access scope at sign-in "
@@ -317,19 +303,19 @@ def _microsoft_grant_codes(s: Situation) -> str | None:
     if s.kind != "token" or not is_microsoft(s):
         return None
     description = s.oauth_description or s.message
-    if "AADSTS65001" in description:
+    if AADSTS_CONSENT_REQUIRED in description:
         return (
             "the user or an administrator has not consented to the app's permissions "
-            "(AADSTS65001): grant admin consent in the app registration, or sign in "
+            f"({AADSTS_CONSENT_REQUIRED}): grant admin consent in the app registration, or sign in "
             "interactively once (mailoauth login microsoft)"
         )
-    if any(code in description for code in ("AADSTS700082", "AADSTS50173", "AADSTS700084")):
+    if any(code in description for code in AADSTS_REFRESH_TOKEN_EXPIRED):
         return (
             "the Microsoft refresh token has expired or was invalidated (inactivity, a "
             "password change or revoked sessions): sign in again with mailoauth login "
             "microsoft. Microsoft rotates refresh tokens: always keep the newest one"
         )
-    if "AADSTS7000215" in description or s.oauth_error == "invalid_client":
+    if AADSTS_INVALID_CLIENT_SECRET in description or s.oauth_error == "invalid_client":
         return (
             "Microsoft refused the client credentials: check the client id and that the "
             "client secret is the secret's Value (not its ID) and has not expired"
@@ -413,7 +399,7 @@ def _generic_auth(s: Situation) -> str | None:
         return None
     if is_google(s):
         return (
-            "Gmail rejected the token: it must carry the scope https://mail.google.com/ "
+            f"Gmail rejected the token: it must carry the scope {GOOGLE_MAIL_SCOPE} "
             "and belong to this address; for a Workspace account check that the admin "
             "allows IMAP/POP and third-party apps"
         )

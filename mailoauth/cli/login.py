@@ -27,6 +27,14 @@ from dataclasses import dataclass
 
 import anyio
 
+from mailoauth._providers import (
+    GOOGLE_AUTHORIZATION_URL,
+    GOOGLE_MAIL_SCOPE,
+    GOOGLE_TOKEN_URL,
+    MS_AUTHORITY,
+    MS_DELEGATED_SCOPES,
+    MS_OFFLINE_ACCESS,
+)
 from mailoauth.cli.claims import decode_jwt
 from mailoauth.cli.output import Printer, Timer, redact, relative_time
 from mailoauth.cli.profiles import (
@@ -47,20 +55,12 @@ from mailoauth.tokens.grants import DeviceCodeGrant
 from mailoauth.tokens.microsoft import microsoft_endpoint
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 from mailoauth.tokens.responses import DeviceAuthorization
-from mailoauth.tokens.scopes import (
-    GOOGLE_MAIL_SCOPE,
-    GOOGLE_TOKEN_URL,
-    MS_AUTHORITY,
-    MS_DELEGATED_SCOPES,
-    MS_OFFLINE_ACCESS,
-)
 from mailoauth.tokens.stores import FileTokenStore, StoredCredential
 
 # LoopbackRedirect and RedirectResult moved to mailoauth.tokens.authcode (the library's
 # authorization-code grant); they stay importable from here.
 __all__ = ["LoopbackRedirect", "RedirectResult", "add_parser", "authorization_code_flow", "run"]
 
-GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 #: Seconds to wait for the browser to come back (or the device code to be entered).
 DEFAULT_LOGIN_TIMEOUT = authcode.DEFAULT_AUTHORIZATION_TIMEOUT
 
@@ -82,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     google = providers.add_parser(
         "google",
-        help="Gmail (scope https://mail.google.com/)",
+        help=f"Gmail (scope {GOOGLE_MAIL_SCOPE})",
         description="Sign in to Google for Gmail's IMAP, POP3 and SMTP (needs a Desktop "
         "app OAuth client: its client id and secret).",
     )

@@ -19,10 +19,11 @@ This is what ``mailoauth demo`` and the pytest plugin build on.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from mailoauth._providers import GOOGLE_TOKEN_URL, MAIL_HOSTS, MS_AUTHORITY
 from mailoauth._util.routing import Route, override_routes
 from mailoauth.testing._serving import LoopService
 from mailoauth.testing.certs import TestCA
@@ -36,11 +37,7 @@ from mailoauth.testing.smtp_server import TestSmtpServer
 __all__ = ["PROVIDER_HOSTS", "MailSandbox", "SandboxUser"]
 
 #: The host names users type, by protocol: :meth:`MailSandbox.routes` serves them all.
-PROVIDER_HOSTS: dict[str, tuple[str, ...]] = {
-    "smtp": ("smtp.gmail.com", "smtp.office365.com", "smtp-mail.outlook.com"),
-    "imap": ("imap.gmail.com", "outlook.office365.com", "imap-mail.outlook.com"),
-    "pop3": ("pop.gmail.com", "outlook.office365.com", "pop-mail.outlook.com"),
-}
+PROVIDER_HOSTS: Mapping[str, tuple[str, ...]] = MAIL_HOSTS
 #: (STARTTLS port, implicit-TLS port) by protocol.
 WELL_KNOWN_PORTS: dict[str, tuple[int, int]] = {
     "smtp": (587, 465),
@@ -193,8 +190,8 @@ class MailSandbox(LoopService):
                     addresses[(name, port)] = Route(self.host, target, ctx)
         base = self.oauth.base_url
         urls = {
-            "https://oauth2.googleapis.com/token": self.oauth.token_url,
-            "https://login.microsoftonline.com": base,
+            GOOGLE_TOKEN_URL: self.oauth.token_url,
+            MS_AUTHORITY: base,
         }
         return addresses, urls
 

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailoauth._providers import GOOGLE_MAIL_SCOPE, GOOGLE_TOKEN_URL
 from mailoauth._util.jsonfile import read_json_file
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import JwtBearerGrant, RefreshTokenGrant
 from mailoauth.tokens.jwt import load_rsa_private_key, make_service_account_assertion
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider, join_scopes
-from mailoauth.tokens.scopes import GOOGLE_MAIL_SCOPE, GOOGLE_TOKEN_URL
 from mailoauth.tokens.stores import TokenStore
 
 if TYPE_CHECKING:

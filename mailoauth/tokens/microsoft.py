@@ -12,6 +12,12 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from mailoauth._providers import (
+    MS_APP_ONLY_SCOPE,
+    MS_AUTHORITY,
+    MS_DELEGATED_SCOPES,
+    MS_OFFLINE_ACCESS,
+)
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import (
     ClientCredentialsGrant,
@@ -22,12 +28,6 @@ from mailoauth.tokens.grants import (
 )
 from mailoauth.tokens.jwt import certificate_thumbprint, load_rsa_private_key, make_client_assertion
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
-from mailoauth.tokens.scopes import (
-    MS_APP_ONLY_SCOPE,
-    MS_AUTHORITY,
-    MS_DELEGATED_SCOPES,
-    MS_OFFLINE_ACCESS,
-)
 from mailoauth.tokens.stores import TokenStore
 
 if TYPE_CHECKING:

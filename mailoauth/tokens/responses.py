@@ -21,9 +21,11 @@ import json
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
+# Google's and Microsoft's own hints and hosts live with the rest of what mailoauth knows
+# about them; re-exported here, where they were first public.
+from mailoauth._providers import VENDOR_HINTS, Vendor, vendor_of
 from mailoauth.errors import PermanentTokenError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken
 
@@ -46,8 +48,6 @@ __all__ = [
     "redact",
     "vendor_of",
 ]
-
-Vendor = Literal["google", "microsoft"]
 
 DEFAULT_EXPIRES_IN = 3600.0
 """Lifetime assumed when ``expires_in`` is missing or unusable (seconds)."""
@@ -97,62 +97,6 @@ ERROR_HINTS: Mapping[str, str] = {
     "invalid_request": "the endpoint did not accept the request; check token_url and options",
 }
 """Hints for OAuth error codes that hold for any authorization server."""
-
-VENDOR_HINTS: Mapping[Vendor, Mapping[str, str]] = {
-    "google": {
-        "invalid_grant": (
-            "the refresh token (or assertion) was refused: it was revoked or has expired. "
-            "Usual causes: the user revoked access or changed their password; an app whose "
-            "OAuth consent screen is in 'Testing' publishing status gets refresh tokens that "
-            "expire after 7 days, and unused ones expire after 6 months; a service "
-            "account's subject needs domain-wide delegation. Sign in again to get a new "
-            "refresh token"
-        ),
-        "unauthorized_client": (
-            "this client may not use this grant: use an OAuth client of the right type "
-            "(Desktop app for the installed-app flow), or domain-wide delegation for a "
-            "service account"
-        ),
-        "invalid_scope": (
-            "the scope was refused: Gmail's IMAP, POP and SMTP need https://mail.google.com/"
-        ),
-    },
-    "microsoft": {
-        "invalid_grant": (
-            "the refresh token (or password, code or assertion) was refused: it was revoked "
-            "or has expired. Usual causes: the password changed, MFA or Conditional Access "
-            "now requires an interactive sign-in, consent was revoked, or an old rotated "
-            "refresh token was reused (always keep the newest one, e.g. in a token store); "
-            "for the password grant: wrong username or password, or MFA is required. Sign "
-            "in again to get a new refresh token"
-        ),
-        "unauthorized_client": (
-            "this client may not use this grant: enable it for the app registration "
-            "('Allow public client flows' for password and device code)"
-        ),
-        "invalid_scope": (
-            "the scope was refused: Microsoft delegated needs "
-            "https://outlook.office.com/IMAP.AccessAsUser.All, POP.AccessAsUser.All or "
-            "SMTP.Send (plus offline_access), and app-only needs "
-            "https://outlook.office365.com/.default; check the app's API permissions"
-        ),
-    },
-}
-"""Google's and Microsoft's own causes for an error code, over :data:`ERROR_HINTS`."""
-
-_VENDOR_HOSTS: Mapping[Vendor, tuple[str, ...]] = {
-    "google": ("googleapis.com", "google.com"),
-    "microsoft": ("login.microsoftonline.com", "login.microsoft.com", "login.live.com"),
-}
-
-
-def vendor_of(url: str) -> Vendor | None:
-    """``"google"`` or ``"microsoft"`` when ``url`` is on their hosts, else None."""
-    host = (urlsplit(url).hostname or "").lower()
-    for vendor, suffixes in _VENDOR_HOSTS.items():
-        if any(host == s or host.endswith("." + s) for s in suffixes):
-            return vendor
-    return None
 
 
 def hints_for(vendor: Vendor | None) -> Mapping[str, str]:
