@@ -46,7 +46,7 @@ from mailoauth.imap._aioimaplib import (
 from mailoauth.imap.parsing import Folder, MailboxInfo
 from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
-from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+from mailoauth.tokens.access_token import AccessToken, TokenProvider
 
 __all__ = ["IdleEvent", "ImapClient"]
 
@@ -150,6 +150,11 @@ class ImapClient(BaseClient):
     over it the command raises
     :class:`~mailoauth.errors.LimitExceededError` and the connection is closed (the
     next command reconnects); fetch fewer messages per call.
+
+    ``clock`` returns the current aware UTC time, which decides when the session's
+    token is due for re-authentication; by default it is the token manager's
+    (``TokenManager(clock=)``), so that tests move one clock
+    (:class:`mailoauth.testing.clock.FakeClock`) instead of sleeping.
     """
 
     protocol_name = "imap"
@@ -170,6 +175,7 @@ class ImapClient(BaseClient):
         max_response_size: int = MAX_RESPONSE,
         connect_timeout: float | None = None,
         min_rate: float = DEFAULT_MIN_RATE,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -185,6 +191,9 @@ class ImapClient(BaseClient):
             min_rate=min_rate,
         )
         self.idle_renew_after = idle_renew_after
+        #: The current aware UTC time, for when the session's token is due: the token
+        #: manager's clock unless given, so that a test moves one clock.
+        self._clock: Callable[[], dt.datetime] = clock or self.tokens.now
         if isinstance(max_response_size, bool) or not isinstance(max_response_size, int):
             raise ConfigurationError("max_response_size must be an int (bytes)")
         if max_response_size <= 0:
@@ -300,7 +309,7 @@ class ImapClient(BaseClient):
             mechanism=mechanism,
             exchange=exchange,
         )
-        self._authenticated_at = utcnow()
+        self._authenticated_at = self._clock()
         self.mechanism_used = mechanism
         protocol.state = AUTH
         # Capabilities change after login (RFC 3501 §6.2.2): read them again, unless
@@ -340,7 +349,7 @@ class ImapClient(BaseClient):
             return None
         lifetime = (token.expires_at - since).total_seconds()
         margin = min(REAUTH_MARGIN, lifetime / 4)
-        return (token.expires_at - utcnow()).total_seconds() - margin
+        return (token.expires_at - self._clock()).total_seconds() - margin
 
     def _session_expiring(self) -> bool:
         left = self._seconds_until_reauth()

@@ -19,6 +19,7 @@ from mailoauth import (
     SecurityOptions,
     SmtpClient,
 )
+from mailoauth.testing.clock import FakeClock
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import RefreshTokenGrant
@@ -198,7 +199,9 @@ async def test_office365_bye_access_token_expired_is_survived(sandbox: MailSandb
     if sandbox.personality is not Personality.OFFICE365:
         pytest.skip("only Office 365 ends sessions when the token expires")
     name = "dave@example.test"
-    provider = UnknownExpiryProvider(sandbox, name, lifetime=1.0)
+    clock = FakeClock()
+    sandbox.oauth.clock = clock.time  # the sandbox's own server: only this test uses it
+    provider = UnknownExpiryProvider(sandbox, name, lifetime=3600)
     async with ImapClient(
         sandbox.imap.host,
         sandbox.imap.tls_port,
@@ -208,7 +211,7 @@ async def test_office365_bye_access_token_expired_is_survived(sandbox: MailSandb
         ssl_context=sandbox.ssl_context,
     ) as imap:
         await imap.select()
-        await asyncio.sleep(1.3)
+        clock.advance(3601)
         # The server answers the next command with "* BYE Session invalidated -
         # AccessTokenExpired" and hangs up; the client reconnects with a new token,
         # reselects, and the caller never notices.

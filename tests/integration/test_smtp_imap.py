@@ -6,7 +6,9 @@ import asyncio
 import datetime as dt
 import email.message
 import ssl
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,11 +21,14 @@ from mailoauth.errors import (
     TLSError,
     TokenExpiredError,
 )
-from mailoauth.imap.client import ImapClient
+from mailoauth.imap.client import REAUTH_MARGIN, ImapClient
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SmtpClient
+from mailoauth.testing.clock import FakeClock
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+from mailoauth.tokens.manager import TokenManager
+from mailoauth.tokens.static import StaticTokenProvider
 from tests.integration.conftest import MailServers
 
 pytestmark = pytest.mark.asyncio
@@ -39,10 +44,17 @@ class IssuingProvider:
     Mints tokens straight from the fake OAuth server, counts requests, and can be told
     to fail permanently (a dead grant)."""
 
-    def __init__(self, oauth: FakeOAuthServer, username: str, lifetime: float = 3600.0) -> None:
+    def __init__(
+        self,
+        oauth: FakeOAuthServer,
+        username: str,
+        lifetime: float = 3600.0,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
         self.oauth = oauth
         self.username = username
         self.lifetime = lifetime
+        self.clock = clock
         self.calls = 0
         self.dead = False
         self.issued: list[str] = []
@@ -56,7 +68,19 @@ class IssuingProvider:
             )
         value = self.oauth.issue_access_token(self.username, lifetime=self.lifetime)
         self.issued.append(value)
-        return AccessToken(value, utcnow() + dt.timedelta(seconds=self.lifetime))
+        return AccessToken(value, self.clock() + dt.timedelta(seconds=self.lifetime))
+
+
+@pytest.fixture
+def clock(mail_servers: MailServers) -> Iterator[FakeClock]:
+    """One clock for the test: the OAuth server reads it, so Dovecot's introspection
+    (and through Dovecot, Postfix's) sees tokens expire when it is moved forward."""
+    fake = FakeClock()
+    mail_servers.oauth.clock = fake.time
+    try:
+        yield fake
+    finally:
+        mail_servers.oauth.clock = time.time
 
 
 def imaps(servers: MailServers, user: str, token: Token, **options: Any) -> ImapClient:
@@ -351,35 +375,44 @@ async def test_refresh_that_fails_permanently(mail_servers: MailServers) -> None
         await client.aclose()
 
 
-async def test_token_expiring_between_operations(mail_servers: MailServers) -> None:
+async def test_token_expiring_between_operations(
+    mail_servers: MailServers, clock: FakeClock
+) -> None:
     user = new_user()
-    provider = IssuingProvider(mail_servers.oauth, user, lifetime=3.0)
-    async with imaps(mail_servers, user, provider) as imap:
+    provider = IssuingProvider(mail_servers.oauth, user, lifetime=3600, clock=clock.now)
+    tokens = TokenManager(provider, clock=clock.now)  # ImapClient reads its clock too
+    async with imaps(mail_servers, user, tokens) as imap:
         await imap.select()
-        await asyncio.sleep(3.2)  # the session's token has expired now
+        clock.advance(3601)  # the session's token has expired now
+        assert not mail_servers.oauth.is_active(provider.issued[-1])
         assert await imap.uid_search("ALL") == []
         assert imap.reconnects == 1  # re-authenticated with a fresh token, reselected
-    async with submission(mail_servers, user, provider) as smtp:
+    assert provider.calls == 2
+    async with submission(mail_servers, user, tokens) as smtp:
         await smtp.sendmail(user, [user], b"Subject: one\r\n\r\n1\r\n")
-        await asyncio.sleep(3.2)
+        clock.advance(3601)
+        assert not mail_servers.oauth.is_active(provider.issued[-1])
         # The authenticated session outlives its token; a new connection gets a new one.
         await smtp.sendmail(user, [user], b"Subject: two\r\n\r\n2\r\n")
-    async with submission(mail_servers, user, provider) as smtp:
+    assert provider.calls == 2
+    async with submission(mail_servers, user, tokens) as smtp:
         await smtp.sendmail(user, [user], b"Subject: three\r\n\r\n3\r\n")
-    assert provider.calls >= 3
+    assert provider.calls == 3  # refreshed ahead of use: never sent an expired token
 
 
 async def test_static_token_expiring_between_operations_fails_clearly(
-    mail_servers: MailServers,
+    mail_servers: MailServers, clock: FakeClock
 ) -> None:
     user = new_user()
-    value = mail_servers.oauth.issue_access_token(user, lifetime=2.0)
-    token = AccessToken(value, utcnow() + dt.timedelta(seconds=2))
-    async with submission(mail_servers, user, token) as smtp:
+    value = mail_servers.oauth.issue_access_token(user, lifetime=3600)
+    token = AccessToken(value, clock.now() + dt.timedelta(seconds=3600))
+    # What a client builds from a bare AccessToken, on the test's clock.
+    tokens = TokenManager(StaticTokenProvider(token, clock=clock.now), clock=clock.now)
+    async with submission(mail_servers, user, tokens) as smtp:
         await smtp.sendmail(user, [user], b"Subject: before\r\n\r\nok\r\n")
-    await asyncio.sleep(2.2)
+    clock.advance(3601)
     with pytest.raises(TokenExpiredError, match="provider"):
-        async with submission(mail_servers, user, token):
+        async with submission(mail_servers, user, tokens):
             pass
 
 
@@ -485,16 +518,20 @@ async def test_imap_operations_against_dovecot(mail_servers: MailServers) -> Non
             await imap.uid_search("ALL\r\nA1 LOGOUT")
 
 
-async def test_idle_reauthenticates_before_the_token_expires(mail_servers: MailServers) -> None:
+async def test_idle_reauthenticates_before_the_token_expires(
+    mail_servers: MailServers, clock: FakeClock
+) -> None:
     user = new_user()
-    provider = IssuingProvider(mail_servers.oauth, user, lifetime=4.0)
-    async with imaps(mail_servers, user, provider) as imap:
+    provider = IssuingProvider(mail_servers.oauth, user, lifetime=3600, clock=clock.now)
+    tokens = TokenManager(provider, clock=clock.now)
+    async with imaps(mail_servers, user, tokens) as imap:
         await imap.select()
-        started = asyncio.get_running_loop().time()
-        async for _event in imap.idle(timeout=4.5):
-            pass
-        assert asyncio.get_running_loop().time() - started >= 4.0
-        # A quarter of the 4 s lifetime before expiry, the session was renewed.
-        assert imap.reconnects >= 1
-        assert provider.calls >= 2
+        # Half a second before the session is due (REAUTH_MARGIN before expiry): the
+        # IDLE is cut short (after a second at least) to re-authenticate.
+        clock.advance(3600 - REAUTH_MARGIN - 0.5)
+        async for _event in imap.idle(timeout=1.5):
+            assert imap.reconnects == 0
+        assert imap.reconnects == 1
+        assert provider.calls == 2
+        assert mail_servers.oauth.is_active(provider.issued[-1])
         assert await imap.uid_search("ALL") == []

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from mailoauth.testing.certs import TestCA
+from mailoauth.testing.clock import FakeClock
 from mailoauth.testing.imap_server import TestImapServer
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
@@ -340,17 +341,30 @@ def test_imap_idle_gets_exists_after_smtp_delivery(oauth: FakeOAuthServer, ca: T
         client.close()
 
 
-def test_imap_office365_bye_after_token_expiry(oauth: FakeOAuthServer, ca: TestCA) -> None:
+@pytest.fixture
+def clock(oauth: FakeOAuthServer) -> Iterator[FakeClock]:
+    """The OAuth server's clock for one test (token lifetimes, so the servers' checks)."""
+    fake = FakeClock()
+    oauth.clock = fake.time
+    try:
+        yield fake
+    finally:
+        oauth.clock = time.time
+
+
+def test_imap_office365_bye_after_token_expiry(
+    oauth: FakeOAuthServer, ca: TestCA, clock: FakeClock
+) -> None:
     with make_sandbox(oauth, ca, Personality.OFFICE365) as sandbox:
         user = sandbox.user(new_user())
         client = LineClient(sandbox.imap.tls_port, sandbox.ssl_context)
         client.line()
-        token = user.access_token(lifetime=1)
+        token = user.access_token(lifetime=3600)
         client.send("a1 AUTHENTICATE XOAUTH2 " + b64(xoauth2(user.username, token)))
         assert client.line() == "a1 OK AUTHENTICATE completed."
         client.send("a2 NOOP")
         assert client.line() == "a2 OK NOOP completed."
-        time.sleep(1.2)
+        clock.advance(3601)
         client.send("a3 NOOP")
         assert client.line() == "* BYE Session invalidated - AccessTokenExpired"
         assert client.line() == ""  # closed
