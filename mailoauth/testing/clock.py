@@ -7,6 +7,7 @@ Tests that let tokens expire move this clock forward instead of sleeping::
     tokens = TokenManager(provider, clock=clock.now)    # refresh ahead of expiry
     async with ImapClient(host, port, user, tokens) as imap:  # re-auth: the manager's clock
         clock.advance(3600)                              # the session's token has expired
+    provider = OAuth2TokenProvider(..., sleep=clock.sleep)   # backoff without waiting
 
 It runs at the speed of real time plus an offset that :meth:`FakeClock.advance` grows,
 so it never goes backwards, and timeouts, real servers (Dovecot asks the fake OAuth
@@ -15,6 +16,7 @@ server whether a token is active) and the event loop keep working unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import time
@@ -29,6 +31,8 @@ class FakeClock:
     def __init__(self) -> None:
         self._offset = 0.0
         self._lock = threading.Lock()
+        #: What :meth:`sleep` was asked to wait, in order.
+        self.sleeps: list[float] = []
 
     def time(self) -> float:
         """Seconds since the epoch, as :func:`time.time`."""
@@ -46,6 +50,14 @@ class FakeClock:
             raise ValueError(f"a clock only moves forward by a finite amount, not {seconds!r}")
         with self._lock:
             self._offset += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """An instant sleep that moves the clock forward instead (and records the wait
+        in :attr:`sleeps`): pass it where code takes ``sleep=``, as the token
+        providers' retry backoff does. Yields to the event loop once."""
+        self.sleeps.append(seconds)
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
 
     @property
     def offset(self) -> float:

@@ -22,6 +22,7 @@ import pytest
 from mailoauth.errors import PermanentTokenError, TransientTokenError
 from mailoauth.imap.client import ImapClient
 from mailoauth.security import SecurityOptions
+from mailoauth.testing.clock import FakeClock
 from mailoauth.testing.oauth_server import ScriptedResponse
 from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant
 from tests.integration.conftest import MailServers
@@ -90,16 +91,18 @@ async def test_transient_failures_are_retried_then_the_client_connects(
 
 
 async def test_500_forever_is_transient_after_bounded_attempts(mail_servers: MailServers) -> None:
-    user, rt, provider = setup(mail_servers, max_attempts=3, backoff=0.1)
+    clock = FakeClock()
+    user, rt, provider = setup(mail_servers, max_attempts=3, backoff=0.1, sleep=clock.sleep)
     oauth = mail_servers.oauth
     before = oauth.stats.token_requests
     oauth.script(*[ScriptedResponse(500)] * 3)
-    started = time.monotonic()
     async with provider:
         with pytest.raises(TransientTokenError, match="after 3 attempts") as info:
             await asyncio.wait_for(connect(mail_servers, user, provider), GUARD)
     assert oauth.stats.token_requests - before == 3
-    assert time.monotonic() - started < 0.1 + 0.2 + 2.0  # backoff 0.1 + 0.2, bounded
+    # Two waits between three attempts: the backoff, doubled, with jitter (x0.5 to x1).
+    assert len(clock.sleeps) == 2
+    assert 0.05 <= clock.sleeps[0] <= 0.1 and 0.1 <= clock.sleeps[1] <= 0.2
     assert rt not in str(info.value) and SECRET not in str(info.value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import time
@@ -48,3 +49,11 @@ def test_oauth_server_lifetimes_and_introspection_follow_its_clock() -> None:
     # Swapped between tests: every check reads the clock anew.
     oauth.clock = time.time
     assert oauth.is_active(token)
+
+
+def test_fake_clock_sleep_moves_the_clock_instead_of_waiting() -> None:
+    clock = FakeClock()
+    asyncio.run(clock.sleep(600))
+    asyncio.run(clock.sleep(-1))  # as asyncio.sleep: returns at once
+    assert clock.sleeps == [600, -1]
+    assert clock.offset == 600
