@@ -339,7 +339,10 @@ class AuthorizationCodeGrant(Grant):
     In an :class:`~mailoauth.tokens.oauth2.OAuth2TokenProvider`, the first token comes
     from the browser (:func:`authorization_code_flow`) and later ones from the refresh
     token it brings; the browser is asked again only when that refresh token dies.
-    ``account`` names the signed-in user in the store key. Other arguments as for
+    ``account`` names the signed-in user in the store key. ``authorization_url`` may be
+    left out when the provider is built with ``OAuth2TokenProvider.from_issuer()``,
+    which takes it from the server's metadata; without it :meth:`fetch` raises
+    :class:`~mailoauth.errors.ConfigurationError`. Other arguments as for
     :func:`authorization_code_flow`; :meth:`fetch` raises what it raises.
     """
 
@@ -348,7 +351,7 @@ class AuthorizationCodeGrant(Grant):
 
     def __init__(
         self,
-        authorization_url: str,
+        authorization_url: str | None = None,
         *,
         extra_params: Mapping[str, str] | None = None,
         on_open_url: OpenUrlCallback | None = None,
@@ -357,8 +360,8 @@ class AuthorizationCodeGrant(Grant):
         redirect_host: str = LOOPBACK_HOST,
         account: str | None = None,
     ) -> None:
-        if not authorization_url:
-            raise ConfigurationError("AuthorizationCodeGrant needs an authorization_url")
+        if authorization_url == "":
+            raise ConfigurationError("authorization_url must not be empty (or None to discover it)")
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
         self.authorization_url = authorization_url
@@ -373,6 +376,11 @@ class AuthorizationCodeGrant(Grant):
         return self.account or "authorization-code"
 
     async def fetch(self, endpoint: TokenEndpoint, *, scope: str | None) -> AccessToken:
+        if self.authorization_url is None:
+            raise ConfigurationError(
+                "AuthorizationCodeGrant has no authorization_url: pass it, or build the "
+                "provider with OAuth2TokenProvider.from_issuer() to discover it"
+            )
         return await authorization_code_flow(
             endpoint,
             self.authorization_url,

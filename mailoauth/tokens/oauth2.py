@@ -229,10 +229,13 @@ class OAuth2TokenProvider:
 
         Reads the server's metadata (:func:`~mailoauth.tokens.discovery.discover`) and
         builds the provider with its token endpoint and revocation endpoint; a
-        :class:`DeviceCodeGrant` without a device authorization URL gets the server's.
+        :class:`DeviceCodeGrant` without a device authorization URL gets the server's, and
+        an :class:`~mailoauth.tokens.authcode.AuthorizationCodeGrant` without an
+        authorization URL likewise.
         Other keyword options as for the constructor. Raises what ``discover`` raises,
         and :class:`ConfigurationError` when the server lacks an endpoint the grant needs.
         """
+        from mailoauth.tokens.authcode import AuthorizationCodeGrant
         from mailoauth.tokens.discovery import discover
 
         metadata = await discover(
@@ -250,6 +253,13 @@ class OAuth2TokenProvider:
                     "server does not offer the device flow (or pass the URL to DeviceCodeGrant)"
                 )
             grant.device_authorization_url = metadata.device_authorization_endpoint
+        if isinstance(grant, AuthorizationCodeGrant) and grant.authorization_url is None:
+            if metadata.authorization_endpoint is None:
+                raise ConfigurationError(
+                    f"the metadata of {issuer} names no authorization_endpoint (or pass "
+                    "the URL to AuthorizationCodeGrant)"
+                )
+            grant.authorization_url = metadata.authorization_endpoint
         options.setdefault("revocation_url", metadata.revocation_endpoint)
         provider = cls(
             metadata.token_endpoint,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mailoauth.errors import MailTimeoutError, PermanentTokenError
+from mailoauth.errors import ConfigurationError, MailTimeoutError, PermanentTokenError
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.tokens import AuthorizationCodeGrant, OAuth2TokenProvider, TokenEndpoint
 from mailoauth.tokens.authcode import authorization_code_flow
@@ -171,3 +171,33 @@ async def test_nobody_coming_back_is_a_timeout_that_names_the_redirect(
     finally:
         await endpoint.aclose()
     assert len(shown) == 1 and server.token_forms == []
+
+
+@pytest.mark.asyncio
+async def test_from_issuer_discovers_the_authorization_endpoint(server: FakeOAuthServer) -> None:
+    browser = Browser()
+    grant = AuthorizationCodeGrant(on_open_url=browser, timeout=10)
+    provider = await OAuth2TokenProvider.from_issuer(
+        server.issuer, grant, client_id="desktop", client_secret=CLIENT_SECRET, scope="mail"
+    )
+    try:
+        token = await provider.get_access_token()
+    finally:
+        await provider.aclose()
+    assert grant.authorization_url == server.authorization_url
+    assert browser.urls[0].startswith(server.authorization_url + "?")
+    assert server.is_active(token.value)
+
+
+@pytest.mark.asyncio
+async def test_a_grant_without_an_authorization_url_says_how_to_get_one(
+    server: FakeOAuthServer,
+) -> None:
+    opened: list[str] = []
+    endpoint = TokenEndpoint(server.token_url, client_id="desktop", client_secret=CLIENT_SECRET)
+    try:
+        with pytest.raises(ConfigurationError, match=r"pass it, or .*from_issuer\(\)"):
+            await AuthorizationCodeGrant(on_open_url=opened.append).fetch(endpoint, scope=None)
+    finally:
+        await endpoint.aclose()
+    assert opened == [] and server.token_forms == []

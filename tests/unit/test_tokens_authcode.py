@@ -90,7 +90,7 @@ def test_authorization_url_refuses_missing_parts(url: str, client_id: str) -> No
 
 
 def test_grant_checks_its_arguments_and_names_no_secret() -> None:
-    with pytest.raises(ConfigurationError, match="authorization_url"):
+    with pytest.raises(ConfigurationError, match="authorization_url must not be empty"):
         AuthorizationCodeGrant("")
     with pytest.raises(ConfigurationError, match="timeout must be positive"):
         AuthorizationCodeGrant("https://idp/authorize", timeout=0)
