@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailoauth.imap.client import _capabilities_sent
+from mailoauth.imap.session import _capabilities_sent
 
 
 def test_untagged_capability_line() -> None:
