@@ -440,11 +440,11 @@ async def test_200_concurrent_clients_share_one_refresh(mail_servers: MailServer
 async def test_idle_reports_new_mail_and_renews(mail_servers: MailServers) -> None:
     user = new_user()
     provider = IssuingProvider(mail_servers.oauth, user)
-    async with imaps(mail_servers, user, provider, idle_renew_after=0.5) as imap:
+    async with imaps(mail_servers, user, provider, idle_renew_after=0.2) as imap:
         await imap.select()
 
         async def deliver() -> None:
-            await asyncio.sleep(1.2)  # after at least one renewal of the IDLE
+            await asyncio.sleep(0.6)  # after at least one renewal of the IDLE
             async with submission(mail_servers, user, provider) as smtp:
                 await smtp.sendmail(user, [user], b"Subject: pushed\r\n\r\nhi\r\n")
 
