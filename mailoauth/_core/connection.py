@@ -9,8 +9,13 @@ the same callback and handed on at once. That keeps memory down (asyncio's own T
 transport holds a 256 KiB read buffer for every connection, most of what an idle IMAPS
 session costs) and costs no extra task, event-loop iteration or system call per read.
 The plaintext goes either to an attached asyncio protocol (aiosmtplib's, aioimaplib's:
-see :meth:`Connection.attach`) or to a queue read with :meth:`Connection.receive`
-(the POP3 driver).
+see :meth:`Connection.attach`), which may pause the socket's reading while its reader is
+behind, or to a queue read with :meth:`Connection.receive` (the POP3 driver), which
+pauses it above :data:`PAUSE_READING_AT`.
+
+A clean close (:meth:`Connection.aclose`, an attached protocol's ``transport.close()``)
+sends TLS close_notify; an abort (:meth:`Connection.close`, ``transport.abort()``) does
+not; neither lets an unresponsive peer hold the socket past :data:`CLOSE_TIMEOUT`.
 
 Foreign exceptions are mapped onto :mod:`mailoauth.errors` here, at the I/O boundary.
 """
