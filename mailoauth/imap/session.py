@@ -42,7 +42,7 @@ from mailoauth.imap._aioimaplib import (
 )
 from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
-from mailoauth.tokens.access_token import AccessToken, TokenProvider, utcnow
+from mailoauth.tokens.access_token import AccessToken, TokenProvider
 
 __all__ = ["IDLE_RENEW_AFTER", "REAUTH_MARGIN", "IdleEvent", "ImapSession"]
 
@@ -94,6 +94,7 @@ class ImapSession(BaseClient):
         max_response_size: int = MAX_RESPONSE,
         connect_timeout: float | None = None,
         min_rate: float = DEFAULT_MIN_RATE,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -109,6 +110,9 @@ class ImapSession(BaseClient):
             min_rate=min_rate,
         )
         self.idle_renew_after = idle_renew_after
+        #: The current aware UTC time, for when the session's token is due: the token
+        #: manager's clock unless given, so that a test moves one clock.
+        self._clock: Callable[[], dt.datetime] = clock or self.tokens.now
         if isinstance(max_response_size, bool) or not isinstance(max_response_size, int):
             raise ConfigurationError("max_response_size must be an int (bytes)")
         if max_response_size <= 0:
@@ -224,7 +228,7 @@ class ImapSession(BaseClient):
             mechanism=mechanism,
             exchange=exchange,
         )
-        self._authenticated_at = utcnow()
+        self._authenticated_at = self._clock()
         self.mechanism_used = mechanism
         protocol.state = AUTH
         # Capabilities change after login (RFC 3501 §6.2.2): read them again, unless
@@ -264,7 +268,7 @@ class ImapSession(BaseClient):
             return None
         lifetime = (token.expires_at - since).total_seconds()
         margin = min(REAUTH_MARGIN, lifetime / 4)
-        return (token.expires_at - utcnow()).total_seconds() - margin
+        return (token.expires_at - self._clock()).total_seconds() - margin
 
     def _session_expiring(self) -> bool:
         left = self._seconds_until_reauth()
