@@ -136,3 +136,42 @@ def test_the_library_and_the_command_work_without_the_sandbox_extra() -> None:
     # The command's parser loads every subcommand; then every public name is loaded.
     result = _run_without_sandbox(["token", "show", "--store", "/nonexistent/tokens.json"])
     assert "status 0" in result.stdout, result.stderr
+
+
+_PYTEST_WITHOUT_EXTRA = """
+import sys
+
+class Hide:  # as if the testing extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {missing!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+import pytest
+sys.exit(pytest.main(["-p", "no:cacheprovider", "-p", "no:asyncio", {path!r}]))
+"""
+
+
+@pytest.mark.parametrize("missing", [["trustme", "aiosmtpd"], ["aiosmtpd"]])
+def test_pytest_starts_in_a_production_install(tmp_path: Path, missing: list[str]) -> None:
+    """The pytest11 entry point is registered by every install; without the testing
+    extra it must not stop the user's own test run with an ImportError."""
+    test_file = tmp_path / "test_users_own.py"
+    test_file.write_text("def test_users_own():\n    assert True\n", encoding="utf-8")
+    code = _PYTEST_WITHOUT_EXTRA.format(missing=missing, path=str(test_file))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    header = f"mailoauth: the pytest plugin is off ({', '.join(missing)} not installed)"
+    assert header in result.stdout
+    assert "pip install 'mailoauth[testing]'" in result.stdout
+
+
+def test_the_entry_point_loads_the_plugin_when_the_extra_is_there() -> None:
+    from mailoauth.testing import _pytest_entry
+
+    assert _pytest_entry.MISSING == []
+    assert _pytest_entry.pytest_plugins == ["mailoauth.testing.pytest_plugin"]
