@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from mailoauth.errors import ConfigurationError, PermanentTokenError, TransientTokenError
+from mailoauth.testing.clock import FakeClock
 from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
 from mailoauth.tokens import (
     AccessToken,
@@ -36,14 +36,6 @@ class Sleeps:
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.offset)
 
 
 @pytest.fixture
@@ -99,10 +91,10 @@ async def test_single_flight_1000_callers_one_request(
     server: FakeOAuthServer, http: httpx.AsyncClient
 ) -> None:
     clock = FakeClock()
-    provider = google(server, server.issue_refresh_token("a"), http, clock=clock)
+    provider = google(server, server.issue_refresh_token("a"), http, clock=clock.now)
     manager = wrap_provider(provider)
     await manager.get_access_token()
-    clock.offset = 4000  # the cached token has expired
+    clock.advance(4000)  # the cached token has expired
     before = server.stats.token_requests
     started = time.perf_counter()
     tokens = await asyncio.gather(*(manager.get_access_token() for _ in range(1000)))
@@ -158,14 +150,14 @@ async def test_rotation_uses_new_refresh_token_and_saves_it_before_returning(
             client_id="cid",
             store=store,
             http_client=http,
-            clock=clock,
+            clock=clock.now,
         )
         first = await provider.get_access_token()
         rt1 = provider.current_refresh_token
         assert rt1 is not None and rt1 != rt0
         assert store.saved_before_return == [rt1]
         assert server.token_forms[0]["refresh_token"] == rt0
-        clock.offset = 4000
+        clock.advance(4000)
         second = await provider.get_access_token()
         assert second.value != first.value
         assert server.token_forms[1]["refresh_token"] == rt1  # the rotated one, not rt0
