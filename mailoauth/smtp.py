@@ -161,6 +161,16 @@ def enhanced_status(text: str) -> str | None:
     return None if found is None else found.group(1)
 
 
+#: The command each of aiosmtplib's refusals answers, for ``CommandError.command``.
+_REFUSED_COMMANDS: dict[type[aiosmtplib.SMTPResponseException], str] = {
+    aiosmtplib.SMTPSenderRefused: "MAIL",
+    aiosmtplib.SMTPRecipientRefused: "RCPT",
+    aiosmtplib.SMTPDataError: "DATA",
+    aiosmtplib.SMTPHeloError: "EHLO",
+    aiosmtplib.SMTPAuthenticationError: "AUTH",
+}
+
+
 @contextmanager
 def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
     where = f"{host}:{port}"
@@ -199,10 +209,12 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
         if exc.code == SMTPStatus.invalid_response:  # aiosmtplib could not parse the reply
             error = LimitExceededError if "too long" in exc.message else ProtocolError
             raise error(f"{where} sent an invalid SMTP response: {exc.message}") from exc
-        name = type(exc).__name__.removeprefix("SMTP").removesuffix("Error")
+        command = next(
+            (name for cls, name in _REFUSED_COMMANDS.items() if isinstance(exc, cls)), ""
+        )
         raise CommandError(
-            f"{where} refused {name}: {exc.code} {exc.message}",
-            command=name.upper(),
+            f"{where} refused {command or 'a command'}: {exc.code} {exc.message}",
+            command=command,
             reply=f"{exc.code} {exc.message}",
             code=exc.code,
             enhanced_code=enhanced_status(exc.message),

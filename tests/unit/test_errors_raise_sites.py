@@ -7,16 +7,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from mailoauth import ImapClient, Pop3Client, SecurityOptions, SmtpClient
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth.errors import (
     AuthenticationError,
+    CommandError,
     ConfigurationError,
     UsageError,
 )
 from mailoauth.sasl import Mechanism
+from mailoauth.smtp import _map_smtp_errors
 from mailoauth.tokens.manager import wrap_provider
 
 pytestmark = pytest.mark.asyncio
@@ -106,3 +109,46 @@ async def test_mechanism_not_offered_carries_host_and_port() -> None:
         587,
         False,
     )
+
+
+# SMTP: aiosmtplib's refusals become CommandErrors with the command, the codes and the
+# server (mailoauth/smtp.py's _map_smtp_errors, the one place they are mapped).
+SMTP_REFUSALS: list[tuple[Exception, str, int, str | None, bool]] = [
+    (
+        aiosmtplib.SMTPSenderRefused(553, "5.7.1 Sender not owned", "a@x"),
+        "MAIL",
+        553,
+        "5.7.1",
+        False,
+    ),
+    (aiosmtplib.SMTPDataError(452, "4.3.1 Insufficient storage"), "DATA", 452, "4.3.1", True),
+    (aiosmtplib.SMTPDataError(554, "Transaction failed"), "DATA", 554, None, False),
+    (aiosmtplib.SMTPHeloError(501, "5.5.4 Bad EHLO"), "EHLO", 501, "5.5.4", False),
+    (aiosmtplib.SMTPResponseException(421, "4.7.0 Try later"), "", 421, "4.7.0", True),
+]
+
+
+@pytest.mark.parametrize(("refusal", "command", "code", "enhanced", "retryable"), SMTP_REFUSALS)
+async def test_smtp_refusals_carry_their_command_and_codes(
+    refusal: Exception, command: str, code: int, enhanced: str | None, retryable: bool
+) -> None:
+    with pytest.raises(CommandError) as info, _map_smtp_errors("smtp.example.test", 587):
+        raise refusal
+    exc = info.value
+    assert (exc.command, exc.code, exc.enhanced_code) == (command, code, enhanced)
+    assert (exc.host, exc.port, exc.retryable) == ("smtp.example.test", 587, retryable)
+    assert f"refused {command or 'a command'}: {code}" in str(exc)
+    assert exc.__cause__ is refusal
+
+
+async def test_smtp_every_recipient_refused_takes_the_least_final_code() -> None:
+    refusals = [
+        aiosmtplib.SMTPRecipientRefused(550, "5.1.1 No such user", "a@x"),
+        aiosmtplib.SMTPRecipientRefused(450, "4.2.0 Greylisted, come back later", "b@x"),
+    ]
+    with pytest.raises(CommandError) as info, _map_smtp_errors("smtp.example.test", 25):
+        raise aiosmtplib.SMTPRecipientsRefused(refusals)
+    exc = info.value
+    assert (exc.command, exc.code, exc.enhanced_code) == ("RCPT", 450, "4.2.0")
+    assert exc.retryable  # one recipient may still be reached later
+    assert "a@x (550 5.1.1 No such user)" in exc.reply
