@@ -175,3 +175,17 @@ def test_the_entry_point_loads_the_plugin_when_the_extra_is_there() -> None:
 
     assert _pytest_entry.MISSING == []
     assert _pytest_entry.pytest_plugins == ["mailoauth.testing.pytest_plugin"]
+
+
+def test_docs_draw_the_layers_the_contract_checks() -> None:
+    """docs/architecture.md states the layer order of [tool.importlinter] word for word."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = config["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    drawn = " > ".join(f"`{layer.replace('mailoauth.', '')}`" for layer in layers)
+    docs = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert drawn.replace("|", "\\|") in docs, drawn
