@@ -8,7 +8,7 @@ the JSON error challenge a server sends when it rejects a token::
     ...  # server: "+ eyJzdGF0dXMiOi..."  -> mech.respond(challenge) -> b"AQ=="
 
 Both mechanisms refuse control characters (CR, LF, NUL, the field separator ``\x01``
-and the rest of :data:`mailoauth._text.CONTROL_CHARACTERS`) in the username, host and
+and the rest of :data:`mailoauth._util.text.CONTROL_CHARACTERS`) in the username, host and
 token (:class:`~mailoauth.errors.ConfigurationError`, a ``ValueError``) before anything
 is encoded: a ``\x01`` in the username would let it forge an ``auth=`` field.
 """

@@ -3,7 +3,7 @@
 Every line goes through :class:`Printer`, which never receives a secret in full: tokens
 are passed through :func:`redact` first (six characters and an ellipsis). Lines quote
 server text (greetings, replies, error challenges), so :meth:`Printer.line` escapes
-control characters (:func:`mailoauth._text.escape_controls`): a server cannot set the
+control characters (:func:`mailoauth._util.text.escape_controls`): a server cannot set the
 terminal's title, clear the screen or draw a fake ``✓ AUTH`` line of its own.
 """
 
