@@ -88,6 +88,7 @@ def package_copy(tmp_path: Path) -> Path:
         ("tokens/endpoint.py", "import mailoauth._core.connection", "The layers"),
         ("sasl.py", "import anyio", "The sans-IO modules import no network library"),
         ("_core/auth.py", "import aiosmtpd", "No library module imports the testing"),
+        ("poll/_imap.py", "import mailoauth.poll._pop3", "the IMAP and POP3 poll watchers"),
     ],
 )
 def test_a_broken_rule_fails_naming_its_contract(
