@@ -1,6 +1,6 @@
 """Control characters in every user-supplied field are refused before anything is sent:
 CR, LF and NUL, and also the SASL separator ``\x01`` and NEL ``\x85`` (one guard,
-mailoauth/_text.py, refuses all of C0, DEL, C1 and U+2028/9).
+mailoauth/_util/text.py, refuses all of C0, DEL, C1 and U+2028/9).
 
 Each client talks to the real servers through a recording proxy (plaintext ports on
 loopback, so the recorded bytes can be read): after a refused call, not one more byte
