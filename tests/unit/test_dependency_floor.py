@@ -47,7 +47,8 @@ def test_a_requirement_without_a_floor_is_refused(noxfile: ModuleType, tmp_path:
     pyproject.write_text(
         '[project]\nname = "mailoauth"\ndependencies = ["httpx>=0.27", "anyio"]\n'
         "[project.optional-dependencies]\n"
-        'sandbox = []\ntesting = []\nredis = []\ncrypto = []\ndev = ["mailoauth[testing]", "ruff"]\n'
+        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\n"
+        'dev = ["mailoauth[testing]", "ruff"]\n'
     )
     with pytest.raises(ValueError, match="'anyio' has no lower bound"):
         noxfile.lowest_pins(pyproject)
