@@ -628,7 +628,9 @@ class OAuthAuthority:
         refresh = self.issue_refresh_token(username, scope=scope, client_id=client_id)
         return 200, self._mint(username, scope, client_id, refresh=refresh)
 
-    def handle_introspect(self, form: dict[str, str]) -> Response:
+    def handle_introspect(self, form: dict[str, str], auth_header: str | None = None) -> Response:
+        """RFC 7662: a live token's record, else ``{"active": false}``. The caller is not
+        authenticated (``auth_header`` is ignored), as Dovecot's passdb does not send any."""
         token = form.get("token", "")
         with self._lock:
             self.stats.introspections += 1

@@ -49,10 +49,10 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final
 
 from mailoauth.testing._oauth_logic import (
     DEVICE_CODE_GRANT,
@@ -80,6 +80,14 @@ __all__ = [
 _WELL_KNOWN = frozenset(
     {"/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"}
 )
+#: The POST endpoints: path -> the OAuthAuthority method deciding the request, called
+#: with the form and the Authorization header (Microsoft's tenant paths map onto them).
+_POST_ROUTES: Final[Mapping[str, str]] = {
+    "/token": "handle_token",
+    "/introspect": "handle_introspect",
+    "/devicecode": "handle_device_authorization",
+    "/revoke": "handle_revoke",
+}
 _MICROSOFT_PATH = re.compile(r"/[^/]+/oauth2/v2\.0/(token|devicecode)")
 
 
@@ -233,38 +241,40 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data[i : i + 1])
                 self.wfile.flush()
 
+        def _answer_scripted(self, form: dict[str, str]) -> bool:
+            """Record a token request's form; answer it from the script, if one is queued
+            (a status of 0 only delays the real answer). Whether it was answered."""
+            with server._lock:
+                server.token_forms.append(form)
+            scripted = server._next_scripted()
+            if scripted is None:
+                return False
+            # Counted while it is delayed, as a real request in flight would be.
+            with server._lock:
+                server.stats.token_requests += 1
+                server.stats.grants[form.get("grant_type", "")] += 1
+            time.sleep(scripted.delay)
+            if scripted.status == 0:
+                with server._lock:  # handle_token counts it again
+                    server.stats.token_requests -= 1
+                    server.stats.grants[form.get("grant_type", "")] -= 1
+                return False
+            self._send(scripted.status, scripted.body, drip=scripted.drip)
+            return True
+
         def do_POST(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
             form = self._form()
             ms_path = _MICROSOFT_PATH.fullmatch(path)
             if ms_path:
                 path = "/" + ms_path.group(1)
-            if path == "/token":
-                with server._lock:
-                    server.token_forms.append(form)
-                scripted = server._next_scripted()
-                if scripted is not None:
-                    with server._lock:
-                        server.stats.token_requests += 1
-                        server.stats.grants[form.get("grant_type", "")] += 1
-                    time.sleep(scripted.delay)
-                    if scripted.status != 0:
-                        self._send(scripted.status, scripted.body, drip=scripted.drip)
-                        return
-                    with server._lock:
-                        server.stats.token_requests -= 1
-                        server.stats.grants[form.get("grant_type", "")] -= 1
-                status, body = server.handle_token(form, self.headers.get("Authorization"))
-            elif path == "/introspect":
-                status, body = server.handle_introspect(form)
-            elif path == "/devicecode":
-                status, body = server.handle_device_authorization(
-                    form, self.headers.get("Authorization")
-                )
-            elif path == "/revoke":
-                status, body = server.handle_revoke(form, self.headers.get("Authorization"))
-            else:
-                status, body = 404, {"error": "not_found"}
+            handler = _POST_ROUTES.get(path)
+            if handler is None:
+                self._send(404, {"error": "not_found"})
+                return
+            if path == "/token" and self._answer_scripted(form):
+                return
+            status, body = getattr(server, handler)(form, self.headers.get("Authorization"))
             self._send(status, body)
 
         def do_GET(self) -> None:

@@ -184,3 +184,13 @@ def test_the_http_server_is_the_authority_plus_glue() -> None:
     token = server.issue_access_token("hank@example.test", lifetime=5)
     clock.now += 5
     assert not server.is_active(token)
+
+
+def test_every_http_route_names_a_decision_taking_the_form_and_the_header() -> None:
+    from mailoauth.testing.oauth_server import _POST_ROUTES
+
+    authority = OAuthAuthority()
+    assert set(_POST_ROUTES) == {"/token", "/introspect", "/devicecode", "/revoke"}
+    for path, name in _POST_ROUTES.items():
+        status, _ = getattr(authority, name)({}, None)
+        assert status in (200, 400), path
