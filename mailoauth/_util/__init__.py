@@ -5,6 +5,7 @@
 - :mod:`~mailoauth._util.files`: private directories and atomic writes of small files;
 - :mod:`~mailoauth._util.jsonfile`: reading the library's JSON files (token store, poll
   state, CLI profiles, service-account keys) with one set of errors;
+- :mod:`~mailoauth._util.lazy`: lazy package attributes (PEP 562) for the package roots;
 - :mod:`~mailoauth._util.routing`: the test route table the sandbox sets.
 
 Nothing here imports anything from mailoauth but :mod:`mailoauth.errors`, and nothing
