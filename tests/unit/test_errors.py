@@ -3,6 +3,9 @@ fields of CommandError and AuthenticationError (pure: no sockets)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 import mailoauth.errors as errors_module
@@ -213,3 +216,34 @@ def test_authentication_error_carries_host_and_port() -> None:
         False,
     )
     assert AuthenticationError("m").host == "" and AuthenticationError("m").port is None
+
+
+def _raise_sites(name: str) -> list[tuple[str, int, set[str]]]:
+    """Every ``name(...)`` call in the package: (file, line, keyword names)."""
+    root = Path(errors_module.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == name
+            ):
+                keywords = {k.arg for k in node.keywords if k.arg is not None}
+                found.append((str(path.relative_to(root)), node.lineno, keywords))
+    return found
+
+
+@pytest.mark.parametrize("name", ["CommandError", "AuthenticationError"])
+def test_every_raise_site_names_the_server(name: str) -> None:
+    sites = _raise_sites(name)
+    assert len(sites) >= 5  # the walk found the clients' raise sites
+    missing = [(f, line) for f, line, keywords in sites if not {"host", "port"} <= keywords]
+    assert missing == []
+
+
+def test_every_command_error_says_what_was_refused() -> None:
+    for path, line, keywords in _raise_sites("CommandError"):
+        assert "command" in keywords, (path, line)
