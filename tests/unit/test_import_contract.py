@@ -81,25 +81,53 @@ def package_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(
-    ("module", "line", "contract"),
-    [
-        ("smtp.py", "import mailoauth.testing.sandbox", "No library module imports the testing"),
-        ("tokens/endpoint.py", "import mailoauth._core.connection", "The layers"),
-        ("sasl.py", "import anyio", "The sans-IO modules import no network library"),
-        ("_core/auth.py", "import aiosmtpd", "No library module imports the testing"),
-        ("poll/_imap.py", "import mailoauth.poll._pop3", "the IMAP and POP3 poll watchers"),
-    ],
-)
-def test_a_broken_rule_fails_naming_its_contract(
-    package_copy: Path, module: str, line: str, contract: str
-) -> None:
-    path = package_copy / "mailoauth" / module
-    path.write_text(path.read_text(encoding="utf-8") + f"\n{line}  # noqa\n", encoding="utf-8")
+#: One import per rule, each breaking it: (module, the import added, the contract it
+#: breaks, the chain import-linter reports).
+_BREAKAGES = [
+    (
+        "smtp.py",
+        "import mailoauth.testing.sandbox",
+        "No library module imports the testing",
+        "mailoauth.smtp -> mailoauth.testing.sandbox",
+    ),
+    (
+        "tokens/endpoint.py",
+        "import mailoauth._core.connection",
+        "The layers",
+        "mailoauth.tokens.endpoint -> mailoauth._core.connection",
+    ),
+    (
+        "sasl.py",
+        "import anyio",
+        "The sans-IO modules import no network library",
+        "mailoauth.sasl -> anyio",
+    ),
+    (
+        "_core/auth.py",
+        "import aiosmtpd",
+        "No library module imports the testing",
+        "mailoauth._core.auth -> aiosmtpd",
+    ),
+    (
+        "poll/_imap.py",
+        "import mailoauth.poll._pop3",
+        "the IMAP and POP3 poll watchers",
+        "mailoauth.poll._imap -> mailoauth.poll._pop3",
+    ),
+]
+
+
+def test_each_broken_rule_fails_naming_its_contract_and_the_import(package_copy: Path) -> None:
+    for module, line, _, _ in _BREAKAGES:
+        path = package_copy / "mailoauth" / module
+        text = path.read_text(encoding="utf-8")
+        path.write_text(f"{text}\n{line}  # noqa\n", encoding="utf-8")
     result = _lint_imports(package_copy, pythonpath=package_copy)
     assert result.returncode != 0
     broken = result.stdout[result.stdout.find("Broken contracts") :]
-    assert contract in broken, broken
+    for _, _, contract, chain in _BREAKAGES:
+        assert contract in broken, (contract, broken)
+        assert chain in broken, (chain, broken)
 
 
 # -- a production install: the four runtime dependencies, without the sandbox extra -----
@@ -154,7 +182,7 @@ sys.exit(pytest.main(["-p", "no:cacheprovider", "-p", "no:asyncio", {path!r}]))
 """
 
 
-@pytest.mark.parametrize("missing", [["trustme", "aiosmtpd"], ["aiosmtpd"]])
+@pytest.mark.parametrize("missing", [["trustme", "aiosmtpd"]])
 def test_pytest_starts_in_a_production_install(tmp_path: Path, missing: list[str]) -> None:
     """The pytest11 entry point is registered by every install; without the testing
     extra it must not stop the user's own test run with an ImportError."""
