@@ -29,6 +29,11 @@ authentication failure the server called temporary and a refusal that is not
 permanent by its code; False for everything else (a dead grant, a wrong argument, a
 misuse, a token rejected twice, a refusal with a permanent code).
 
+Deprecated: a :class:`UsageError` for a client that is not open is also a
+``ConnectionLostError``, and one for a missing ``select()`` also a ``ConfigurationError``
+(what those raised before UsageError existed), so that old ``except`` clauses keep
+working; catch UsageError.
+
 Messages name the cause and the fix. None of them ever contains an access token, a
 refresh token, a client secret or a password.
 """
@@ -224,6 +229,23 @@ class ProtocolError(MailOAuthError):
 
 class LimitExceededError(ProtocolError):
     """A line or response went over one of the named limits; the connection is closed."""
+
+
+# Deprecated bases of UsageError. Before it, a command on a client that was not open
+# raised ConnectionLostError, and an IMAP message command before select() raised
+# ConfigurationError. What is raised now is a UsageError that is also the old class, so
+# that an existing ``except`` clause still catches it; catch UsageError instead: a later
+# release drops the old bases. Neither is retryable.
+class _NotOpenError(UsageError, ConnectionLostError):
+    """A command on a client that is not open: :class:`UsageError` (and, for old code,
+    a :class:`ConnectionLostError`, which it used to be)."""
+
+    _retryable = False
+
+
+class _NotSelectedError(UsageError, ConfigurationError):
+    """A mailbox command before ``select()``: :class:`UsageError` (and, for old code, a
+    :class:`ConfigurationError`, which it used to be)."""
 
 
 class CommandError(MailOAuthError):

@@ -25,7 +25,7 @@ import anyio
 from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.connection import PLAINTEXT_HINT, Connection
 from mailoauth._util.text import refuse_controls
-from mailoauth.errors import ConfigurationError, MailTimeoutError, UsageError
+from mailoauth.errors import ConfigurationError, MailTimeoutError, _NotOpenError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 from mailoauth.tokens.manager import TokenManager, wrap_provider
@@ -136,7 +136,7 @@ class BaseClient:
         and :meth:`aclose` not since."""
         if not self._opened:
             name = type(self).__name__
-            raise UsageError(
+            raise _NotOpenError(
                 f"this {name} is not open (connect() was never called, or aclose() was): "
                 f"use `async with {name}(...) as client:` or await client.connect() first"
             )

@@ -31,7 +31,7 @@ from mailoauth.errors import (
     MailTimeoutError,
     ProtocolError,
     TLSError,
-    UsageError,
+    _NotSelectedError,
 )
 from mailoauth.imap._aioimaplib import (
     AUTH,
@@ -347,7 +347,7 @@ class ImapSession(BaseClient):
     def _require_selected(self) -> None:
         self._require_opened()
         if self._selected is None:
-            raise UsageError(
+            raise _NotSelectedError(
                 "this command works on the selected mailbox: call select() or examine() first"
             )
 

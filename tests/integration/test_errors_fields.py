@@ -14,6 +14,7 @@ from mailoauth import ImapClient, Pop3Client, SecurityOptions, SmtpClient
 from mailoauth.errors import (
     AuthenticationError,
     CommandError,
+    ConfigurationError,
     ConnectionLostError,
     MailConnectionError,
     UsageError,
@@ -87,8 +88,9 @@ async def test_pop3_left_on_an_error_is_closed_for_the_caller(box: MailSandbox) 
 async def test_imap_message_command_before_select_is_a_usage_error(box: MailSandbox) -> None:
     async with imap(box) as client:
         for call in (client.uid_search("ALL"), client.fetch_raw([1]), client.expunge()):
-            with pytest.raises(UsageError, match=r"select\(\)"):
+            with pytest.raises(UsageError, match=r"select\(\)") as info:
                 await call
+            assert isinstance(info.value, ConfigurationError)  # deprecated: what it was
         await client.select()
         assert await client.uid_search("ALL") == []
 

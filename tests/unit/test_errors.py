@@ -29,6 +29,8 @@ from mailoauth.errors import (
     TransientTokenError,
     TransportError,
     UsageError,
+    _NotOpenError,
+    _NotSelectedError,
 )
 from mailoauth.imap.parsing import parse_response_code
 from mailoauth.poll import backoff
@@ -247,3 +249,13 @@ def test_every_raise_site_names_the_server(name: str) -> None:
 def test_every_command_error_says_what_was_refused() -> None:
     for path, line, keywords in _raise_sites("CommandError"):
         assert "command" in keywords, (path, line)
+
+
+def test_the_deprecated_bases_of_usage_error() -> None:
+    not_open = _NotOpenError("connect() first")
+    assert isinstance(not_open, UsageError) and isinstance(not_open, ConnectionLostError)
+    assert not not_open.retryable and backoff.is_permanent(not_open)
+    not_selected = _NotSelectedError("select() first")
+    assert isinstance(not_selected, UsageError) and isinstance(not_selected, ConfigurationError)
+    assert isinstance(not_selected, ValueError) and not not_selected.retryable
+    assert not issubclass(UsageError, ConnectionLostError | ConfigurationError)
