@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Callable
 
 import pytest
 import trustme
@@ -21,6 +22,7 @@ from mailoauth._core.connection import (
 )
 from mailoauth.errors import ConnectionLostError, MailTimeoutError, TLSError
 from mailoauth.pop3.client import Pop3Client
+from mailoauth.security import SecurityOptions
 
 pytestmark = pytest.mark.asyncio
 
@@ -389,14 +391,23 @@ async def test_close_gives_up_on_a_peer_that_takes_nothing(monkeypatch: pytest.M
 
 class LoopbackTlsPeer(asyncio.Protocol):
     """A TLS server on a real loopback socket (OpenSSL through an SSLObject), recording
-    whether the client ended the session with close_notify before its FIN."""
+    whether the client ended the session with close_notify before its FIN. With a
+    ``script``, it greets and answers each line the client sends."""
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        ctx: ssl.SSLContext,
+        script: Callable[[bytes], bytes] | None = None,
+        greeting: bytes = b"",
+    ) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.ssl = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.transport: asyncio.Transport | None = None
         self.close_notify = False
         self.ended = asyncio.get_running_loop().create_future()
+        self.script, self.greeting = script, greeting
+        self.lines: list[bytes] = []
+        self._partial = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -407,8 +418,11 @@ class LoopbackTlsPeer(asyncio.Protocol):
         self.incoming.write(data)
         try:
             self.ssl.do_handshake()
-            while self.ssl.read(65536):
-                pass
+            if self.greeting:
+                self.ssl.write(self.greeting)
+                self.greeting = b""
+            while chunk := self.ssl.read(65536):
+                self._answer(chunk)
             self.close_notify = True  # read() returned b"": the end of the TLS stream
         except ssl.SSLZeroReturnError:
             self.close_notify = True
@@ -416,6 +430,14 @@ class LoopbackTlsPeer(asyncio.Protocol):
             pass
         if self.outgoing.pending:
             self.transport.write(self.outgoing.read())
+
+    def _answer(self, chunk: bytes) -> None:
+        if self.script is None:
+            return
+        *lines, self._partial = (self._partial + chunk).split(b"\r\n")
+        for line in lines:
+            self.lines.append(line)
+            self.ssl.write(self.script(line))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ended.done():
@@ -445,6 +467,52 @@ async def test_close_notify_reaches_a_real_tls_server_only_on_a_clean_close(clea
         else:
             conn.close()
         await asyncio.wait_for(peers[0].ended, 5)
+        assert peers[0].close_notify is clean
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def pop3_script(line: bytes) -> bytes:
+    if line == b"CAPA":
+        return b"+OK\r\nSASL XOAUTH2\r\nUSER\r\n.\r\n"
+    if line.startswith(b"AUTH XOAUTH2 "):
+        return b"+OK logged in\r\n"
+    if line == b"QUIT":
+        return b"+OK bye\r\n"
+    return b"-ERR not scripted\r\n"
+
+
+@pytest.mark.parametrize("clean", [True, False])
+async def test_pop3_client_sends_close_notify_after_quit_and_not_on_abort(clean: bool) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    peers: list[LoopbackTlsPeer] = []
+
+    def factory() -> LoopbackTlsPeer:
+        peers.append(LoopbackTlsPeer(server_ctx, pop3_script, b"+OK POP3 ready\r\n"))
+        return peers[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client = Pop3Client(
+            "127.0.0.1",
+            port,
+            "u@example.test",
+            "t0k3n",
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=client_context(ca),
+            timeout=5,
+        )
+        await client.connect()
+        if clean:
+            await client.aclose()
+        else:
+            await client.abort()
+        await asyncio.wait_for(peers[0].ended, 5)
+        assert (b"QUIT" in peers[0].lines) is clean
         assert peers[0].close_notify is clean
     finally:
         server.close()
