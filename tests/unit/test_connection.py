@@ -21,6 +21,7 @@ from mailoauth._core.connection import (
     Connection,
 )
 from mailoauth.errors import ConnectionLostError, MailTimeoutError, TLSError
+from mailoauth.imap.client import ImapClient
 from mailoauth.pop3.client import Pop3Client
 from mailoauth.security import SecurityOptions
 
@@ -514,6 +515,58 @@ async def test_pop3_client_sends_close_notify_after_quit_and_not_on_abort(clean:
         await asyncio.wait_for(peers[0].ended, 5)
         assert (b"QUIT" in peers[0].lines) is clean
         assert peers[0].close_notify is clean
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def imap_script(answer_logout: bool) -> Callable[[bytes], bytes]:
+    caps = b"IMAP4rev1 AUTH=XOAUTH2 SASL-IR"
+
+    def script(line: bytes) -> bytes:
+        tag, _, command = line.partition(b" ")
+        if command.startswith(b"AUTHENTICATE XOAUTH2 "):
+            return tag + b" OK [CAPABILITY " + caps + b"] logged in\r\n"
+        if command == b"CAPABILITY":
+            return b"* CAPABILITY " + caps + b"\r\n" + tag + b" OK done\r\n"
+        if command == b"LOGOUT" and answer_logout:
+            return b"* BYE logging out\r\n" + tag + b" OK done\r\n"
+        return b""
+
+    return script
+
+
+@pytest.mark.parametrize("answer_logout", [True, False])
+async def test_imap_client_sends_close_notify_only_after_logout_is_answered(
+    answer_logout: bool,
+) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    peers: list[LoopbackTlsPeer] = []
+    greeting = b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR] ready\r\n"
+
+    def factory() -> LoopbackTlsPeer:
+        peers.append(LoopbackTlsPeer(server_ctx, imap_script(answer_logout), greeting))
+        return peers[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client = ImapClient(
+            "127.0.0.1",
+            port,
+            "u@example.test",
+            "t0k3n",
+            SecurityOptions.SSL_IMPLICIT,
+            ssl_context=client_context(ca),
+            timeout=0.5,  # how long an unanswered LOGOUT is waited for
+        )
+        await client.connect()
+        await client.aclose()
+        await asyncio.wait_for(peers[0].ended, 5)
+        assert any(line.endswith(b" LOGOUT") for line in peers[0].lines)
+        assert peers[0].close_notify is answer_logout
     finally:
         server.close()
         await server.wait_closed()
