@@ -39,6 +39,8 @@ from mailoauth.errors import (
 
 #: Where each public name is imported from, on first access.
 _LAZY = {
+    "mailoauth._core.dialer": ["DialResult", "Dialer", "DirectDialer"],
+    "mailoauth._core.settings": ["ConnectionSettings"],
     "mailoauth.imap.client": ["IdleEvent", "ImapClient"],
     "mailoauth.poll": [
         "FilePollStateStore",
@@ -70,6 +72,8 @@ _LAZY = {
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 if TYPE_CHECKING:
+    from mailoauth._core.dialer import Dialer, DialResult, DirectDialer
+    from mailoauth._core.settings import ConnectionSettings
     from mailoauth.imap.client import IdleEvent, ImapClient
     from mailoauth.poll import (
         FilePollStateStore,
@@ -106,6 +110,10 @@ __all__ = [
     "CommandError",
     "ConfigurationError",
     "ConnectionLostError",
+    "ConnectionSettings",
+    "DialResult",
+    "Dialer",
+    "DirectDialer",
     "FilePollStateStore",
     "FileTokenStore",
     "GoogleTokenProvider",

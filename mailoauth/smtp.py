@@ -12,12 +12,12 @@ import email.errors
 import email.message
 import logging
 import re
-import ssl
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
@@ -25,8 +25,9 @@ from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default, SMTPStatus
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.client_base import BaseClient
 from mailoauth._core.connection import ProtocolTransport
+from mailoauth._core.settings import ConnectionOptions
 from mailoauth._util.text import refuse_controls
 from mailoauth.errors import (
     CommandError,
@@ -47,6 +48,9 @@ from mailoauth.sasl import (
 )
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["RecipientReply", "SendResult", "SmtpClient"]
 
@@ -288,27 +292,11 @@ class SmtpClient(BaseClient):
         token: str | AccessToken | TokenProvider,
         security: SecurityOptions = SecurityOptions.AUTO,
         *,
-        ssl_context: ssl.SSLContext | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        mechanism: str | None = None,
-        allow_insecure_auth: bool = False,
         local_hostname: str | None = None,
-        connect_timeout: float | None = None,
-        min_rate: float = DEFAULT_MIN_RATE,
+        **options: Unpack[ConnectionOptions],
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            username,
-            token,
-            security,
-            ssl_context=ssl_context,
-            timeout=timeout,
-            mechanism=mechanism,
-            allow_insecure_auth=allow_insecure_auth,
-            connect_timeout=connect_timeout,
-            min_rate=min_rate,
-        )
+        settings = self._settings_from(host, port, security, options)
+        super().__init__(settings, username, token)
         #: The name sent in EHLO; "localhost" keeps the machine's name private.
         self.local_hostname = refuse_controls(local_hostname or "localhost", "local_hostname")
         self._smtp: _CoreSMTP | None = None

@@ -13,20 +13,26 @@ The deadlines, one rule for SMTP, IMAP and POP3:
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
-from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.connection import PLAINTEXT_HINT, Connection
+from mailoauth._core.dialer import Dialer
+from mailoauth._core.settings import (
+    CONNECT_TIMEOUT_FACTOR,
+    DEFAULT_MIN_RATE,
+    DEFAULT_TIMEOUT,
+    ConnectionOptions,
+    ConnectionSettings,
+)
 from mailoauth._util.text import refuse_controls
 from mailoauth.errors import ConfigurationError, MailTimeoutError, _NotOpenError
-from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
+from mailoauth.security import SecurityOptions, TransportPlan
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 from mailoauth.tokens.manager import TokenManager, wrap_provider
 
@@ -35,22 +41,11 @@ __all__ = [
     "DEFAULT_MIN_RATE",
     "DEFAULT_TIMEOUT",
     "BaseClient",
+    "ConnectionOptions",
+    "ConnectionSettings",
 ]
 
 _C = TypeVar("_C", bound="BaseClient")
-
-#: Seconds one reply (a greeting, a status line, the start of a response) may take as a
-#: whole before the connection is closed.
-DEFAULT_TIMEOUT = 30.0
-#: ``connect_timeout`` defaults to this many times ``timeout``: connecting spans several
-#: replies, a TLS handshake and a token request, each of which may take a while, but
-#: together they may not take for ever.
-CONNECT_TIMEOUT_FACTOR: Final = 2.0
-#: The slowest a long transfer may go, in bytes per second, once ``timeout`` has been
-#: spent: a transfer of N bytes may take ``timeout + N / min_rate`` seconds. 1 KiB/s is
-#: far below any working link (a 50 MB message at 100 KB/s is well inside), and far
-#: above a server that drips a byte at a time to hold a connection.
-DEFAULT_MIN_RATE: Final = 1024.0
 
 
 class BaseClient:
@@ -58,59 +53,27 @@ class BaseClient:
 
     A client is for one task at a time; open one client per concurrent task (they can
     share a token provider, and then share its refreshes).
+
+    :attr:`settings` holds how the server is reached (checked when it was made: see
+    :class:`~mailoauth.ConnectionSettings`); its fields read as attributes of the client
+    too (``client.host``, ``client.timeout``, ...).
     """
 
     protocol_name = ""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        settings: ConnectionSettings,
         username: str,
         token: str | AccessToken | TokenProvider,
-        security: SecurityOptions = SecurityOptions.AUTO,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        mechanism: str | None = None,
-        allow_insecure_auth: bool = False,
-        connect_timeout: float | None = None,
-        min_rate: float = DEFAULT_MIN_RATE,
     ) -> None:
-        if not host or " " in refuse_controls(host, "host"):
-            raise ConfigurationError(f"host {host!r} is not a valid host name")
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
-        if not refuse_controls(username, "username"):
+        """Raises :class:`~mailoauth.errors.ConfigurationError` for an empty username
+        or one with control characters (the rest was checked by ``settings``)."""
+        if not isinstance(username, str) or not refuse_controls(username, "username"):
             raise ConfigurationError("username must be non-empty")
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be positive seconds, not {timeout!r}")
-        if connect_timeout is not None and not connect_timeout > 0:
-            raise ConfigurationError(
-                f"connect_timeout must be positive seconds (or None for "
-                f"{CONNECT_TIMEOUT_FACTOR:g} x timeout), not {connect_timeout!r}"
-            )
-        if not (isinstance(min_rate, int | float) and math.isfinite(min_rate) and min_rate > 0):
-            raise ConfigurationError(
-                f"min_rate must be a positive number of bytes per second, not {min_rate!r}"
-            )
-        if mechanism is not None:
-            choose_mechanism((mechanism,), mechanism, self.protocol_name)  # validates
-        self.host = host
-        self.port = port
+        self.settings = settings
         self.username = username
-        self.security = security
-        self.ssl_context = ssl_context
-        self.timeout = timeout
-        self.connect_timeout = (
-            CONNECT_TIMEOUT_FACTOR * timeout if connect_timeout is None else connect_timeout
-        )
-        self.min_rate = float(min_rate)
-        self.mechanism = mechanism
-        self.allow_insecure_auth = allow_insecure_auth
-        self._configured_plan = plan_transport(
-            security, port, allow_insecure_auth=allow_insecure_auth
-        )
+        self._configured_plan = settings.plan
         #: The plan of the current connection: under ``AUTO`` what the server turned
         #: out to speak (see :meth:`_dial`).
         self.plan: TransportPlan = self._configured_plan
@@ -120,6 +83,98 @@ class BaseClient:
         # True from connect() (even one that failed: the connection is then "lost",
         # not "never opened") until aclose(): outside that, a command is a misuse.
         self._opened = False
+
+    @classmethod
+    def from_settings(
+        cls: type[_C],
+        settings: ConnectionSettings,
+        username: str,
+        token: str | AccessToken | TokenProvider,
+        **client_options: Any,
+    ) -> _C:
+        """A client for ``settings`` (used as it is, not copied), logging in as
+        ``username`` with ``token``; ``client_options`` are the client's own keywords
+        (``local_hostname=``, ``max_message_size=``, ...). Raises as the constructor,
+        and :class:`TypeError` for a connection option (it belongs in ``settings``)."""
+        client = cls.__new__(cls)
+        client.__dict__["_given_settings"] = settings
+        init: Any = cls.__init__  # the subclass's: (host, port, username, token, ...)
+        init(
+            client,
+            settings.host,
+            settings.port,
+            username,
+            token,
+            settings.security,
+            **client_options,
+        )
+        return client
+
+    def _settings_from(
+        self, host: str, port: int, security: SecurityOptions, options: ConnectionOptions
+    ) -> ConnectionSettings:
+        """The settings for a subclass constructor: the ones :meth:`from_settings` was
+        given, else made (and checked) from its positional arguments and options."""
+        given: ConnectionSettings | None = self.__dict__.pop("_given_settings", None)
+        if given is not None:
+            if options:
+                raise TypeError(
+                    f"{type(self).__name__}.from_settings() got connection options "
+                    f"{', '.join(sorted(options))}: set them on the settings "
+                    f"(settings.replace(...)) or use the constructor"
+                )
+            return given
+        return ConnectionSettings(host, port, security, **options)
+
+    @property
+    def host(self) -> str:
+        """The server's host name, as given."""
+        return self.settings.host
+
+    @property
+    def port(self) -> int:
+        """The server's port."""
+        return self.settings.port
+
+    @property
+    def security(self) -> SecurityOptions:
+        """The security option asked for (see :attr:`plan` for what it became)."""
+        return self.settings.security
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context given, if any."""
+        return self.settings.ssl_context
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one reply may take as a whole."""
+        return self.settings.timeout
+
+    @property
+    def min_rate(self) -> float:
+        """The slowest a long transfer may go, in bytes per second."""
+        return self.settings.min_rate
+
+    @property
+    def mechanism(self) -> str | None:
+        """The SASL mechanism asked for, if any."""
+        return self.settings.mechanism
+
+    @property
+    def allow_insecure_auth(self) -> bool:
+        """Whether the token may go in clear (``SecurityOptions.NONE``)."""
+        return self.settings.allow_insecure_auth
+
+    @property
+    def dialer(self) -> Dialer | None:
+        """How connections are opened (None: directly)."""
+        return self.settings.dialer
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds :meth:`connect` may take in all."""
+        return self.settings.effective_connect_timeout
 
     async def connect(self) -> None:
         """Connect, secure and authenticate, all within ``connect_timeout`` seconds.
@@ -185,6 +240,7 @@ class BaseClient:
             timeout=self.timeout,
             detect=plan.detect,
             plaintext_hint=PLAINTEXT_HINT,
+            dialer=self.settings.dialer,
         )
         self._dialled = conn
         if plan.detect:

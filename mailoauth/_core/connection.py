@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import anyio
 
-from mailoauth._util.routing import route_address
+from mailoauth._core.dialer import Dialer, DialResult, resolve_dialer
 from mailoauth.errors import (
     ConnectionLostError,
     MailConnectionError,
@@ -175,8 +175,14 @@ class Connection(asyncio.Protocol):
         timeout: float = 30.0,
         detect: bool = False,
         plaintext_hint: str = PLAINTEXT_HINT,
+        dialer: Dialer | None = None,
     ) -> Connection:
         """Connect to ``host:port``, with TLS from the first byte if ``implicit_tls``.
+
+        ``dialer`` opens the TCP connection (default: direct; see
+        :mod:`mailoauth._core.dialer`); TLS, STARTTLS and the timeouts are done here
+        over whatever socket it gives, and a TLS context or server name it names
+        replaces ``ssl_context`` / ``host`` for the certificate check.
 
         With ``detect`` (``SecurityOptions.AUTO``) the server decides: when
         ``implicit_tls`` is false, no plaintext greeting within :data:`TLS_DETECT_WAIT`
@@ -190,7 +196,7 @@ class Connection(asyncio.Protocol):
         """
         try:
             return await cls._open(
-                host, port, implicit_tls, ssl_context, timeout, detect, plaintext_hint
+                host, port, implicit_tls, ssl_context, timeout, detect, plaintext_hint, dialer
             )
         except TLSError as exc:
             if not (detect and isinstance(exc.__cause__, _PlaintextAnswer)):
@@ -201,7 +207,9 @@ class Connection(asyncio.Protocol):
             host,
             port,
         )
-        return await cls._open(host, port, False, ssl_context, timeout, False, plaintext_hint)
+        return await cls._open(
+            host, port, False, ssl_context, timeout, False, plaintext_hint, dialer
+        )
 
     @classmethod
     async def _open(
@@ -213,24 +221,16 @@ class Connection(asyncio.Protocol):
         timeout: float,
         detect: bool,
         plaintext_hint: str,
+        dialer: Dialer | None,
     ) -> Connection:
-        target_host, target_port = host, port
-        route = route_address(host, port)  # set only by mailoauth.testing
-        if route is not None:
-            target_host, target_port = route.host, route.port
-            ssl_context = route.ssl_context or ssl_context
-        conn = cls(
-            host=host,
-            port=port,
-            ssl_context=ssl_context,
-            timeout=timeout,
-            tls_hostname=target_host,
-        )
+        conn = cls(host=host, port=port, ssl_context=ssl_context, timeout=timeout)
         conn.plaintext_hint = plaintext_hint
         what = "connecting to"
         try:
             with anyio.fail_after(timeout):
-                await conn._loop.create_connection(lambda: conn, target_host, target_port)
+                await conn._attach_socket(
+                    await resolve_dialer(dialer).connect(host, port, timeout=timeout)
+                )
                 if detect and not implicit_tls:
                     wait = min(TLS_DETECT_WAIT, timeout / 2)
                     implicit_tls = conn.tls_detected = not await conn._greeted_within(wait)
@@ -247,6 +247,17 @@ class Connection(asyncio.Protocol):
             with map_io_errors(what, host, port):
                 raise
         return conn
+
+    async def _attach_socket(self, dialled: DialResult) -> None:
+        """Run this protocol over the dialler's socket, with the TLS context and
+        server name it asks for (a routed or proxied connection's)."""
+        self._ssl_context = dialled.ssl_context or self._ssl_context
+        self._tls_hostname = dialled.server_hostname or self.host
+        try:
+            await self._loop.create_connection(lambda: self, sock=dialled.sock)
+        except BaseException:
+            dialled.sock.close()
+            raise
 
     async def _greeted_within(self, seconds: float) -> bool:
         """Whether the server sent anything (its plaintext greeting) within ``seconds``."""

@@ -1,11 +1,16 @@
 """Routes for tests: send a connection meant for ``smtp.gmail.com:587`` (or a token
 request meant for Google's endpoint) to a local test server instead.
 
-Only :mod:`mailoauth.testing` sets routes, for the duration of a ``with`` block: code
-under test keeps its real host names. The table is process-wide rather than
-context-local on purpose, so that it reaches every task and thread the code under test
-starts (pytest fixtures run in tasks of their own). With no routes set, lookups return
-their input unchanged, at the cost of one dict check.
+:class:`Route` is what a routing dialer (``mailoauth._core.dialer.RoutingDialer``) and
+the sandbox's HTTP transport map an address to: that is the way to route now, passed
+as ``dialer=`` / ``http_client=`` to what is under test.
+
+The process-wide table below is the deprecated way, kept for ``MailSandbox.routes()``
+and the ``mailoauth_routes`` fixture: only :mod:`mailoauth.testing` sets it, for the
+duration of a ``with`` block, and it applies only where no dialer was given. It is
+process-wide rather than context-local so that it reaches every task and thread the
+code under test starts (pytest fixtures run in tasks of their own). With no routes set,
+lookups return their input unchanged, at the cost of one dict check.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["Route", "override_routes", "route_address", "route_url"]
+__all__ = ["Route", "current_addresses", "override_routes", "route_address", "route_url"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,11 @@ _urls: Mapping[str, str] = MappingProxyType({})
 def route_address(host: str, port: int) -> Route | None:
     """The route for ``host:port`` (host compared case-insensitively), or None."""
     return _addresses.get((host.lower(), port)) if _addresses else None
+
+
+def current_addresses() -> Mapping[tuple[str, int], Route]:
+    """The address routes in force (read-only; empty unless :func:`override_routes`)."""
+    return _addresses
 
 
 def route_url(url: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mailoauth._core.settings import ConnectionSettings
 from mailoauth.cli import diagnose
 from mailoauth.cli.claims import claim_list, decode_jwt
 from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
@@ -152,17 +153,16 @@ def _make_client(
         "imap": ImapClient,
         "pop3": Pop3Client,
     }[protocol]
-    return cls(
+    settings = ConnectionSettings(
         args.host,
         port,
-        username,
-        token,
         security,
         ssl_context=ctx,
         timeout=args.timeout,
         mechanism=args.mechanism,
         allow_insecure_auth=security is SecurityOptions.NONE,
     )
+    return cls.from_settings(settings, username, token)
 
 
 async def check(args: argparse.Namespace, out: Printer) -> int:

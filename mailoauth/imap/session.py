@@ -14,16 +14,16 @@ import asyncio
 import datetime as dt
 import logging
 import re
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.client_base import BaseClient
 from mailoauth._core.connection import ProtocolTransport
+from mailoauth._core.settings import ConnectionOptions
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
@@ -43,6 +43,9 @@ from mailoauth.imap._aioimaplib import (
 from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["IDLE_RENEW_AFTER", "REAUTH_MARGIN", "IdleEvent", "ImapSession"]
 
@@ -86,29 +89,13 @@ class ImapSession(BaseClient):
         token: str | AccessToken | TokenProvider,
         security: SecurityOptions = SecurityOptions.AUTO,
         *,
-        ssl_context: ssl.SSLContext | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        mechanism: str | None = None,
-        allow_insecure_auth: bool = False,
         idle_renew_after: float = IDLE_RENEW_AFTER,
         max_response_size: int = MAX_RESPONSE,
-        connect_timeout: float | None = None,
-        min_rate: float = DEFAULT_MIN_RATE,
         clock: Callable[[], dt.datetime] | None = None,
+        **options: Unpack[ConnectionOptions],
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            username,
-            token,
-            security,
-            ssl_context=ssl_context,
-            timeout=timeout,
-            mechanism=mechanism,
-            allow_insecure_auth=allow_insecure_auth,
-            connect_timeout=connect_timeout,
-            min_rate=min_rate,
-        )
+        settings = self._settings_from(host, port, security, options)
+        super().__init__(settings, username, token)
         self.idle_renew_after = idle_renew_after
         #: The current aware UTC time, for when the session's token is due: the token
         #: manager's clock unless given, so that a test moves one clock.

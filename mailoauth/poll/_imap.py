@@ -47,17 +47,7 @@ class ImapWatcher:
 
     def _client(self) -> ImapClient:
         mb = self.ctx.mailbox
-        return ImapClient(
-            mb.host,
-            mb.port,
-            mb.username,
-            self.ctx.tokens,
-            mb.security,
-            ssl_context=mb.ssl_context,
-            timeout=mb.timeout,
-            mechanism=mb.mechanism,
-            allow_insecure_auth=mb.allow_insecure_auth,
-        )
+        return ImapClient.from_settings(mb.settings, mb.username, self.ctx.tokens)
 
     async def _session(self, client: ImapClient) -> None:
         """One connection's life; returns when another mailbox needs the slot."""

@@ -50,18 +50,7 @@ class Pop3Watcher:
     def _client(self) -> Pop3Client:
         mb = self.ctx.mailbox
         limit = {} if mb.max_message_size is None else {"max_message_size": mb.max_message_size}
-        return Pop3Client(
-            mb.host,
-            mb.port,
-            mb.username,
-            self.ctx.tokens,
-            mb.security,
-            ssl_context=mb.ssl_context,
-            timeout=mb.timeout,
-            mechanism=mb.mechanism,
-            allow_insecure_auth=mb.allow_insecure_auth,
-            **limit,
-        )
+        return Pop3Client.from_settings(mb.settings, mb.username, self.ctx.tokens, **limit)
 
     async def _poll(self, client: Pop3Client) -> None:
         ctx = self.ctx

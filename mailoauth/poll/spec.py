@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.message
 import email.policy
 import ssl
@@ -9,7 +10,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from email.parser import BytesParser
 from typing import Literal
 
-from mailoauth._core.client_base import DEFAULT_TIMEOUT
+from mailoauth._core.settings import DEFAULT_TIMEOUT, ConnectionSettings
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
@@ -17,6 +18,16 @@ from mailoauth.tokens.access_token import AccessToken, TokenProvider
 __all__ = ["Mailbox", "MailboxFailed", "NewMessage", "PollEvent"]
 
 _parser = BytesParser(policy=email.policy.default)
+#: The fields of :class:`Mailbox` that read from its settings when those are given.
+_SETTINGS_FIELDS = (
+    "host",
+    "port",
+    "security",
+    "ssl_context",
+    "mechanism",
+    "timeout",
+    "allow_insecure_auth",
+)
 
 
 @dataclass(frozen=True)
@@ -31,9 +42,15 @@ class Mailbox:
     ``key`` names the mailbox in events and in the state store; it defaults to
     ``"{protocol}://{username}@{host}:{port}/{folder}"``. Keep it stable across
     restarts, or the poller treats the mailbox as new. ``max_message_size`` bounds
-    what a POP3 poll holds in memory per message. Raises
-    :class:`~mailoauth.errors.ConfigurationError` for an unknown protocol or a POP3
-    folder other than ``INBOX`` (POP3 has only one).
+    what a POP3 poll holds in memory per message.
+
+    How the server is reached is :attr:`settings`, a
+    :class:`~mailoauth.ConnectionSettings`: give it with :meth:`from_settings` (its
+    dialer, connect timeout and rate included), or as the fields ``host``, ``port``,
+    ``security``, ``ssl_context``, ``mechanism``, ``timeout``, ``allow_insecure_auth``
+    from which it is then made. Raises :class:`~mailoauth.errors.ConfigurationError` for
+    an unknown protocol, a POP3 folder other than ``INBOX`` (POP3 has only one), and
+    what :class:`~mailoauth.ConnectionSettings` refuses.
     """
 
     protocol: Literal["imap", "pop3"]
@@ -53,20 +70,82 @@ class Mailbox:
     #: larger one is skipped with a warning and left on the server, unreported, so the
     #: messages after it still arrive.
     max_message_size: int | None = None
+    #: How the server is reached: made from the fields above unless given (by
+    #: :meth:`from_settings`); the fields then read from it.
+    settings: ConnectionSettings = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.protocol not in ("imap", "pop3"):
             raise ConfigurationError(f"protocol must be 'imap' or 'pop3', not {self.protocol!r}")
         if self.protocol == "pop3" and self.folder != "INBOX":
             raise ConfigurationError("POP3 has one maildrop: leave folder as 'INBOX'")
+        settings: ConnectionSettings | None = self.settings
+        if settings is None:
+            settings = ConnectionSettings(
+                self.host,
+                self.port,
+                self.security,
+                ssl_context=self.ssl_context,
+                timeout=self.timeout,
+                mechanism=self.mechanism,
+                allow_insecure_auth=self.allow_insecure_auth,
+            )
+            object.__setattr__(self, "settings", settings)
+        else:
+            # A field set to something else than both the settings' value and its own
+            # default was asked for (``dataclasses.replace(box, timeout=5)``): it wins.
+            changes = {
+                name: getattr(self, name)
+                for name in _SETTINGS_FIELDS
+                if getattr(self, name) != getattr(settings, name)
+                and getattr(self, name) != _FIELD_DEFAULTS.get(name, _NO_DEFAULT)
+            }
+            if changes:
+                settings = settings.replace(**changes)
+                object.__setattr__(self, "settings", settings)
+            for name in _SETTINGS_FIELDS:
+                object.__setattr__(self, name, getattr(settings, name))
         if not self.key:
             key = f"{self.protocol}://{self.username}@{self.host}:{self.port}/{self.folder}"
             object.__setattr__(self, "key", key)
+
+    @classmethod
+    def from_settings(
+        cls,
+        protocol: Literal["imap", "pop3"],
+        settings: ConnectionSettings,
+        username: str,
+        token: str | AccessToken | TokenProvider,
+        *,
+        folder: str = "INBOX",
+        key: str = "",
+        max_message_size: int | None = None,
+    ) -> Mailbox:
+        """The mailbox ``folder`` of ``username`` on the server ``settings`` reach
+        (their dialer, deadlines and TLS context included). Raises as the constructor."""
+        return cls(
+            protocol,
+            settings.host,
+            settings.port,
+            username,
+            token,
+            settings.security,
+            folder=folder,
+            key=key,
+            max_message_size=max_message_size,
+            settings=settings,
+        )
 
     @property
     def account(self) -> tuple[str, str]:
         """``(host, username)``, lowercased: what a provider's per-account cap counts."""
         return self.host.lower(), self.username.lower()
+
+
+_NO_DEFAULT = object()
+_FIELD_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(Mailbox) if f.default is not dataclasses.MISSING
+}
 
 
 @dataclass(frozen=True)

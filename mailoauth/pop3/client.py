@@ -23,18 +23,18 @@ import email.message
 import email.policy
 import logging
 import os
-import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from email.parser import BytesParser
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
 from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
-from mailoauth._core.client_base import DEFAULT_MIN_RATE, DEFAULT_TIMEOUT, BaseClient
+from mailoauth._core.client_base import BaseClient
 from mailoauth._core.connection import Connection
+from mailoauth._core.settings import ConnectionOptions
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
@@ -63,6 +63,9 @@ from mailoauth.pop3.protocol import (
 from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "MailboxStat", "Pop3Client"]
 
@@ -122,27 +125,11 @@ class Pop3Client(BaseClient):
         token: str | AccessToken | TokenProvider,
         security: SecurityOptions = SecurityOptions.AUTO,
         *,
-        ssl_context: ssl.SSLContext | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        mechanism: str | None = None,
-        allow_insecure_auth: bool = False,
-        connect_timeout: float | None = None,
-        min_rate: float = DEFAULT_MIN_RATE,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        **options: Unpack[ConnectionOptions],
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            username,
-            token,
-            security,
-            ssl_context=ssl_context,
-            timeout=timeout,
-            mechanism=mechanism,
-            allow_insecure_auth=allow_insecure_auth,
-            connect_timeout=connect_timeout,
-            min_rate=min_rate,
-        )
+        settings = self._settings_from(host, port, security, options)
+        super().__init__(settings, username, token)
         if isinstance(max_message_size, bool) or not (
             isinstance(max_message_size, int) and max_message_size > 0
         ):

@@ -7,10 +7,15 @@ Installed with ``pip install 'mailoauth[testing]'`` and registered through the
 Fixtures:
 
 - ``mailoauth_sandbox``: a started :class:`~mailoauth.testing.sandbox.MailSandbox`.
-- ``mailoauth_routes``: the same sandbox, with the hosts users type
-  (``smtp.gmail.com:587``, ``outlook.office365.com:993``, ...) and Google's and
-  Microsoft's token endpoints routed to it, so code with production host names runs
-  unchanged.
+- ``mailoauth_dialer``: its dialer: give it as ``dialer=`` to clients (or
+  ``ConnectionSettings``, ``Mailbox``) so that the hosts users type
+  (``smtp.gmail.com:587``, ``outlook.office365.com:993``, ...) reach the sandbox, and
+  code with production host names runs unchanged.
+- ``mailoauth_http_client``: an httpx client sending token requests for Google's and
+  Microsoft's endpoints to the sandbox: give it to providers as ``http_client=``.
+- ``mailoauth_routes`` (deprecated: use the two above): the sandbox, with those hosts
+  and endpoints routed to it process-wide for clients and providers given no dialer or
+  HTTP client of their own.
 - ``mailoauth_user``: a :class:`~mailoauth.testing.sandbox.SandboxUser`
   ``alice@example.test`` with a refresh token.
 - ``mailoauth_provider``: an :class:`~mailoauth.OAuth2TokenProvider` for that user.
@@ -24,13 +29,18 @@ Choose the provider the servers imitate with a marker::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import httpx
 import pytest
 import pytest_asyncio
 
+from mailoauth._core.dialer import Dialer
+from mailoauth._core.settings import ConnectionSettings
+from mailoauth._util.routing import override_routes
 from mailoauth.imap.client import ImapClient
 from mailoauth.pop3.client import Pop3Client
 from mailoauth.security import SecurityOptions
@@ -44,6 +54,8 @@ from mailoauth.tokens.grants import RefreshTokenGrant
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 
 __all__ = [
+    "mailoauth_dialer",
+    "mailoauth_http_client",
     "mailoauth_imap",
     "mailoauth_pop3",
     "mailoauth_provider",
@@ -90,9 +102,36 @@ async def mailoauth_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Mai
 
 
 @pytest.fixture
+def mailoauth_dialer(mailoauth_sandbox: MailSandbox) -> Dialer:
+    """The sandbox's dialer: ``dialer=`` by which the providers' real host names reach
+    it (see :attr:`~mailoauth.testing.sandbox.MailSandbox.dialer`)."""
+    return mailoauth_sandbox.dialer
+
+
+@pytest_asyncio.fixture
+async def mailoauth_http_client(
+    mailoauth_sandbox: MailSandbox,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client by which Google's and Microsoft's token endpoints reach the
+    sandbox: ``http_client=`` for a provider. Closed after the test."""
+    async with mailoauth_sandbox.http_client() as client:
+        yield client
+
+
+@pytest.fixture
 def mailoauth_routes(mailoauth_sandbox: MailSandbox) -> Iterator[MailSandbox]:
-    """The sandbox, reachable under the providers' real host names for this test."""
-    with mailoauth_sandbox.routes():
+    """Deprecated: use ``mailoauth_dialer`` and ``mailoauth_http_client``. The sandbox,
+    reachable under the providers' real host names for this test, through a
+    process-wide route table."""
+    warnings.warn(
+        "the mailoauth_routes fixture routes through a process-wide table; pass "
+        "dialer=mailoauth_dialer to clients and http_client=mailoauth_http_client to "
+        "providers instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    addresses, urls = mailoauth_sandbox.provider_routes()
+    with override_routes(addresses, urls):
         yield mailoauth_sandbox
 
 
@@ -128,9 +167,8 @@ async def _logged_in(
 ) -> AsyncIterator[_Client]:
     port = server.tls_port if implicit_tls else server.starttls_port
     security = SecurityOptions.SSL_IMPLICIT if implicit_tls else SecurityOptions.SSL_EXPLICIT
-    async with cls(
-        server.host, port, user.username, provider, security, ssl_context=box.ssl_context
-    ) as client:
+    settings = ConnectionSettings(server.host, port, security, ssl_context=box.ssl_context)
+    async with cls.from_settings(settings, user.username, provider) as client:
         yield client
 
 

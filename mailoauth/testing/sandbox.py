@@ -11,6 +11,15 @@ SMTP, IMAP and POP3 servers sharing one mail store.
         # TLS:  ssl_context=sandbox.ssl_context trusts the sandbox's CA
         # OAuth: sandbox.oauth.token_url with alice.refresh_token
 
+Code under test that keeps the providers' real host names reaches the sandbox through
+:attr:`MailSandbox.dialer` (``dialer=`` on a client, ``ConnectionSettings`` or
+``Mailbox``) and :meth:`MailSandbox.http_client` (``http_client=`` on a provider)::
+
+    async with ImapClient("imap.gmail.com", 993, alice.username, token,
+                          dialer=sandbox.dialer) as imap: ...
+
+Nothing is global: two sandboxes in one process each serve the clients given their
+dialer.
 ``async with`` runs the servers on the running loop (drive blocking clients through
 ``asyncio.to_thread``); ``with`` runs them on a background loop, for synchronous code.
 This is what ``mailoauth demo`` and the pytest plugin build on.
@@ -19,10 +28,14 @@ This is what ``mailoauth demo`` and the pytest plugin build on.
 from __future__ import annotations
 
 import ssl
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import httpx
+
+from mailoauth._core.dialer import RoutingDialer
 from mailoauth._providers import GOOGLE_TOKEN_URL, MAIL_HOSTS, MS_AUTHORITY
 from mailoauth._util.routing import Route, override_routes
 from mailoauth.testing._serving import LoopService
@@ -33,6 +46,7 @@ from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.pop3_server import TestPop3Server
 from mailoauth.testing.smtp_server import TestSmtpServer
+from mailoauth.tokens.transport import RoutingTransport
 
 __all__ = ["PROVIDER_HOSTS", "MailSandbox", "SandboxUser"]
 
@@ -173,7 +187,8 @@ class MailSandbox(LoopService):
             self.ca.cleanup()
 
     def provider_routes(self) -> tuple[dict[tuple[str, int], Route], dict[str, str]]:
-        """The address and URL routes :meth:`routes` installs (see there)."""
+        """The address routes of :attr:`dialer` and URL routes of
+        :meth:`http_transport`."""
         ctx = self.ssl_context
         by_kind = {
             "smtp": (self.smtp.starttls_port, self.smtp.tls_port),
@@ -195,16 +210,45 @@ class MailSandbox(LoopService):
         }
         return addresses, urls
 
+    @property
+    def dialer(self) -> RoutingDialer:
+        """A dialer (``dialer=`` on a client, :class:`~mailoauth.ConnectionSettings` or
+        :class:`~mailoauth.poll.Mailbox`) by which the hosts users type reach this
+        sandbox: ``smtp.gmail.com:587/465``, ``imap.gmail.com:993/143``,
+        ``pop.gmail.com:995/110``, ``smtp.office365.com:587``,
+        ``outlook.office365.com:993/995`` (and their STARTTLS ports) connect to its
+        servers with its CA trusted; any other address is dialled directly. Valid once
+        started."""
+        addresses, _urls = self.provider_routes()
+        return RoutingDialer(addresses)
+
+    def http_transport(self) -> RoutingTransport:
+        """An httpx transport sending token requests for Google's and Microsoft's
+        endpoints to :attr:`oauth` (other URLs unchanged). Valid once started."""
+        _addresses, urls = self.provider_routes()
+        return RoutingTransport(urls)
+
+    def http_client(self) -> httpx.AsyncClient:
+        """An httpx client over :meth:`http_transport`, for a provider's
+        ``http_client=`` (the caller closes it)."""
+        return httpx.AsyncClient(transport=self.http_transport(), follow_redirects=False)
+
     @contextmanager
     def routes(self) -> Iterator[MailSandbox]:
-        """Within the block, the hosts users type reach this sandbox instead.
+        """Deprecated: pass :attr:`dialer` and :meth:`http_client` instead.
 
-        ``smtp.gmail.com:587/465``, ``imap.gmail.com:993/143``, ``pop.gmail.com:995/110``,
-        ``smtp.office365.com:587``, ``outlook.office365.com:993/995`` (and their STARTTLS
-        ports) connect to the sandbox's servers with its CA trusted, and token requests
-        to Google's and Microsoft's endpoints go to :attr:`oauth`. Code under test keeps
-        its production host names; nothing leaves the machine.
+        Within the block, the hosts users type reach this sandbox from any client and
+        provider given no dialer or HTTP client of its own, through a process-wide
+        table (so two sandboxes cannot be routed to at once). Warns with
+        :class:`DeprecationWarning`.
         """
+        warnings.warn(
+            "MailSandbox.routes() (and the mailoauth_routes fixture) route through a "
+            "process-wide table; pass dialer=sandbox.dialer to clients, ConnectionSettings "
+            "or Mailbox, and http_client=sandbox.http_client() to providers instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         addresses, urls = self.provider_routes()
         with override_routes(addresses, urls):
             yield self

@@ -1,0 +1,158 @@
+"""One value for how to reach a mail server: :class:`ConnectionSettings`.
+
+The three clients, :class:`~mailoauth.poll.Mailbox`, the poll watchers, the pytest
+plugin and the command all take or build one, so that the connection parameters are
+declared, documented and checked in this one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import ssl
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Final, TypedDict
+
+from mailoauth._core.auth import choose_mechanism
+from mailoauth._core.dialer import Dialer
+from mailoauth._util.text import refuse_controls
+from mailoauth.errors import ConfigurationError
+from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
+
+__all__ = [
+    "CONNECT_TIMEOUT_FACTOR",
+    "DEFAULT_MIN_RATE",
+    "DEFAULT_TIMEOUT",
+    "ConnectionOptions",
+    "ConnectionSettings",
+]
+
+#: Seconds one reply (a greeting, a status line, the start of a response) may take as a
+#: whole before the connection is closed.
+DEFAULT_TIMEOUT = 30.0
+#: ``connect_timeout`` defaults to this many times ``timeout``: connecting spans several
+#: replies, a TLS handshake and a token request, each of which may take a while, but
+#: together they may not take for ever.
+CONNECT_TIMEOUT_FACTOR: Final = 2.0
+#: The slowest a long transfer may go, in bytes per second, once ``timeout`` has been
+#: spent: a transfer of N bytes may take ``timeout + N / min_rate`` seconds. 1 KiB/s is
+#: far below any working link (a 50 MB message at 100 KB/s is well inside), and far
+#: above a server that drips a byte at a time to hold a connection.
+DEFAULT_MIN_RATE: Final = 1024.0
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """The keyword options every client takes (see :class:`ConnectionSettings`)."""
+
+    ssl_context: ssl.SSLContext | None
+    timeout: float
+    connect_timeout: float | None
+    min_rate: float
+    mechanism: str | None
+    allow_insecure_auth: bool
+    dialer: Dialer | None
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How to reach one mail server; checked once, when made.
+
+    Arguments:
+        host, port: the server, as users type it (``imap.gmail.com``, 993).
+        security: :class:`~mailoauth.SecurityOptions` (``AUTO``: implicit TLS on
+            465/993/995, required STARTTLS elsewhere).
+        ssl_context: the TLS context (default: the system's CAs, TLS 1.2+).
+        timeout: seconds one reply may take as a whole (a long transfer gets one more
+            second per ``min_rate`` bytes).
+        connect_timeout: seconds TCP, TLS, greeting, STARTTLS, the token and AUTH may
+            take together (default: :data:`CONNECT_TIMEOUT_FACTOR` x ``timeout``).
+        min_rate: the slowest a long transfer may go, in bytes per second.
+        mechanism: ``"XOAUTH2"`` or ``"OAUTHBEARER"`` (default: OAUTHBEARER if offered).
+        allow_insecure_auth: with ``SecurityOptions.NONE``, send the token in clear.
+        dialer: how the TCP connection is opened (default: directly; the sandbox's
+            :attr:`~mailoauth.testing.sandbox.MailSandbox.dialer` reaches it under the
+            providers' real host names; see :mod:`mailoauth._core.dialer`).
+
+    Raises :class:`~mailoauth.errors.ConfigurationError` naming the argument that is
+    wrong: an empty or malformed host, a port outside 1-65535, a non-positive timeout,
+    connect timeout or rate, an unknown mechanism, or a plaintext connection without
+    ``allow_insecure_auth``. Make variants with :meth:`replace`.
+    """
+
+    host: str
+    port: int
+    security: SecurityOptions = SecurityOptions.AUTO
+    _: KW_ONLY
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float | None = None
+    min_rate: float = DEFAULT_MIN_RATE
+    mechanism: str | None = None
+    allow_insecure_auth: bool = False
+    dialer: Dialer | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        host, port = self.host, self.port
+        if not isinstance(host, str) or not host or " " in refuse_controls(host, "host"):
+            raise ConfigurationError(f"host {host!r} is not a valid host name")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
+        if not _positive(self.timeout, finite=False):
+            raise ConfigurationError(f"timeout must be positive seconds, not {self.timeout!r}")
+        if self.connect_timeout is not None and not _positive(self.connect_timeout, finite=False):
+            raise ConfigurationError(
+                f"connect_timeout must be positive seconds (or None for "
+                f"{CONNECT_TIMEOUT_FACTOR:g} x timeout), not {self.connect_timeout!r}"
+            )
+        if not _positive(self.min_rate):
+            raise ConfigurationError(
+                f"min_rate must be a positive number of bytes per second, not {self.min_rate!r}"
+            )
+        if self.mechanism is not None:
+            choose_mechanism((self.mechanism,), self.mechanism, "")  # validates
+        if self.dialer is not None and not callable(getattr(self.dialer, "connect", None)):
+            raise ConfigurationError(
+                f"dialer must have an async connect(host, port, *, timeout) method "
+                f"(see mailoauth.Dialer), not {self.dialer!r}"
+            )
+        object.__setattr__(self, "min_rate", float(self.min_rate))
+        # The last check: a SecurityOptions member, and no token in clear unasked.
+        self.plan  # noqa: B018
+
+    @property
+    def plan(self) -> TransportPlan:
+        """What :attr:`security` means on :attr:`port`: implicit TLS, STARTTLS or
+        neither, or (``AUTO`` on an unknown port) for the server to decide."""
+        return plan_transport(
+            self.security, self.port, allow_insecure_auth=self.allow_insecure_auth
+        )
+
+    @property
+    def effective_connect_timeout(self) -> float:
+        """:attr:`connect_timeout`, or its default from :attr:`timeout`."""
+        if self.connect_timeout is None:
+            return CONNECT_TIMEOUT_FACTOR * self.timeout
+        return self.connect_timeout
+
+    def replace(self, **changes: Any) -> ConnectionSettings:
+        """A copy with ``changes`` applied (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def options(self) -> ConnectionOptions:
+        """The keyword options, as the clients' constructors take them."""
+        return ConnectionOptions(
+            ssl_context=self.ssl_context,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            min_rate=self.min_rate,
+            mechanism=self.mechanism,
+            allow_insecure_auth=self.allow_insecure_auth,
+            dialer=self.dialer,
+        )
+
+
+def _positive(value: object, *, finite: bool = True) -> bool:
+    """A number above 0 (not a bool, not NaN; infinite only if not ``finite``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value > 0 and (math.isfinite(value) or not finite)

@@ -1,0 +1,208 @@
+"""A dialer decides how every connection is opened: the clients, their reconnects and
+AUTO's second dial all go through it, the sandbox is reached through one, and two
+sandboxes can be used at once from one process (nothing global)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.message
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from mailoauth import (
+    AccessToken,
+    ConnectionSettings,
+    Dialer,
+    DialResult,
+    GoogleTokenProvider,
+    ImapClient,
+    Mailbox,
+    MailConnectionError,
+    MemoryPollStateStore,
+    NewMessage,
+    Poller,
+    Pop3Client,
+    SecurityOptions,
+    SmtpClient,
+)
+from mailoauth._core.dialer import DirectDialer, RoutingDialer
+from mailoauth._util import routing
+from mailoauth._util.routing import Route
+from mailoauth.testing.clock import FakeClock
+from mailoauth.testing.personality import Personality
+from mailoauth.testing.sandbox import MailSandbox
+from mailoauth.tokens.transport import RoutingTransport
+
+pytestmark = pytest.mark.asyncio
+
+S = SecurityOptions
+
+
+class CountingDialer:
+    """Passes every connect on to ``inner``, noting the address asked for."""
+
+    def __init__(self, inner: Dialer) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, int]] = []
+
+    async def connect(self, host: str, port: int, *, timeout: float) -> DialResult:
+        self.calls.append((host, port))
+        return await self.inner.connect(host, port, timeout=timeout)
+
+
+@pytest_asyncio.fixture
+async def gmail() -> AsyncIterator[MailSandbox]:
+    async with MailSandbox(personality=Personality.GMAIL) as box:
+        yield box
+
+
+def _message(sender: str, to: str, subject: str) -> email.message.EmailMessage:
+    msg = email.message.EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+    msg.set_content("hello")
+    return msg
+
+
+async def test_one_dialer_sees_every_connect_of_the_three_clients(gmail: MailSandbox) -> None:
+    user = gmail.user("me@gmail.com")
+    dialer = CountingDialer(gmail.dialer)
+    token = user.access_token()
+    async with SmtpClient("smtp.gmail.com", 587, user.username, token, dialer=dialer) as smtp:
+        await smtp.send_message(_message(user.username, user.username, "via the dialer"))
+    imap_settings = ConnectionSettings("imap.gmail.com", 993, dialer=dialer)
+    async with ImapClient.from_settings(imap_settings, user.username, token) as imap:
+        await imap.select()
+        assert len(await imap.uid_search("ALL")) == 1
+    async with Pop3Client("pop.gmail.com", 995, user.username, token, dialer=dialer) as pop:
+        assert (await pop.stat()).count == 1
+    assert dialer.calls == [
+        ("smtp.gmail.com", 587),
+        ("imap.gmail.com", 993),
+        ("pop.gmail.com", 995),
+    ]
+    assert routing.current_addresses() == {}  # nothing global was set
+
+
+async def test_a_reconnect_dials_again_through_the_same_dialer() -> None:
+    async with MailSandbox(personality=Personality.OFFICE365) as box:
+        user = box.user("dave@contoso.com")
+        clock = FakeClock()
+        box.oauth.clock = clock.time
+
+        class Fresh:
+            async def get_access_token(self, *, force_refresh: bool = False) -> AccessToken:
+                return AccessToken(box.oauth.issue_access_token(user.username, lifetime=3600))
+
+        dialer = CountingDialer(box.dialer)
+        async with ImapClient(
+            "outlook.office365.com",
+            993,
+            user.username,
+            Fresh(),
+            dialer=dialer,
+        ) as imap:
+            await imap.select()
+            clock.advance(3601)  # the server ends the session: AccessTokenExpired
+            await imap.uid_search("ALL")
+            assert imap.reconnects == 1
+        assert dialer.calls == [("outlook.office365.com", 993)] * 2
+
+
+async def test_auto_dials_again_for_starttls_through_the_dialer(gmail: MailSandbox) -> None:
+    # AUTO on 993 starts TLS at once; this server greets in plaintext instead (a
+    # STARTTLS port behind that name), so the client dials again for STARTTLS.
+    user = gmail.user("auto@example.test")
+    route = Route(gmail.host, gmail.imap.starttls_port, gmail.ssl_context)
+    dialer = CountingDialer(RoutingDialer({("mail.example.test", 993): route}))
+    async with ImapClient(
+        "mail.example.test", 993, user.username, user.access_token(), S.AUTO, dialer=dialer
+    ) as imap:
+        await imap.select()
+        assert imap.plan.starttls and not imap.plan.implicit_tls
+    assert dialer.calls == [("mail.example.test", 993)] * 2
+
+
+async def test_two_sandboxes_at_once_each_client_reaches_its_own() -> None:
+    async with (
+        MailSandbox(personality=Personality.GMAIL) as first,
+        MailSandbox(personality=Personality.GMAIL) as second,
+    ):
+        name = "same@gmail.com"
+        users = {box: box.user(name) for box in (first, second)}
+        for index, box in enumerate((first, second)):
+            async with SmtpClient(
+                "smtp.gmail.com", 587, name, users[box].access_token(), dialer=box.dialer
+            ) as smtp:
+                for n in range(index + 1):
+                    await smtp.send_message(_message(name, name, f"message {n}"))
+
+        async def count(box: MailSandbox) -> int:
+            settings = ConnectionSettings("imap.gmail.com", 993, dialer=box.dialer)
+            async with ImapClient.from_settings(settings, name, users[box].access_token()) as c:
+                return (await c.select()).exists
+
+        # Concurrently, in one process: each client reaches the sandbox it was given.
+        assert list(await asyncio.gather(count(first), count(second))) == [1, 2]
+
+
+async def test_the_token_side_through_the_sandbox_transport(gmail: MailSandbox) -> None:
+    user = gmail.user("tokens@gmail.com")
+    async with (
+        gmail.http_client() as http,
+        GoogleTokenProvider("id", "secret", user.refresh_token, http_client=http) as provider,
+    ):
+        token = await provider.get_access_token()
+        async with ImapClient(
+            "imap.gmail.com", 993, user.username, provider, dialer=gmail.dialer
+        ) as imap:
+            await imap.select()
+    # The real endpoint's URL (the provider's default), answered by the sandbox.
+    assert token.value and gmail.oauth.stats.token_requests == 1
+
+
+async def test_routing_transport_keeps_unrouted_urls_and_sets_the_host(gmail: MailSandbox) -> None:
+    transport = RoutingTransport({"https://idp.example.test/": gmail.oauth.base_url + "/"})
+    assert transport.route_url("https://idp.example.test/token") == gmail.oauth.token_url
+    assert transport.route_url("https://other.example.test/x") == "https://other.example.test/x"
+    async with httpx.AsyncClient(transport=transport) as http:
+        reply = await http.get("https://idp.example.test/.well-known/openid-configuration")
+    assert reply.status_code == 200
+
+
+async def test_the_poller_watches_through_the_mailbox_dialer(gmail: MailSandbox) -> None:
+    user = gmail.user("poll@gmail.com")
+    dialer = CountingDialer(gmail.dialer)
+    settings = ConnectionSettings("imap.gmail.com", 993, dialer=dialer)
+    box = Mailbox.from_settings("imap", settings, user.username, user.access_token())
+    store = MemoryPollStateStore()
+    async with Poller([box], state_store=store, interval=0.2) as poller:
+        for _ in range(100):  # bounded: the baseline is saved once the watcher is in
+            if await store.load(box.key) is not None:
+                break
+            await asyncio.sleep(0.05)
+        gmail.store.deliver(user.username, b"Subject: polled\r\n\r\nhi\r\n")
+        event = await asyncio.wait_for(anext(aiter(poller)), 30)
+    assert isinstance(event, NewMessage) and event.message()["Subject"] == "polled"
+    assert dialer.calls and set(dialer.calls) == {("imap.gmail.com", 993)}
+
+
+async def test_direct_dialer_names_the_addresses_it_tried() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OSError, match=f"127.0.0.1 port {port}"):
+        await DirectDialer().connect("127.0.0.1", port, timeout=5)
+    with pytest.raises(MailConnectionError, match=f"127.0.0.1:{port}"):
+        await ImapClient("127.0.0.1", port, "u", "t", S.SSL_IMPLICIT).connect()
+
+
+async def test_deprecated_routes_still_reach_the_sandbox(gmail: MailSandbox) -> None:
+    user = gmail.user("legacy@gmail.com")
+    with pytest.warns(DeprecationWarning, match=r"dialer=sandbox\.dialer"), gmail.routes():
+        async with ImapClient("imap.gmail.com", 993, user.username, user.access_token()) as imap:
+            await imap.select()
+    assert routing.current_addresses() == {}
