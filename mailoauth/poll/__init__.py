@@ -15,7 +15,14 @@ from mailoauth._util.lazy import lazy_exports
 _LAZY = {
     "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
     "mailoauth.poll.poller": ["Poller"],
-    "mailoauth.poll.spec": ["Mailbox", "MailboxFailed", "NewMessage", "PollEvent"],
+    "mailoauth.poll.spec": [
+        "Backoff",
+        "Mailbox",
+        "MailboxFailed",
+        "NewMessage",
+        "PollEvent",
+        "PollLimits",
+    ],
     "mailoauth.poll.state": [
         "FilePollStateStore",
         "ImapState",
@@ -32,7 +39,14 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 if TYPE_CHECKING:
     from mailoauth.poll.backoff import backoff_delay, is_permanent
     from mailoauth.poll.poller import Poller
-    from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
+    from mailoauth.poll.spec import (
+        Backoff,
+        Mailbox,
+        MailboxFailed,
+        NewMessage,
+        PollEvent,
+        PollLimits,
+    )
     from mailoauth.poll.state import (
         FilePollStateStore,
         ImapState,
@@ -45,6 +59,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "Backoff",
     "FilePollStateStore",
     "ImapState",
     "Mailbox",
@@ -52,6 +67,7 @@ __all__ = [
     "MemoryPollStateStore",
     "NewMessage",
     "PollEvent",
+    "PollLimits",
     "PollState",
     "PollStateStore",
     "Poller",

@@ -10,6 +10,7 @@ import math
 import random
 from collections.abc import Iterable, Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -20,9 +21,12 @@ from mailoauth.poll._common import Commit, Limits, Progress, Settings, WatchCont
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
 from mailoauth.poll.backoff import backoff_delay, is_permanent
-from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
+from mailoauth.poll.spec import Backoff, Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
 from mailoauth.tokens.manager import TokenManager, wrap_provider
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_FETCH_BATCH", "Poller"]
 
@@ -32,6 +36,45 @@ log = logging.getLogger("mailoauth.poll")
 DEFAULT_FETCH_BATCH = 20
 
 _Item = tuple[PollEvent, Commit | None]
+_G = TypeVar("_G", PollLimits, Backoff)
+
+
+class _GroupedOptions(TypedDict, total=False):
+    """The Poller's keywords from before :class:`PollLimits` and :class:`Backoff`
+    (still accepted; mixing one with its group's object is an error)."""
+
+    max_connections: int
+    max_per_host: int
+    max_per_account: int | None
+    backoff_base: float
+    backoff_max: float
+
+
+#: Old keyword -> field of the group object.
+_LIMIT_FIELDS = {
+    "max_connections": "max_connections",
+    "max_per_host": "max_per_host",
+    "max_per_account": "max_per_account",
+}
+_BACKOFF_FIELDS = {"backoff_base": "base", "backoff_max": "max"}
+
+
+def _group(
+    cls: type[_G],
+    name: str,
+    given: _G | None,
+    keywords: _GroupedOptions,
+    fields: Mapping[str, str],
+) -> _G:
+    """``given``, or one made from the old keywords of its group (popped from
+    ``keywords``). Raises :class:`ConfigurationError` when both are given."""
+    loose = {fields[k]: keywords.pop(k) for k in list(keywords) if k in fields}  # type: ignore[misc]
+    if given is None:
+        return cls(**loose)
+    if loose:
+        old = ", ".join(k for k in fields if fields[k] in loose)
+        raise ConfigurationError(f"give either {name}= or {old}, not both")
+    return given
 
 
 class Poller:
@@ -49,8 +92,9 @@ class Poller:
     IMAP folders are watched with IDLE when the server offers it and ``use_idle`` is
     true, else polled every ``interval`` seconds (give or take 10 %); POP3 maildrops are
     polled every ``interval`` seconds by UIDL and never changed. Connections are bounded
-    by ``max_connections`` overall, ``max_per_host`` per server host and
-    ``max_per_account`` per (host, username). A watcher holding a connection gives it up
+    by ``limits`` (:class:`~mailoauth.poll.PollLimits`: ``max_connections`` overall,
+    ``max_per_host`` per server host and ``max_per_account`` per (host, username); the
+    three are also accepted as keywords of their own). A watcher holding a connection gives it up
     when another mailbox waits for its slot (an IDLE watcher at the end of its IDLE
     round of ``idle_timeout`` seconds), so more mailboxes than slots are served in turn.
 
@@ -67,9 +111,11 @@ class Poller:
 
     **Failures** are reported in the stream as :class:`~mailoauth.poll.MailboxFailed`.
     Transient ones (network, timeouts, throttling, a token endpoint down) are retried
-    after ``backoff_delay(n, backoff_base, backoff_max)`` seconds of full-jitter
-    exponential backoff; permanent ones (a revoked grant, a rejected token, a missing
-    folder) set the mailbox aside in :attr:`failed` while the others go on.
+    after ``backoff_delay(n, backoff.base, backoff.max)`` seconds of full-jitter
+    exponential backoff (``backoff``: a :class:`~mailoauth.poll.Backoff`, or the keywords
+    ``backoff_base=`` and ``backoff_max=``); permanent ones (a revoked grant, a rejected
+    token, a missing folder) set the mailbox aside in :attr:`failed` while the others
+    go on.
 
     **Tokens.** The poller holds one token manager per token source for its whole life:
     mailboxes given the same provider object share one cached token and one refresh.
@@ -78,8 +124,9 @@ class Poller:
     every connection before returning. ``buffer_size`` events wait at most in the
     stream; beyond that, watchers wait for the consumer. ``rng`` is the random source
     of the jitter (tests pass a seeded one). Asyncio only. Raises
-    :class:`~mailoauth.errors.ConfigurationError` for limits or intervals out of range
-    and for two mailboxes with one key.
+    :class:`~mailoauth.errors.ConfigurationError` for limits or intervals out of range,
+    for a group given both as its object and as keywords, and for two mailboxes with one
+    key.
     """
 
     def __init__(
@@ -87,48 +134,44 @@ class Poller:
         mailboxes: Iterable[Mailbox] = (),
         *,
         state_store: PollStateStore | None = None,
-        max_connections: int = 100,
-        max_per_host: int = 15,
-        max_per_account: int | None = None,
+        limits: PollLimits | None = None,
+        backoff: Backoff | None = None,
         interval: float = 60.0,
         use_idle: bool = True,
         idle_timeout: float = 300.0,
         start: StartPolicy = "new",
-        backoff_base: float = 1.0,
-        backoff_max: float = 300.0,
         buffer_size: int = 100,
         auto_ack: bool = True,
         fetch_batch: int = DEFAULT_FETCH_BATCH,
         rng: random.Random | None = None,
+        **grouped: Unpack[_GroupedOptions],
     ) -> None:
-        for name, value in (
-            ("max_connections", max_connections),
-            ("max_per_host", max_per_host),
-            ("max_per_account", 1 if max_per_account is None else max_per_account),
-            ("fetch_batch", fetch_batch),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")
+        limits = _group(PollLimits, "limits", limits, grouped, _LIMIT_FIELDS)
+        backoff = _group(Backoff, "backoff", backoff, grouped, _BACKOFF_FIELDS)
+        if grouped:
+            raise TypeError(f"Poller() got unexpected keyword arguments: {', '.join(grouped)}")
+        if isinstance(fetch_batch, bool) or not isinstance(fetch_batch, int) or fetch_batch < 1:
+            raise ConfigurationError(f"fetch_batch must be an int >= 1, not {fetch_batch!r}")
         for name, seconds in (("interval", interval), ("idle_timeout", idle_timeout)):
             if not (math.isfinite(seconds) and seconds > 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
-        if not (0 <= backoff_base <= backoff_max):
-            raise ConfigurationError("backoff needs 0 <= backoff_base <= backoff_max")
         if start not in ("new", "all"):
             raise ConfigurationError(f"start must be 'new' or 'all', not {start!r}")
         if buffer_size < 0:
             raise ConfigurationError("buffer_size must be >= 0")
         self.state_store: PollStateStore = state_store or MemoryPollStateStore()
-        self.max_per_host = max_per_host
-        self.max_per_account = max_per_account
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.limits = limits
+        self.backoff = backoff
+        self.max_per_host = limits.max_per_host
+        self.max_per_account = limits.max_per_account
+        self.backoff_base = backoff.base
+        self.backoff_max = backoff.max
         self.auto_ack = auto_ack
         self.buffer_size = buffer_size
         self._settings = Settings(interval, use_idle, idle_timeout, start, fetch_batch)
         self._rng = rng or random.Random()
         self._progress = Progress(self.state_store)
-        self._overall = anyio.CapacityLimiter(max_connections)
+        self._overall = anyio.CapacityLimiter(limits.max_connections)
         self._per_host: dict[str, anyio.CapacityLimiter] = {}
         self._per_account: dict[tuple[str, str], anyio.CapacityLimiter] = {}
         self._mailboxes: dict[str, Mailbox] = {}

@@ -15,7 +15,7 @@ from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 
-__all__ = ["Mailbox", "MailboxFailed", "NewMessage", "PollEvent"]
+__all__ = ["Backoff", "Mailbox", "MailboxFailed", "NewMessage", "PollEvent", "PollLimits"]
 
 _parser = BytesParser(policy=email.policy.default)
 #: The fields of :class:`Mailbox` that read from its settings when those are given.
@@ -146,6 +146,40 @@ _NO_DEFAULT = object()
 _FIELD_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(Mailbox) if f.default is not dataclasses.MISSING
 }
+
+
+@dataclass(frozen=True)
+class PollLimits:
+    """How many connections a :class:`~mailoauth.poll.Poller` holds at once: overall,
+    per server host, and per (host, username) account (None: no per-account cap).
+    Raises :class:`~mailoauth.errors.ConfigurationError` for a limit below 1."""
+
+    max_connections: int = 100
+    max_per_host: int = 15
+    max_per_account: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_per_host", "max_per_account"):
+            value = getattr(self, name)
+            if name == "max_per_account" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a :class:`~mailoauth.poll.Poller` waits before retrying a mailbox after
+    a transient failure: full-jitter exponential backoff from ``base`` seconds, at most
+    ``max`` (see :func:`~mailoauth.poll.backoff_delay`). Raises
+    :class:`~mailoauth.errors.ConfigurationError` unless ``0 <= base <= max``."""
+
+    base: float = 1.0
+    max: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.base <= self.max):
+            raise ConfigurationError("backoff needs 0 <= backoff_base <= backoff_max")
 
 
 @dataclass(frozen=True)

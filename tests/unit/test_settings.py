@@ -25,6 +25,7 @@ from mailoauth import (
 )
 from mailoauth._core import client_base
 from mailoauth._core.settings import CONNECT_TIMEOUT_FACTOR, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+from mailoauth.poll import Backoff, Poller, PollLimits
 from mailoauth.poll._common import WatchContext
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
@@ -205,3 +206,47 @@ def test_mailbox_replace_of_a_field_changes_its_settings() -> None:
     assert (other.settings.timeout, other.settings.port) == (3, 1993)
     assert other.settings.dialer is dialer  # what was not replaced stays
     assert dataclasses.replace(box, folder="Sent").settings is box.settings
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"max_connections": 0}, "max_connections"),
+        ({"max_per_host": 1.5}, "max_per_host"),
+        ({"max_per_account": 0}, "max_per_account"),
+        ({"max_per_account": True}, "max_per_account"),
+    ],
+)
+def test_poll_limits_check_each_limit(kwargs: dict[str, Any], names: str) -> None:
+    with pytest.raises(ConfigurationError, match=names):
+        PollLimits(**kwargs)
+    assert PollLimits(max_per_account=None).max_per_account is None
+
+
+def test_backoff_checks_its_order() -> None:
+    with pytest.raises(ConfigurationError, match="backoff_base <= backoff_max"):
+        Backoff(base=5, max=1)
+    with pytest.raises(ConfigurationError, match="0 <= backoff_base"):
+        Backoff(base=-1)
+
+
+@pytest.mark.asyncio
+async def test_poller_takes_grouped_limits_and_backoff_or_the_old_keywords() -> None:
+    grouped = Poller(limits=PollLimits(7, 3, 2), backoff=Backoff(0.5, 9))
+    loose = Poller(
+        max_connections=7, max_per_host=3, max_per_account=2, backoff_base=0.5, backoff_max=9
+    )
+    for poller in (grouped, loose):
+        assert poller.limits == PollLimits(7, 3, 2) and poller.backoff == Backoff(0.5, 9)
+        assert (poller.max_per_host, poller.max_per_account) == (3, 2)
+        assert (poller.backoff_base, poller.backoff_max) == (0.5, 9)
+        assert poller._overall.total_tokens == 7
+    assert Poller().limits == PollLimits() and Poller().backoff == Backoff()
+    with pytest.raises(ConfigurationError, match="either limits= or max_per_host"):
+        Poller(limits=PollLimits(), max_per_host=2)
+    with pytest.raises(ConfigurationError, match="either backoff= or backoff_max"):
+        Poller(backoff=Backoff(), backoff_max=2)
+    with pytest.raises(ConfigurationError, match="max_connections"):
+        Poller(max_connections=0)  # the old keyword is checked by the group object
+    with pytest.raises(TypeError, match="max_conections"):
+        Poller(max_conections=3)  # type: ignore[call-arg]
