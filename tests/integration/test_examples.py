@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
@@ -30,9 +31,18 @@ def load(name: str) -> ModuleType:
 
 @pytest_asyncio.fixture
 async def routed() -> AsyncIterator[MailSandbox]:
+    # The README's scenarios keep the hosts users type and take no dialer, so they are
+    # reached through the deprecated process-wide routes (tests/integration/
+    # test_dialer.py covers the dialer way).
     async with MailSandbox(personality=Personality.GMAIL) as box:
-        with box.routes():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            routes = box.routes()
+            routes.__enter__()
+        try:
             yield box
+        finally:
+            routes.__exit__(None, None, None)
 
 
 @pytest.mark.asyncio
