@@ -37,8 +37,6 @@ from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens.transport import RoutingTransport
 
-pytestmark = pytest.mark.asyncio
-
 S = SecurityOptions
 
 
@@ -67,6 +65,7 @@ def _message(sender: str, to: str, subject: str) -> email.message.EmailMessage:
     return msg
 
 
+@pytest.mark.asyncio
 async def test_one_dialer_sees_every_connect_of_the_three_clients(gmail: MailSandbox) -> None:
     user = gmail.user("me@gmail.com")
     dialer = CountingDialer(gmail.dialer)
@@ -87,6 +86,7 @@ async def test_one_dialer_sees_every_connect_of_the_three_clients(gmail: MailSan
     assert routing.current_addresses() == {}  # nothing global was set
 
 
+@pytest.mark.asyncio
 async def test_a_reconnect_dials_again_through_the_same_dialer() -> None:
     async with MailSandbox(personality=Personality.OFFICE365) as box:
         user = box.user("dave@contoso.com")
@@ -112,6 +112,7 @@ async def test_a_reconnect_dials_again_through_the_same_dialer() -> None:
         assert dialer.calls == [("outlook.office365.com", 993)] * 2
 
 
+@pytest.mark.asyncio
 async def test_auto_dials_again_for_starttls_through_the_dialer(gmail: MailSandbox) -> None:
     # AUTO on 993 starts TLS at once; this server greets in plaintext instead (a
     # STARTTLS port behind that name), so the client dials again for STARTTLS.
@@ -126,6 +127,7 @@ async def test_auto_dials_again_for_starttls_through_the_dialer(gmail: MailSandb
     assert dialer.calls == [("mail.example.test", 993)] * 2
 
 
+@pytest.mark.asyncio
 async def test_two_sandboxes_at_once_each_client_reaches_its_own() -> None:
     async with (
         MailSandbox(personality=Personality.GMAIL) as first,
@@ -149,6 +151,7 @@ async def test_two_sandboxes_at_once_each_client_reaches_its_own() -> None:
         assert list(await asyncio.gather(count(first), count(second))) == [1, 2]
 
 
+@pytest.mark.asyncio
 async def test_the_token_side_through_the_sandbox_transport(gmail: MailSandbox) -> None:
     user = gmail.user("tokens@gmail.com")
     async with (
@@ -164,6 +167,7 @@ async def test_the_token_side_through_the_sandbox_transport(gmail: MailSandbox) 
     assert token.value and gmail.oauth.stats.token_requests == 1
 
 
+@pytest.mark.asyncio
 async def test_routing_transport_keeps_unrouted_urls_and_sets_the_host(gmail: MailSandbox) -> None:
     transport = RoutingTransport({"https://idp.example.test/": gmail.oauth.base_url + "/"})
     assert transport.route_url("https://idp.example.test/token") == gmail.oauth.token_url
@@ -173,6 +177,7 @@ async def test_routing_transport_keeps_unrouted_urls_and_sets_the_host(gmail: Ma
     assert reply.status_code == 200
 
 
+@pytest.mark.asyncio
 async def test_the_poller_watches_through_the_mailbox_dialer(gmail: MailSandbox) -> None:
     user = gmail.user("poll@gmail.com")
     dialer = CountingDialer(gmail.dialer)
@@ -190,6 +195,7 @@ async def test_the_poller_watches_through_the_mailbox_dialer(gmail: MailSandbox)
     assert dialer.calls and set(dialer.calls) == {("imap.gmail.com", 993)}
 
 
+@pytest.mark.asyncio
 async def test_direct_dialer_names_the_addresses_it_tried() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -200,9 +206,54 @@ async def test_direct_dialer_names_the_addresses_it_tried() -> None:
         await ImapClient("127.0.0.1", port, "u", "t", S.SSL_IMPLICIT).connect()
 
 
+@pytest.mark.asyncio
 async def test_deprecated_routes_still_reach_the_sandbox(gmail: MailSandbox) -> None:
     user = gmail.user("legacy@gmail.com")
     with pytest.warns(DeprecationWarning, match=r"dialer=sandbox\.dialer"), gmail.routes():
         async with ImapClient("imap.gmail.com", 993, user.username, user.access_token()) as imap:
             await imap.select()
     assert routing.current_addresses() == {}
+
+
+PLUGIN_CONFIG = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+"""
+
+
+def test_plugin_dialer_fixtures_and_the_deprecated_routes(pytester: pytest.Pytester) -> None:
+    pytester.makeini(PLUGIN_CONFIG)
+    pytester.makepyfile(
+        test_fixtures="""
+import pytest
+from mailoauth import ConnectionSettings, GoogleTokenProvider, Pop3Client
+from mailoauth._util import routing
+
+@pytest.mark.asyncio
+@pytest.mark.mailoauth(personality="gmail")
+@pytest.mark.asyncio
+async def test_dialer(mailoauth_dialer, mailoauth_http_client, mailoauth_user):
+    provider = GoogleTokenProvider("id", "s", mailoauth_user.refresh_token,
+                                   http_client=mailoauth_http_client)
+    settings = ConnectionSettings("pop.gmail.com", 995, dialer=mailoauth_dialer)
+    async with provider, Pop3Client.from_settings(settings, mailoauth_user.username,
+                                                  provider) as pop:
+        assert (await pop.stat()).count == 0
+    assert routing.current_addresses() == {}
+
+@pytest.mark.asyncio
+@pytest.mark.asyncio
+async def test_routes(mailoauth_routes, mailoauth_user):
+    token = mailoauth_user.access_token()
+    async with Pop3Client("pop.gmail.com", 995, mailoauth_user.username, token) as pop:
+        assert (await pop.stat()).count == 0
+"""
+    )
+    result = pytester.runpytest_subprocess("-q", "-W", "error::DeprecationWarning")
+    # Warnings as errors: the dialer fixtures warn of nothing; mailoauth_routes warns,
+    # naming its replacement.
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*DeprecationWarning*mailoauth_dialer*"])
+    result = pytester.runpytest_subprocess("-q")
+    result.assert_outcomes(passed=2)
