@@ -3,7 +3,8 @@ that uses mailoauth without a real Gmail or Office 365 account.
 
 - :class:`MailSandbox`: a fake OAuth server, a test CA and SMTP/IMAP/POP3 servers on
   loopback, imitating Gmail, Office 365 or plain RFC behaviour (:class:`Personality`);
-  ``sandbox.routes()`` answers for the real host names.
+  ``dialer=sandbox.dialer`` (clients) and ``http_client=sandbox.http_client()``
+  (providers) make it answer for the real host names and token endpoints.
 - :class:`FakeOAuthServer`: every grant the providers use, introspection, revocation,
   rotation, scripted failures and request counters.
 - :class:`TestSmtpServer`, :class:`TestImapServer`, :class:`TestPop3Server`,
