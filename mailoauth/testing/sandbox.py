@@ -33,8 +33,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import httpx
-
 from mailoauth._core.dialer import RoutingDialer
 from mailoauth._providers import GOOGLE_TOKEN_URL, MAIL_HOSTS, MS_AUTHORITY
 from mailoauth._util.routing import Route, override_routes
@@ -46,7 +44,7 @@ from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.pop3_server import TestPop3Server
 from mailoauth.testing.smtp_server import TestSmtpServer
-from mailoauth.tokens.transport import RoutingTransport
+from mailoauth.tokens.transport import RoutingClient, RoutingTransport
 
 __all__ = ["PROVIDER_HOSTS", "MailSandbox", "SandboxUser"]
 
@@ -228,10 +226,11 @@ class MailSandbox(LoopService):
         _addresses, urls = self.provider_routes()
         return RoutingTransport(urls)
 
-    def http_client(self) -> httpx.AsyncClient:
-        """An httpx client over :meth:`http_transport`, for a provider's
-        ``http_client=`` (the caller closes it)."""
-        return httpx.AsyncClient(transport=self.http_transport(), follow_redirects=False)
+    def http_client(self) -> RoutingClient:
+        """An httpx client sending as :meth:`http_transport` does, for a provider's
+        ``http_client=`` (the caller closes it). Valid once started."""
+        _addresses, urls = self.provider_routes()
+        return RoutingClient(urls)
 
     @contextmanager
     def routes(self) -> Iterator[MailSandbox]:

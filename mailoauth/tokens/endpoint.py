@@ -168,9 +168,14 @@ class TokenEndpoint:
         if max_attempts < 1:
             raise ConfigurationError("max_attempts must be at least 1")
         self.allow_insecure_http = allow_insecure_http
+        #: Where the HTTP client really sends a URL, if it routes (a test client such
+        #: as ``MailSandbox.http_client()``): the http-loopback check is decided there.
+        self._route: Callable[[str], str] | None = getattr(http_client, "route_url", None)
         for what, url in (("token_url", token_url), ("revocation_url", revocation_url)):
             if url is not None:
-                check_transport(url, allow_insecure_http=allow_insecure_http, what=what)
+                check_transport(
+                    url, allow_insecure_http=allow_insecure_http, what=what, route=self._route
+                )
         self.token_url = token_url
         self.revocation_url = revocation_url
         self.vendor: Vendor | None = vendor if vendor is not None else vendor_of(token_url)
@@ -232,6 +237,7 @@ class TokenEndpoint:
             device_authorization_url,
             allow_insecure_http=self.allow_insecure_http,
             what="device_authorization_url",
+            route=self._route,
         )
         form = self._authenticated({"scope": scope} if scope else {})
         secrets = _secrets_of(form)
@@ -332,7 +338,9 @@ class TokenEndpoint:
     async def _send(self, url: str, form: dict[str, str]) -> _Raw:
         auth = self._basic_auth()
         # Decided on the address really dialled: a sandbox route to loopback is fine.
-        target = check_transport(url, allow_insecure_http=self.allow_insecure_http)
+        target = check_transport(
+            url, allow_insecure_http=self.allow_insecure_http, route=self._route
+        )
         try:
             with anyio.fail_after(self.attempt_timeout):
                 return await self._post(url, target, form, auth)
@@ -447,19 +455,28 @@ def is_loopback_host(host: str) -> bool:
     return address.is_loopback
 
 
-def check_transport(url: str, *, allow_insecure_http: bool = False, what: str = "") -> str:
-    """The URL really POSTed to (after test routes); refuses to send secrets in clear.
+def check_transport(
+    url: str,
+    *,
+    allow_insecure_http: bool = False,
+    what: str = "",
+    route: Callable[[str], str] | None = None,
+) -> str:
+    """The URL to POST to (after the deprecated process-wide test routes); refuses to
+    send secrets in clear.
 
     Raises :class:`ConfigurationError` for a URL that is not http(s), and
     :class:`InsecureTransportError` for ``http://`` to a host that is not loopback
-    (decided on the routed address: a test route to 127.0.0.1 is loopback) unless
-    ``allow_insecure_http``.
+    unless ``allow_insecure_http``. That is decided on the address really reached: after
+    the test routes and ``route`` (the HTTP client's own routing, e.g.
+    ``MailSandbox.http_client().route_url``), so a test route to 127.0.0.1 is loopback.
     """
     name = what or "the URL"
     if not url.lower().startswith(("https://", "http://")):
         raise ConfigurationError(f"{name} must be an http(s) URL, not {url!r}")
-    target = route_url(url)  # unchanged unless mailoauth.testing routes it
-    parts = urllib.parse.urlsplit(target)
+    target = route_url(url)  # unchanged unless the deprecated MailSandbox.routes() is on
+    reached = route(target) if route is not None else target
+    parts = urllib.parse.urlsplit(reached)
     if parts.scheme.lower() == "https" or allow_insecure_http:
         return target
     if is_loopback_host(parts.hostname or ""):

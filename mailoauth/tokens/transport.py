@@ -10,10 +10,11 @@ transport says.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
-__all__ = ["RoutingTransport"]
+__all__ = ["RoutingClient", "RoutingTransport"]
 
 
 class RoutingTransport(httpx.AsyncBaseTransport):
@@ -60,3 +61,22 @@ class RoutingTransport(httpx.AsyncBaseTransport):
 
     def __repr__(self) -> str:
         return f"RoutingTransport({len(self.urls)} routes)"
+
+
+class RoutingClient(httpx.AsyncClient):
+    """An :class:`httpx.AsyncClient` over a :class:`RoutingTransport` of ``urls``.
+
+    A provider given it as ``http_client=`` asks its :meth:`route_url`, so that the
+    refusal to send secrets over plain http to a host that is not loopback is decided
+    on the address really reached. Keywords as for :class:`httpx.AsyncClient`
+    (``transport=`` becomes the inner transport).
+    """
+
+    def __init__(self, urls: Mapping[str, str], **kwargs: Any) -> None:
+        self.routing = RoutingTransport(urls, inner=kwargs.pop("transport", None))
+        kwargs.setdefault("follow_redirects", False)
+        super().__init__(transport=self.routing, **kwargs)
+
+    def route_url(self, url: str) -> str:
+        """Where a request for ``url`` goes."""
+        return self.routing.route_url(url)

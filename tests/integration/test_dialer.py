@@ -20,10 +20,12 @@ from mailoauth import (
     DialResult,
     GoogleTokenProvider,
     ImapClient,
+    InsecureTransportError,
     Mailbox,
     MailConnectionError,
     MemoryPollStateStore,
     NewMessage,
+    OAuth2TokenProvider,
     Poller,
     Pop3Client,
     SecurityOptions,
@@ -35,7 +37,8 @@ from mailoauth._util.routing import Route
 from mailoauth.testing.clock import FakeClock
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
-from mailoauth.tokens.transport import RoutingTransport
+from mailoauth.tokens import RefreshTokenGrant
+from mailoauth.tokens.transport import RoutingClient, RoutingTransport
 
 S = SecurityOptions
 
@@ -257,3 +260,36 @@ async def test_routes(mailoauth_routes, mailoauth_user):
     result.stdout.fnmatch_lines(["*DeprecationWarning*mailoauth_dialer*"])
     result = pytester.runpytest_subprocess("-q")
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.asyncio
+async def test_the_http_check_is_decided_on_the_address_the_client_reaches(
+    gmail: MailSandbox,
+) -> None:
+    oauth = gmail.oauth
+    user = gmail.user("http@example.test")
+    # A routing client from a fake host to loopback is not plain text on a network...
+    async with (
+        RoutingClient({"http://idp.example.test/": oauth.base_url + "/"}) as http,
+        OAuth2TokenProvider(
+            "http://idp.example.test/token",
+            RefreshTokenGrant(user.refresh_token),
+            client_id="cid",
+            http_client=http,
+        ) as provider,
+    ):
+        assert oauth.is_active((await provider.get_access_token()).value)
+    # ... without it, the same URL is refused (secrets in clear to a network host) ...
+    with pytest.raises(InsecureTransportError):
+        OAuth2TokenProvider(
+            "http://idp.example.test/token", RefreshTokenGrant("rt"), client_id="cid"
+        )
+    # ... and a route from a loopback name to a host off loopback is refused too.
+    async with RoutingClient({"http://127.0.0.1:9/": "http://192.0.2.1:9/"}) as off:
+        with pytest.raises(InsecureTransportError):
+            OAuth2TokenProvider(
+                "http://127.0.0.1:9/token",
+                RefreshTokenGrant("rt"),
+                client_id="cid",
+                http_client=off,
+            )
