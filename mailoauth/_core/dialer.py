@@ -69,7 +69,14 @@ class DirectDialer:
         """Raises :class:`OSError` (:class:`socket.gaierror` for an unknown name) when
         no address accepts; the message names every address tried."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            # An address literal needs no lookup: resolved here, without the thread
+            # pool round trip (as asyncio's create_connection does for IP literals).
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )
+        except socket.gaierror:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         errors: list[str] = []
         last: OSError | None = None
         for family, kind, proto, _name, address in infos:

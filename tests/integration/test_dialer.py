@@ -293,3 +293,27 @@ async def test_the_http_check_is_decided_on_the_address_the_client_reaches(
                 client_id="cid",
                 http_client=off,
             )
+
+
+@pytest.mark.asyncio
+async def test_direct_dialer_resolves_only_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An address literal is connected without the thread-pool lookup (a name is not).
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lookups: list[str] = []
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def counted(host: str, *args: object, **kwargs: object) -> object:
+        lookups.append(host)
+        return await real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            result = await DirectDialer().connect(host, port, timeout=5)
+            result.sock.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert lookups == ["localhost"]
