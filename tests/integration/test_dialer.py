@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email.message
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -317,3 +318,33 @@ async def test_direct_dialer_resolves_only_names(monkeypatch: pytest.MonkeyPatch
         server.close()
         await server.wait_closed()
     assert lookups == ["localhost"]
+
+
+class RecordingDialer:
+    """Hands out one end of a socket pair per connect, noting the address asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def connect(self, host: str, port: int, *, timeout: float) -> DialResult:
+        self.calls.append((host, port))
+        mine, theirs = socket.socketpair()
+        theirs.close()
+        return DialResult(mine)
+
+
+@pytest.mark.asyncio
+async def test_routing_dialer_routes_by_name_and_port_and_passes_the_rest_on() -> None:
+    ctx = ssl.create_default_context()
+    fallback = RecordingDialer()
+    dialer = RoutingDialer(
+        {("IMAP.Example.TEST", 993): Route("127.0.0.1", 4993, ctx)}, fallback=fallback
+    )
+    routed = await dialer.connect("imap.example.test", 993, timeout=1)
+    other_port = await dialer.connect("imap.example.test", 143, timeout=1)
+    for result in (routed, other_port):
+        result.sock.close()
+    assert fallback.calls == [("127.0.0.1", 4993), ("imap.example.test", 143)]
+    # A routed connection checks the route's certificate name with the route's CA.
+    assert routed.ssl_context is ctx and routed.server_hostname == "127.0.0.1"
+    assert other_port.ssl_context is None and other_port.server_hostname is None
