@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import pytest
 
 from mailoauth._core.connection import TLS_DETECT_WAIT, Connection
-from mailoauth._util.routing import Route, override_routes
+from mailoauth._core.dialer import RoutingDialer
+from mailoauth._util.routing import Route
 from mailoauth.errors import MailTimeoutError, TLSError
 from mailoauth.imap.client import ImapClient
 from mailoauth.pop3.client import Pop3Client
@@ -118,15 +119,14 @@ async def test_auto_on_a_well_known_tls_port_that_speaks_starttls_falls_back(
     name = f"{protocol}.fallback.example.test"
     async with FaultProxy(box.host, getattr(box, protocol).starttls_port) as proxy:
         route = {(name, well_known): Route(box.host, proxy.port, box.ssl_context)}
-        with override_routes(route):
-            user = box.user(f"fallback-{protocol}@example.test")
-            client = CLIENTS[protocol](
-                name, well_known, user.username, user.access_token(), SecurityOptions.AUTO,
-                timeout=5.0,
-            )  # fmt: skip
-            async with client:
-                await guarded(client.noop())
-                assert client.plan.starttls
+        user = box.user(f"fallback-{protocol}@example.test")
+        client = CLIENTS[protocol](
+            name, well_known, user.username, user.access_token(), SecurityOptions.AUTO,
+            timeout=5.0, dialer=RoutingDialer(route),
+        )  # fmt: skip
+        async with client:
+            await guarded(client.noop())
+            assert client.plan.starttls
         first, second = proxy.connections
         assert nothing_plaintext(bytes(first.client_bytes))
         assert second.client_bytes[0] != TLS_HANDSHAKE_RECORD
