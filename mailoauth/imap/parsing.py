@@ -182,7 +182,9 @@ def parse_status(lines: list[bytes | bytearray]) -> dict[str, int]:
     for line in lines:
         if isinstance(line, bytes) and (m := _STATUS.match(line)):
             parts = m.group(2).decode("ascii", "replace").split()
-            return {k.upper(): int(v) for k, v in zip(parts[::2], parts[1::2], strict=False)}
+            # A value that is not a number is skipped, as any junk is: never raise.
+            pairs = zip(parts[::2], parts[1::2], strict=False)
+            return {k.upper(): int(v) for k, v in pairs if v.isascii() and v.isdigit()}
     return {}
 
 

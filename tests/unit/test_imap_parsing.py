@@ -81,6 +81,10 @@ def test_select_and_status_and_appenduid() -> None:
     }
     assert parsing.parse_appenduid([b"[APPENDUID 38505 3955] APPEND completed"]) == 3955
     assert parsing.parse_appenduid([b"APPEND completed"]) is None
+    # Found by the fuzzer: a value that is not a number raised ValueError.
+    assert parsing.parse_status([b'"INBOX" (MESSAGES x UIDNEXT 3 UNSEEN \xc2\xb2)']) == {
+        "UIDNEXT": 3
+    }
 
 
 def test_quote_escapes() -> None:
