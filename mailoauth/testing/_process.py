@@ -11,12 +11,34 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 DEFAULT_HOST = "127.0.0.1"
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 40
 POLL_INTERVAL = 0.02
 PROBE_TIMEOUT = 2.0
+
+
+class ManagedServer:
+    """A real server a test starts and stops: ``with`` starts it, leaving the block
+    stops it (by its pid) and removes the directory the server made for itself."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, *, cleanup: bool = True) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 class ServerStartError(RuntimeError):

@@ -32,11 +32,11 @@ import urllib.parse
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from types import TracebackType
 
 from mailoauth.testing._process import (
     DEFAULT_HOST,
     LOG_TAIL_LINES,
+    ManagedServer,
     Probe,
     ServerStartError,
     free_ports,
@@ -69,7 +69,7 @@ class MailUser:
         return cls(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
-class DovecotServer:
+class DovecotServer(ManagedServer):
     """Dovecot with an oauth2 passdb, in a temporary directory, on free loopback ports.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. Attributes after
@@ -340,18 +340,6 @@ timeout_msecs = 5000
             self._proc = None
         if cleanup and self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> DovecotServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return tail(self.log_path, lines)

@@ -27,13 +27,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from mailoauth.testing._process import (
     DEFAULT_HOST,
     LOG_TAIL_LINES,
     POLL_INTERVAL,
     STOP_TIMEOUT,
+    ManagedServer,
     Probe,
     ServerStartError,
     free_ports,
@@ -77,7 +77,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class PostfixServer:
+class PostfixServer(ManagedServer):
     """Postfix submission on free loopback ports, in a temporary directory.
 
     ``dovecot_auth_socket`` is Dovecot's auth unix listener (``smtpd_sasl_path``) and
@@ -264,18 +264,6 @@ smtpd_tls_loglevel = 1
                 _wait_gone(pid, STOP_TIMEOUT)
         if cleanup and self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> PostfixServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return tail(self.log_path, lines)

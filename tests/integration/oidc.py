@@ -29,7 +29,6 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -40,6 +39,7 @@ from mailoauth.testing import oauth_server
 from mailoauth.testing._process import (
     DEFAULT_HOST,
     POLL_INTERVAL,
+    ManagedServer,
     ServerStartError,
     free_ports,
     stop_process,
@@ -170,7 +170,7 @@ def jwt_assertion(audience: str, now: dt.datetime) -> str:
     )
 
 
-class OidcProvider:
+class OidcProvider(ManagedServer):
     """node-oidc-provider on ``127.0.0.1`` and a free port, in a temporary directory.
 
     Attributes: ``issuer`` (also the base URL), ``port``, ``config_path``,
@@ -352,18 +352,6 @@ class OidcProvider:
             self._proc = None
         if cleanup and self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> OidcProvider:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # -- the user at the browser -----------------------------------------------------------
