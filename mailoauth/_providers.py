@@ -21,6 +21,7 @@ Sources:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ __all__ = [
     "MICROSOFT_ISSUERS",
     "MS_APP_ONLY_SCOPE",
     "MS_AUTHORITY",
+    "MS_CLOUDS",
     "MS_DELEGATED_SCOPES",
     "MS_IMAP_SCOPE",
     "MS_OFFLINE_ACCESS",
@@ -51,6 +53,7 @@ __all__ = [
     "OUTLOOK_RESOURCE",
     "TOKEN_ENDPOINT_DOMAINS",
     "VENDOR_HINTS",
+    "MicrosoftCloud",
     "Vendor",
     "host_in",
     "vendor_of",
@@ -117,6 +120,133 @@ AADSTS_CONSENT_REQUIRED: Final = "AADSTS65001"
 AADSTS_REFRESH_TOKEN_EXPIRED: Final = ("AADSTS700082", "AADSTS50173", "AADSTS700084")
 AADSTS_INVALID_CLIENT_SECRET: Final = "AADSTS7000215"
 
+# -- Microsoft's clouds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MicrosoftCloud:
+    """One Microsoft cloud instance: where its users sign in and where its mail lives.
+
+    ``resource`` is the Exchange Online resource that the mail scopes are prefixed with;
+    a host or the resource is None where Microsoft's documentation does not give it
+    (then pass ``scopes=`` or the host yourself).
+    """
+
+    name: str
+    authority: str
+    imap_host: str | None
+    pop3_host: str | None
+    smtp_host: str | None
+    resource: str | None
+
+    def delegated_scopes(self) -> tuple[str, ...] | None:
+        """IMAP, POP and SMTP on behalf of a user in this cloud (None: not documented)."""
+        if self.resource is None:
+            return None
+        return tuple(
+            f"{self.resource}/{DELEGATED_PERMISSIONS[p]}" for p in ("imap", "pop3", "smtp")
+        )
+
+    def app_only_scope(self) -> str | None:
+        """The ``.default`` scope of app-only tokens in this cloud (None: not documented)."""
+        return None if self.resource is None else f"{self.resource}/.default"
+
+
+#: Microsoft's clouds by the name ``cloud=`` takes. Sources, per value:
+#: - authorities: https://learn.microsoft.com/en-us/entra/identity-platform/authentication-national-cloud
+#:   (login.microsoftonline.com global, login.microsoftonline.us US Government; the
+#:   China page https://docs.azure.cn/entra/identity-platform/authentication-national-cloud
+#:   gives login.partner.microsoftonline.cn, which replaced login.chinacloudapi.cn);
+#: - mail hosts: the Microsoft 365 endpoint lists, the Exchange Online row with TCP
+#:   143/587/993/995: worldwide and GCC
+#:   https://learn.microsoft.com/en-us/microsoft-365/enterprise/urls-and-ip-address-ranges
+#:   (outlook.office365.com, smtp.office365.com), GCC High
+#:   https://learn.microsoft.com/en-us/microsoft-365/enterprise/microsoft-365-u-s-government-gcc-high-endpoints
+#:   (outlook.office365.us), DoD
+#:   https://learn.microsoft.com/en-us/microsoft-365/enterprise/microsoft-365-u-s-government-dod-endpoints
+#:   (outlook-dod.office365.us); the 21Vianet list
+#:   https://learn.microsoft.com/en-us/microsoft-365/enterprise/urls-and-ip-address-ranges-21vianet
+#:   has no IMAP/POP/SMTP row (only *.partner.outlook.cn on 443), so China's mail hosts
+#:   are left out;
+#: - resources: global is MS_IMAP_SCOPE's (the IMAP/POP/SMTP OAuth page). For 21Vianet,
+#:   https://learn.microsoft.com/en-us/previous-versions/office/office-365-api/api/o365-china-endpoints
+#:   gives https://partner.outlook.cn where the global service uses
+#:   https://outlook.office.com. For GCC High and DoD no Microsoft page states the mail
+#:   scope's resource; the values below are each cloud's Exchange Online host from the
+#:   endpoint lists above (an inference: the lists name the host, not the scope).
+MS_CLOUDS: Final[Mapping[str, MicrosoftCloud]] = {
+    "global": MicrosoftCloud(
+        "global",
+        MS_AUTHORITY,
+        "outlook.office365.com",
+        "outlook.office365.com",
+        "smtp.office365.com",
+        OUTLOOK_RESOURCE,
+    ),
+    # GCC (moderate) runs in the worldwide cloud: same sign-in and hosts ("Worldwide
+    # (including GCC)" in the endpoint list above).
+    "gcc": MicrosoftCloud(
+        "gcc",
+        MS_AUTHORITY,
+        "outlook.office365.com",
+        "outlook.office365.com",
+        "smtp.office365.com",
+        OUTLOOK_RESOURCE,
+    ),
+    "us_gov_high": MicrosoftCloud(
+        "us_gov_high",
+        "https://login.microsoftonline.us",
+        "outlook.office365.us",
+        "outlook.office365.us",
+        "outlook.office365.us",
+        "https://outlook.office365.us",
+    ),
+    "us_gov_dod": MicrosoftCloud(
+        "us_gov_dod",
+        "https://login.microsoftonline.us",
+        "outlook-dod.office365.us",
+        "outlook-dod.office365.us",
+        "outlook-dod.office365.us",
+        "https://outlook-dod.office365.us",
+    ),
+    "china": MicrosoftCloud(
+        "china",
+        "https://login.partner.microsoftonline.cn",
+        None,
+        None,
+        None,
+        "https://partner.outlook.cn",
+    ),
+}
+
+# Shared and delegated mailboxes. To open a shared mailbox over IMAP or POP, the SASL
+# XOAUTH2 user= is the shared mailbox's address and the token is the delegate's (a user
+# with FullAccess on it); the basic-auth form user\alias is not understood with OAuth:
+# https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+# (section "Shared mailbox access"). FullAccess is granted with Add-MailboxPermission:
+# https://learn.microsoft.com/en-us/powershell/module/exchangepowershell/add-mailboxpermission
+MS_SHARED_MAILBOX_HINT: Final = (
+    "to open a shared or delegated mailbox with OAuth, give the shared mailbox's address "
+    "as the username and the delegate's token; the delegate needs FullAccess on it "
+    "(Exchange Online PowerShell: Add-MailboxPermission -Identity <shared mailbox> -User "
+    "<delegate> -AccessRights FullAccess). See https://learn.microsoft.com/en-us/exchange/"
+    "client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-"
+    "by-using-oauth#shared-mailbox-access"
+)
+#: The enhanced status code of Exchange Online's ``554 5.2.252 SendAsDenied; <user> not
+#: allowed to send as <address>``: MAIL FROM (or From:) is an address the authenticated
+#: user has no Send As right on.
+SEND_AS_DENIED_CODE: Final = "5.2.252"
+# Send As is granted with Add-RecipientPermission:
+# https://learn.microsoft.com/en-us/powershell/module/exchangepowershell/add-recipientpermission
+SEND_AS_DENIED_HINT: Final = (
+    "the authenticated user may not send as this address (Exchange SendAsDenied): "
+    "authenticate as the delegate and grant it Send As on the shared mailbox (Exchange "
+    "Online PowerShell: Add-RecipientPermission -Identity <shared mailbox> -Trustee "
+    "<delegate> -AccessRights SendAs; it can take up to an hour to apply), or send from "
+    "the authenticated user's own address"
+)
+
 # -- both ----------------------------------------------------------------------------
 
 #: The host names users type, by protocol (Gmail, Office 365, Outlook.com).
@@ -130,7 +260,14 @@ MAIL_HOSTS: Final[Mapping[str, tuple[str, ...]]] = {
 #: vendor's own hint (:data:`VENDOR_HINTS`).
 TOKEN_ENDPOINT_DOMAINS: Final[Mapping[Vendor, tuple[str, ...]]] = {
     "google": ("googleapis.com", "google.com"),
-    "microsoft": ("login.microsoftonline.com", "login.microsoft.com", "login.live.com"),
+    "microsoft": (
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.live.com",
+        # the national clouds' sign-in (MS_CLOUDS)
+        "login.microsoftonline.us",
+        "login.partner.microsoftonline.cn",
+    ),
 }
 
 VENDOR_HINTS: Mapping[Vendor, Mapping[str, str]] = {

@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from mailoauth._core.settings import ConnectionSettings
+from mailoauth._providers import MS_CLOUDS
 from mailoauth.cli import diagnose
 from mailoauth.cli.claims import claim_list, decode_jwt
 from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
 from mailoauth.cli.probe import probe
-from mailoauth.cli.profiles import add_store_argument, load_credential, provider_for, store_path
+from mailoauth.cli.profiles import (
+    add_store_argument,
+    load_credential,
+    provider_for,
+    store_path,
+    token_store,
+)
 from mailoauth.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -63,7 +70,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ),
     )
     parser.add_argument("protocol", choices=("smtp", "imap", "pop3"))
-    parser.add_argument("host")
+    parser.add_argument(
+        "host", nargs="?", help="the mail server (default with --cloud: that cloud's)"
+    )
+    parser.add_argument(
+        "--cloud",
+        choices=sorted(MS_CLOUDS),
+        help="a Microsoft cloud: HOST defaults to its Exchange Online host for PROTOCOL",
+    )
     parser.add_argument("--port", type=int, help="default: 465/587, 993/143, 995/110")
     parser.add_argument(
         "--security",
@@ -97,8 +111,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.host:
+        args.host = _cloud_host(args.protocol, args.cloud)
     args.token_value = _read_token_argument(args)
     return asyncio.run(check(args, Printer()))
+
+
+def _cloud_host(protocol: str, cloud: str | None) -> str:
+    """The host of ``protocol`` in Microsoft's ``cloud``; ConfigurationError without a
+    cloud, or where Microsoft does not document one."""
+    if cloud is None:
+        raise ConfigurationError("give HOST, or --cloud for a Microsoft cloud's host")
+    host = getattr(MS_CLOUDS[cloud], f"{protocol}_host")
+    if host is None:
+        raise ConfigurationError(
+            f"Microsoft documents no {protocol} host for the {cloud!r} cloud: give HOST"
+        )
+    return str(host)
 
 
 def _read_token_argument(args: argparse.Namespace) -> str:
@@ -120,10 +149,11 @@ class _Source:
 async def _token_source(args: argparse.Namespace) -> _Source:
     if args.store_key:
         store = store_path(args.store)
-        profile, credential = await load_credential(store, args.store_key)
+        tokens = token_store(args.store)
+        profile, credential = await load_credential(store, args.store_key, tokens=tokens)
         if credential.refresh_token:
             provider: AccessToken | TokenProvider = provider_for(
-                profile, store, credential.refresh_token
+                profile, store, credential.refresh_token, tokens=tokens
             )
         else:
             stored = credential.to_access_token()

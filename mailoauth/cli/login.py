@@ -32,6 +32,7 @@ from mailoauth._providers import (
     GOOGLE_MAIL_SCOPE,
     GOOGLE_TOKEN_URL,
     MS_AUTHORITY,
+    MS_CLOUDS,
     MS_DELEGATED_SCOPES,
     MS_OFFLINE_ACCESS,
 )
@@ -44,6 +45,7 @@ from mailoauth.cli.profiles import (
     client_options,
     save_profile,
     store_path,
+    token_store,
 )
 from mailoauth.errors import ConfigurationError, MailTimeoutError
 from mailoauth.tokens import authcode
@@ -55,7 +57,7 @@ from mailoauth.tokens.grants import DeviceCodeGrant
 from mailoauth.tokens.microsoft import microsoft_endpoint
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 from mailoauth.tokens.responses import DeviceAuthorization
-from mailoauth.tokens.stores import FileTokenStore, StoredCredential
+from mailoauth.tokens.stores import StoredCredential
 
 # LoopbackRedirect and RedirectResult moved to mailoauth.tokens.authcode (the library's
 # authorization-code grant); they stay importable from here.
@@ -113,7 +115,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--tenant", default="organizations", help="tenant id or domain (default: organizations)"
     )
     microsoft.add_argument(
-        "--authority", default=MS_AUTHORITY, help=f"identity platform (default: {MS_AUTHORITY})"
+        "--authority",
+        default=None,
+        help=f"identity platform (default: the cloud's; {MS_AUTHORITY} for global)",
+    )
+    microsoft.add_argument(
+        "--cloud",
+        default="global",
+        choices=sorted(MS_CLOUDS),
+        help="Microsoft cloud: its sign-in authority and mail scopes (default: global)",
     )
     _device_arguments(microsoft)
     microsoft.set_defaults(
@@ -240,6 +250,11 @@ async def _discover_endpoints(args: argparse.Namespace) -> str | None:
 
 def _endpoints(args: argparse.Namespace) -> _Endpoints:
     scope = args.scope or getattr(args, "default_scope", None)
+    if getattr(args, "provider", None) == "microsoft":
+        cloud = MS_CLOUDS[args.cloud]
+        args.authority = args.authority or cloud.authority
+        if not args.scope:
+            scope = " ".join((*(cloud.delegated_scopes() or ()), MS_OFFLINE_ACCESS))
     if not scope:
         raise ConfigurationError("give --scope")
     if args.provider == "microsoft":
@@ -312,7 +327,7 @@ async def login(args: argparse.Namespace, out: Printer) -> int:
             + (" (request offline_access)" if args.provider == "microsoft" else "")
         )
     username = args.username or _username_from(token)
-    await FileTokenStore(store).save(args.name, StoredCredential.from_token(token))
+    await token_store(args.store).save(args.name, StoredCredential.from_token(token))
     save_profile(
         store,
         Profile(

@@ -31,10 +31,11 @@ from mailoauth.tokens.endpoint import AssertionFactory, ClientAuth
 from mailoauth.tokens.grants import RefreshTokenGrant
 from mailoauth.tokens.jwt import load_rsa_private_key, make_client_assertion
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
-from mailoauth.tokens.stores import FileTokenStore, StoredCredential
+from mailoauth.tokens.stores import FileTokenStore, StoredCredential, TokenStore
 
 __all__ = [
     "DEFAULT_STORE",
+    "KEYRING_STORE",
     "ClientOptions",
     "Profile",
     "add_store_argument",
@@ -45,6 +46,7 @@ __all__ = [
     "profiles_path",
     "provider_for",
     "save_profile",
+    "token_store",
 ]
 
 #: The token store used when ``--store`` is not given (``~`` is expanded).
@@ -56,13 +58,31 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         "--store",
         metavar="PATH",
         default=os.environ.get("MAILOAUTH_STORE", DEFAULT_STORE),
-        help=f"token store file (default: $MAILOAUTH_STORE or {DEFAULT_STORE}); the "
-        "profiles file sits next to it",
+        help=f"token store file (default: $MAILOAUTH_STORE or {DEFAULT_STORE}; the "
+        "profiles file sits next to it), or 'keyring' for the OS keyring (pip install "
+        "'mailoauth[keyring]')",
     )
 
 
+#: ``--store keyring``: credentials in the OS keyring (:class:`KeyringTokenStore`, the
+#: ``keyring`` extra); the profiles stay in the file next to :data:`DEFAULT_STORE`.
+KEYRING_STORE = "keyring"
+
+
 def store_path(value: str) -> Path:
-    return Path(value).expanduser()
+    """The token store file ``--store`` names (for ``keyring``: the default file, next
+    to which the profiles are kept)."""
+    return Path(DEFAULT_STORE if value == KEYRING_STORE else value).expanduser()
+
+
+def token_store(value: str) -> TokenStore:
+    """The store ``--store`` names: the OS keyring for ``keyring`` (raises
+    ConfigurationError without the keyring package), else the file."""
+    if value == KEYRING_STORE:
+        from mailoauth.tokens.keyring_store import KeyringTokenStore
+
+        return KeyringTokenStore()
+    return FileTokenStore(store_path(value))
 
 
 def profiles_path(store: Path) -> Path:
@@ -151,11 +171,13 @@ def save_profile(store: Path, profile: Profile) -> None:
     write_atomically(path, data)
 
 
-async def load_credential(store: Path, key: str) -> tuple[Profile, StoredCredential]:
-    """The profile and stored tokens named ``key``; ConfigurationError naming the keys
-    there are when it is missing."""
+async def load_credential(
+    store: Path, key: str, *, tokens: TokenStore | None = None
+) -> tuple[Profile, StoredCredential]:
+    """The profile and stored tokens named ``key`` (read from ``tokens``, by default the
+    file ``store``); ConfigurationError naming the keys there are when it is missing."""
     profiles = load_profiles(store)
-    credential = await FileTokenStore(store).load(key)
+    credential = await (tokens or FileTokenStore(store)).load(key)
     if key not in profiles or credential is None:
         known = ", ".join(sorted(profiles)) or "none"
         raise ConfigurationError(
@@ -235,9 +257,12 @@ def profile_client_options(profile: Profile) -> ClientOptions:
     )
 
 
-def provider_for(profile: Profile, store: Path, refresh_token: str) -> OAuth2TokenProvider:
-    """A provider refreshing ``refresh_token`` that keeps the store up to date; it
-    authenticates as at login and asks for no more than was granted."""
+def provider_for(
+    profile: Profile, store: Path, refresh_token: str, *, tokens: TokenStore | None = None
+) -> OAuth2TokenProvider:
+    """A provider refreshing ``refresh_token`` that keeps the store (``tokens``, by
+    default the file ``store``) up to date; it authenticates as at login and asks for no
+    more than was granted."""
     return OAuth2TokenProvider(
         profile.token_url,
         RefreshTokenGrant(refresh_token),
@@ -245,7 +270,7 @@ def provider_for(profile: Profile, store: Path, refresh_token: str) -> OAuth2Tok
         scope=profile.scope,
         granted_scope=profile.granted_scope,
         revocation_url=profile.revocation_url,
-        store=FileTokenStore(store),
+        store=tokens or FileTokenStore(store),
         store_key=profile.key,
         **profile_client_options(profile),
     )

@@ -21,8 +21,14 @@ _LAZY = {
         "RefreshTokenGrant",
     ],
     "mailoauth.tokens.manager": ["DEFAULT_REFRESH_MARGIN", "TokenManager", "wrap_provider"],
-    "mailoauth.tokens.microsoft": ["MicrosoftTokenProvider"],
+    "mailoauth.tokens.microsoft": [
+        "MicrosoftCloud",
+        "MicrosoftTokenProvider",
+        "microsoft_cloud",
+        "microsoft_mail_host",
+    ],
     "mailoauth.tokens.oauth2": ["OAuth2TokenProvider", "ProviderOptions"],
+    "mailoauth.tokens.keyring_store": ["KeyringTokenStore"],
     "mailoauth.tokens.redis_store": ["RedisTokenStore"],
     "mailoauth.tokens.responses": ["DeviceAuthorization", "parse_token_response"],
     "mailoauth.tokens.scopes": [
@@ -61,8 +67,14 @@ if TYPE_CHECKING:
         PasswordGrant,
         RefreshTokenGrant,
     )
+    from mailoauth.tokens.keyring_store import KeyringTokenStore
     from mailoauth.tokens.manager import DEFAULT_REFRESH_MARGIN, TokenManager, wrap_provider
-    from mailoauth.tokens.microsoft import MicrosoftTokenProvider
+    from mailoauth.tokens.microsoft import (
+        MicrosoftCloud,
+        MicrosoftTokenProvider,
+        microsoft_cloud,
+        microsoft_mail_host,
+    )
     from mailoauth.tokens.oauth2 import OAuth2TokenProvider, ProviderOptions
     from mailoauth.tokens.redis_store import RedisTokenStore
     from mailoauth.tokens.responses import DeviceAuthorization, parse_token_response
@@ -106,8 +118,10 @@ __all__ = [
     "GoogleTokenProvider",
     "Grant",
     "JwtBearerGrant",
+    "KeyringTokenStore",
     "LockingTokenStore",
     "MemoryTokenStore",
+    "MicrosoftCloud",
     "MicrosoftTokenProvider",
     "OAuth2TokenProvider",
     "PasswordGrant",
@@ -123,6 +137,8 @@ __all__ = [
     "TokenStore",
     "authorization_code_flow",
     "discover",
+    "microsoft_cloud",
+    "microsoft_mail_host",
     "parse_token_response",
     "utcnow",
     "wrap_provider",

@@ -12,12 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from mailoauth._providers import (
-    MS_APP_ONLY_SCOPE,
-    MS_AUTHORITY,
-    MS_DELEGATED_SCOPES,
-    MS_OFFLINE_ACCESS,
-)
+from mailoauth._providers import MS_CLOUDS, MS_OFFLINE_ACCESS, MicrosoftCloud
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import (
     ClientCredentialsGrant,
@@ -35,7 +30,65 @@ if TYPE_CHECKING:
 
     from mailoauth.tokens.oauth2 import ProviderOptions
 
-__all__ = ["MicrosoftTokenProvider", "microsoft_endpoint"]
+__all__ = [
+    "MicrosoftCloud",
+    "MicrosoftTokenProvider",
+    "microsoft_cloud",
+    "microsoft_endpoint",
+    "microsoft_mail_host",
+]
+
+#: The port each protocol listens on in every Microsoft cloud (implicit TLS for IMAP
+#: and POP, STARTTLS submission for SMTP), from the endpoint lists cited at MS_CLOUDS.
+_MAIL_PORTS = {"imap": 993, "pop3": 995, "smtp": 587}
+
+
+def microsoft_cloud(cloud: str | MicrosoftCloud) -> MicrosoftCloud:
+    """The preset for ``cloud``: ``"global"``, ``"gcc"``, ``"us_gov_high"``,
+    ``"us_gov_dod"`` or ``"china"`` (or a :class:`MicrosoftCloud` of your own, returned
+    as is). Raises ConfigurationError for another name, listing the known ones."""
+    if isinstance(cloud, MicrosoftCloud):
+        return cloud
+    preset = MS_CLOUDS.get(cloud.lower().replace("-", "_"))
+    if preset is None:
+        raise ConfigurationError(
+            f"unknown Microsoft cloud {cloud!r}: use one of {', '.join(MS_CLOUDS)}"
+        )
+    return preset
+
+
+def microsoft_mail_host(protocol: str, cloud: str | MicrosoftCloud = "global") -> tuple[str, int]:
+    """``(host, port)`` of Exchange Online's ``protocol`` (``"imap"``, ``"pop3"`` or
+    ``"smtp"``) in ``cloud``. Raises ConfigurationError for an unknown protocol or cloud,
+    or where Microsoft does not document the host for that cloud (21Vianet)."""
+    preset = microsoft_cloud(cloud)
+    if protocol not in _MAIL_PORTS:
+        raise ConfigurationError(f"protocol must be imap, pop3 or smtp, not {protocol!r}")
+    host = getattr(preset, f"{protocol}_host")
+    if host is None:
+        raise ConfigurationError(
+            f"Microsoft's documentation gives no {protocol} host for the {preset.name!r} "
+            "cloud: pass the host your tenant's admin gives you"
+        )
+    return host, _MAIL_PORTS[protocol]
+
+
+def _delegated(preset: MicrosoftCloud, offline: bool) -> tuple[str, ...]:
+    scopes = preset.delegated_scopes()
+    if scopes is None:  # pragma: no cover - every preset has a resource today
+        raise ConfigurationError(
+            f"no documented mail scope for the {preset.name!r} cloud: pass scopes="
+        )
+    return (*scopes, MS_OFFLINE_ACCESS) if offline else scopes
+
+
+def _app_only(preset: MicrosoftCloud) -> tuple[str, ...]:
+    scope = preset.app_only_scope()
+    if scope is None:  # pragma: no cover - every preset has a resource today
+        raise ConfigurationError(
+            f"no documented app-only scope for the {preset.name!r} cloud: pass scopes="
+        )
+    return (scope,)
 
 
 def microsoft_endpoint(authority: str, tenant: str, name: str = "token") -> str:
@@ -76,15 +129,21 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         password: str,
         *,
         tenant: str = "organizations",
-        scopes: str | Iterable[str] = MS_DELEGATED_SCOPES,
-        authority: str = MS_AUTHORITY,
+        scopes: str | Iterable[str] | None = None,
+        authority: str | None = None,
+        cloud: str | MicrosoftCloud = "global",
         token_url: str | None = None,
         client_secret: str | None = None,
         store: TokenStore | None = None,
         **options: Unpack[ProviderOptions],
     ) -> MicrosoftTokenProvider:
         """The resource owner password credentials grant (no MFA; "Allow public client
-        flows" must be on). Wrong credentials give PermanentTokenError (invalid_grant)."""
+        flows" must be on). Wrong credentials give PermanentTokenError (invalid_grant).
+        ``cloud`` picks the sign-in authority and the default scopes (see
+        :func:`microsoft_cloud`); ``authority=`` and ``scopes=`` override it."""
+        preset = microsoft_cloud(cloud)
+        scopes = _delegated(preset, offline=False) if scopes is None else scopes
+        authority = authority or preset.authority
         return cls(
             token_url or microsoft_endpoint(authority, tenant),
             PasswordGrant(username, password),
@@ -103,8 +162,9 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         *,
         tenant: str,
         certificate: tuple[str | bytes, str | bytes] | None = None,
-        scopes: str | Iterable[str] = (MS_APP_ONLY_SCOPE,),
-        authority: str = MS_AUTHORITY,
+        scopes: str | Iterable[str] | None = None,
+        authority: str | None = None,
+        cloud: str | MicrosoftCloud = "global",
         token_url: str | None = None,
         store: TokenStore | None = None,
         **options: Unpack[ProviderOptions],
@@ -112,7 +172,10 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         """App-only tokens, with a client secret or ``certificate=(private_key_pem,
         certificate_pem)`` (a signed client assertion). Raises ConfigurationError unless
         exactly one is given, for an unreadable key or certificate, or without the
-        ``cryptography`` package."""
+        ``cryptography`` package, or for an unknown ``cloud``."""
+        preset = microsoft_cloud(cloud)
+        scopes = _app_only(preset) if scopes is None else scopes
+        authority = authority or preset.authority
         if (client_secret is None) == (certificate is None):
             raise ConfigurationError(
                 "client_credentials needs exactly one of client_secret and certificate="
@@ -151,15 +214,20 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         refresh_token: str,
         *,
         tenant: str = "common",
-        scopes: str | Iterable[str] = (*MS_DELEGATED_SCOPES, MS_OFFLINE_ACCESS),
-        authority: str = MS_AUTHORITY,
+        scopes: str | Iterable[str] | None = None,
+        authority: str | None = None,
+        cloud: str | MicrosoftCloud = "global",
         token_url: str | None = None,
         client_secret: str | None = None,
         store: TokenStore | None = None,
         **options: Unpack[ProviderOptions],
     ) -> MicrosoftTokenProvider:
         """The refresh_token grant. Each response brings a new refresh token, used from
-        then on and saved to ``store`` (pass one, or the newest token is lost at exit)."""
+        then on and saved to ``store`` (pass one, or the newest token is lost at exit).
+        ``cloud`` as for :meth:`ropc`."""
+        preset = microsoft_cloud(cloud)
+        scopes = _delegated(preset, offline=True) if scopes is None else scopes
+        authority = authority or preset.authority
         return cls(
             token_url or microsoft_endpoint(authority, tenant),
             RefreshTokenGrant(refresh_token),
@@ -176,9 +244,10 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         client_id: str,
         *,
         tenant: str = "organizations",
-        scopes: str | Iterable[str] = (*MS_DELEGATED_SCOPES, MS_OFFLINE_ACCESS),
+        scopes: str | Iterable[str] | None = None,
         on_prompt: PromptCallback | None = None,
-        authority: str = MS_AUTHORITY,
+        authority: str | None = None,
+        cloud: str | MicrosoftCloud = "global",
         token_url: str | None = None,
         device_authorization_url: str | None = None,
         interval: float | None = None,
@@ -188,7 +257,10 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
     ) -> MicrosoftTokenProvider:
         """The device code flow: ``on_prompt`` shows the user where to sign in (default:
         print to stderr); later refreshes use the refresh token it brings. ``account``
-        names the user in the store key."""
+        names the user in the store key. ``cloud`` as for :meth:`ropc`."""
+        preset = microsoft_cloud(cloud)
+        scopes = _delegated(preset, offline=True) if scopes is None else scopes
+        authority = authority or preset.authority
         grant = DeviceCodeGrant(
             device_authorization_url or microsoft_endpoint(authority, tenant, "devicecode"),
             on_prompt=on_prompt,

@@ -35,6 +35,7 @@ EXPECTED = {
     "IdleEvent",
     "ImapClient",
     "InsecureTransportError",
+    "KeyringTokenStore",
     "LimitExceededError",
     "LockLostError",
     "MailConnectionError",
