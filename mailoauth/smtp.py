@@ -28,6 +28,7 @@ from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import BaseClient
 from mailoauth._core.connection import ProtocolTransport
 from mailoauth._core.settings import ConnectionOptions
+from mailoauth._providers import SEND_AS_DENIED_CODE, SEND_AS_DENIED_HINT
 from mailoauth._util.text import refuse_controls
 from mailoauth.errors import (
     CommandError,
@@ -216,17 +217,27 @@ def _map_smtp_errors(host: str, port: int) -> Iterator[None]:
         command = next(
             (name for cls, name in _REFUSED_COMMANDS.items() if isinstance(exc, cls)), ""
         )
+        enhanced = enhanced_status(exc.message)
         raise CommandError(
-            f"{where} refused {command or 'a command'}: {exc.code} {exc.message}",
+            f"{where} refused {command or 'a command'}: {exc.code} {exc.message}"
+            f"{_send_as_hint(enhanced, exc.message)}",
             command=command,
             reply=f"{exc.code} {exc.message}",
             code=exc.code,
-            enhanced_code=enhanced_status(exc.message),
+            enhanced_code=enhanced,
             host=host,
             port=port,
         ) from exc
     except aiosmtplib.SMTPException as exc:
         raise ProtocolError(f"SMTP error with {where}: {exc}") from exc
+
+
+def _send_as_hint(enhanced: str | None, text: str) -> str:
+    """The fix for Exchange's ``554 5.2.252 SendAsDenied`` (sending as a shared mailbox
+    without the Send As right), else nothing."""
+    if enhanced == SEND_AS_DENIED_CODE or "SendAsDenied" in text:
+        return f"; {SEND_AS_DENIED_HINT}"
+    return ""
 
 
 def _check_addresses(sender: str, recipients: Sequence[str]) -> None:
@@ -401,7 +412,11 @@ class SmtpClient(BaseClient):
         Raises :class:`~mailoauth.errors.CommandError` when the server refuses the
         sender, every recipient or the data (its ``code``, ``enhanced_code`` and
         ``retryable`` say whether sending later may work); a message is only reported
-        sent when the server accepted it with 250 after DATA. Reconnects when the
+        sent when the server accepted it with 250 after DATA. To send as a shared
+        mailbox, log in as the delegate (its own username and token) and give the
+        shared address as ``sender``: Exchange Online refuses it without the Send As
+        right (``554 5.2.252 SendAsDenied``), and the CommandError names the
+        ``Add-RecipientPermission`` command that grants it. Reconnects when the
         server dropped the connection. Called before :meth:`connect` (or after
         :meth:`aclose`) it connects by itself, with a DeprecationWarning: open the
         client with ``async with`` instead.

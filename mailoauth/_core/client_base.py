@@ -29,9 +29,9 @@ from mailoauth._core.settings import (
     DEFAULT_TIMEOUT,
     ConnectionOptions,
     ConnectionSettings,
+    check_login_name,
 )
-from mailoauth._util.text import refuse_controls
-from mailoauth.errors import ConfigurationError, MailTimeoutError, _NotOpenError
+from mailoauth.errors import MailTimeoutError, _NotOpenError
 from mailoauth.security import SecurityOptions, TransportPlan
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
 from mailoauth.tokens.manager import TokenManager, wrap_provider
@@ -67,10 +67,13 @@ class BaseClient:
         username: str,
         token: str | AccessToken | TokenProvider,
     ) -> None:
-        """Raises :class:`~mailoauth.errors.ConfigurationError` for an empty username
-        or one with control characters (the rest was checked by ``settings``)."""
-        if not isinstance(username, str) or not refuse_controls(username, "username"):
-            raise ConfigurationError("username must be non-empty")
+        """``username`` is the mailbox to log in to: to open a shared mailbox with a
+        delegate's token, it is the shared mailbox's address and ``token`` the
+        delegate's. Raises :class:`~mailoauth.errors.ConfigurationError` for an empty
+        username, one with control characters, or the basic-auth ``delegate\\shared``
+        form (see :func:`~mailoauth._core.settings.check_login_name`; the rest was
+        checked by ``settings``)."""
+        check_login_name(username)
         self.settings = settings
         self.username = username
         self._configured_plan = settings.plan

@@ -15,6 +15,7 @@ from typing import Any, Final, TypedDict
 
 from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.dialer import Dialer
+from mailoauth._providers import MS_SHARED_MAILBOX_HINT
 from mailoauth._util.text import refuse_controls
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "ConnectionOptions",
     "ConnectionSettings",
+    "check_login_name",
 ]
 
 #: Seconds one reply (a greeting, a status line, the start of a response) may take as a
@@ -149,6 +151,28 @@ class ConnectionSettings:
             allow_insecure_auth=self.allow_insecure_auth,
             dialer=self.dialer,
         )
+
+
+def check_login_name(username: object) -> str:
+    """``username`` checked as the mailbox to log in to (the SASL ``user=`` /
+    ``a=``): a shared mailbox's address when it is opened with a delegate's token.
+
+    Raises :class:`~mailoauth.errors.ConfigurationError` for a non-string, an empty one,
+    one with control characters, and the basic-auth form ``delegate\\shared``
+    (``user\\alias``), which XOAUTH2 and OAUTHBEARER servers do not understand: the
+    message names the OAuth way (the shared mailbox as username, the delegate's token).
+    """
+    if not isinstance(username, str) or not refuse_controls(username, "username"):
+        raise ConfigurationError("username must be non-empty")
+    if "\\" in username:
+        delegate, _, mailbox = username.rpartition("\\")
+        raise ConfigurationError(
+            f"username '{username}' has the basic-auth form 'delegate\\shared' "
+            f"(user\\alias), which OAuth servers refuse: use username={mailbox!r} (the "
+            f"mailbox to open, as its full address) with the token of {delegate!r}; "
+            f"{MS_SHARED_MAILBOX_HINT}"
+        )
+    return username
 
 
 def _positive(value: object, *, finite: bool = True) -> bool:

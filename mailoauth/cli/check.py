@@ -86,7 +86,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="auto (default: implicit TLS on 465/993/995, else STARTTLS), ssl, "
         "starttls, or none (sends the token in plaintext: test servers only)",
     )
-    parser.add_argument("--user", help="the mailbox to log in as (default: the profile's)")
+    parser.add_argument(
+        "--user",
+        help="the account to log in as, whose token it is (default: the profile's)",
+    )
+    parser.add_argument(
+        "--mailbox",
+        metavar="ADDRESS",
+        help="open this shared or delegated mailbox with --user's token (IMAP/POP3: the "
+        "SASL user is ADDRESS, and --user needs FullAccess on it; SMTP logs in as --user, "
+        "and sending as ADDRESS needs Send As)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--store-key", metavar="KEY", help="a credential saved by 'mailoauth login'"
@@ -234,7 +244,11 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
         step = "TOKEN"
         timer = Timer()
         source = await _token_source(args)
-        username = args.user or source.username
+        account = args.user or source.username
+        mailbox: str | None = args.mailbox
+        # IMAP and POP3 open a shared mailbox by naming it as the SASL user, with the
+        # delegate's token; SMTP logs in as the delegate and sends as the shared address.
+        username = mailbox if mailbox and protocol != "smtp" else account
         if not username:
             raise ConfigurationError("give --user: the profile does not name the mailbox")
         situation = replace(
@@ -250,8 +264,10 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
         )
         claims = _report_token(out, token, timer, source)
         situation = replace(situation, claims=claims)
-        for warning in diagnose.preflight(protocol, username, claims):
+        for warning in diagnose.preflight(protocol, account or "", claims):
             out.warn(warning)
+        if mailbox:
+            out.detail(_shared_mailbox_note(protocol, mailbox, account))
         if token.expires_at is not None and token.is_expired():
             ago = relative_time((token.expires_at - utcnow()).total_seconds())
             raise TokenExpiredError(f"the access token expired {ago}")
@@ -288,6 +304,21 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
                 await aclose()
     out.line(f"{out.ok_mark} all steps passed")
     return 0
+
+
+def _shared_mailbox_note(protocol: str, mailbox: str, account: str | None) -> str:
+    delegate = account or "the token's owner"
+    if protocol == "smtp":
+        return (
+            f"SMTP logs in as {delegate}; sending as {mailbox} (MAIL FROM) needs Send As: "
+            f"Add-RecipientPermission -Identity {mailbox} -Trustee {delegate} "
+            f"-AccessRights SendAs"
+        )
+    return (
+        f"opening the shared mailbox {mailbox} with the token of {delegate} (needs "
+        f"FullAccess: Add-MailboxPermission -Identity {mailbox} -User {delegate} "
+        f"-AccessRights FullAccess)"
+    )
 
 
 def _report_token(

@@ -10,7 +10,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from email.parser import BytesParser
 from typing import Literal
 
-from mailoauth._core.settings import DEFAULT_TIMEOUT, ConnectionSettings
+from mailoauth._core.settings import DEFAULT_TIMEOUT, ConnectionSettings, check_login_name
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
@@ -38,6 +38,11 @@ class Mailbox:
     :class:`~mailoauth.TokenProvider`. Give every mailbox of one account the *same*
     provider object: the poller then holds one token manager for it, and all of that
     account's connections share its cached token and its refreshes.
+
+    ``username`` is the mailbox to log in to. A shared mailbox is watched with a
+    delegate's token: ``username`` is the shared mailbox's address and ``token`` the
+    delegate's provider (the delegate needs FullAccess on it; the basic-auth
+    ``delegate\\shared`` form is refused with a ConfigurationError naming this way).
 
     ``key`` names the mailbox in events and in the state store; it defaults to
     ``"{protocol}://{username}@{host}:{port}/{folder}"``. Keep it stable across
@@ -77,6 +82,7 @@ class Mailbox:
     def __post_init__(self) -> None:
         if self.protocol not in ("imap", "pop3"):
             raise ConfigurationError(f"protocol must be 'imap' or 'pop3', not {self.protocol!r}")
+        check_login_name(self.username)
         if self.protocol == "pop3" and self.folder != "INBOX":
             raise ConfigurationError("POP3 has one maildrop: leave folder as 'INBOX'")
         settings: ConnectionSettings | None = self.settings

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from mailoauth.testing._serving import StreamServer
 from mailoauth.testing.bearer_auth import TokenChecker, Validator, oauth_validator
 from mailoauth.testing.mailstore import MailStore
-from mailoauth.testing.personality import Personality
+from mailoauth.testing.personality import Delegations, Personality
 
 if TYPE_CHECKING:
     from mailoauth.testing.oauth_server import FakeOAuthServer
@@ -22,7 +22,10 @@ class BearerMailServer(StreamServer):
 
     Pass exactly one of ``oauth`` (tokens issued by that :class:`FakeOAuthServer` to
     the SASL user) or ``validator`` (``validate(username, token) -> bool``); otherwise
-    ``ValueError``. The other arguments are :class:`StreamServer`'s.
+    ``ValueError``. ``delegations`` (with ``oauth``) says which delegate's token opens
+    which other mailbox (:class:`~mailoauth.testing.personality.Delegations`; a new,
+    empty one if omitted, in :attr:`delegations`). The other arguments are
+    :class:`StreamServer`'s.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class BearerMailServer(StreamServer):
         oauth: FakeOAuthServer | None = None,
         validator: Validator | None = None,
         personality: Personality = Personality.RFC,
+        delegations: Delegations | None = None,
         ssl_context: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
         implicit_tls: bool = True,
@@ -53,9 +57,10 @@ class BearerMailServer(StreamServer):
         )
         if (oauth is None) == (validator is None):
             raise ValueError("pass exactly one of oauth= or validator=")
+        self.delegations = delegations if delegations is not None else Delegations()
         if validator is None:
             assert oauth is not None
-            validator = oauth_validator(oauth)
+            validator = oauth_validator(oauth, self.delegations)
         self.store = store if store is not None else MailStore()
         self.checker = TokenChecker(validator)
         self.personality = personality

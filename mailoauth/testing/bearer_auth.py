@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mailoauth.testing.personality import Personality
+from mailoauth.testing.personality import Delegations, Personality
 
 if TYPE_CHECKING:
     from mailoauth.testing.oauth_server import FakeOAuthServer
@@ -156,14 +156,20 @@ def parse_response(mechanism: str, data: bytes) -> BearerCredentials:
     raise SaslParseError(f"unsupported mechanism {mechanism!r}")
 
 
-def oauth_validator(oauth: FakeOAuthServer) -> Validator:
-    """A validator asking ``oauth`` in-process: active, and issued to ``username``."""
+def oauth_validator(oauth: FakeOAuthServer, delegations: Delegations | None = None) -> Validator:
+    """A validator asking ``oauth`` in-process: active, and issued to ``username`` or,
+    with ``delegations``, to a delegate with FullAccess on the mailbox ``username``
+    (a shared mailbox opened with a delegate's token)."""
 
     def validate(username: str, token: str) -> bool:
         if not oauth.is_active(token):
             return False
         info = oauth.token_info(token)
-        return info is not None and info.username == username
+        if info is None:
+            return False
+        if info.username == username:
+            return True
+        return delegations is not None and delegations.may_open(info.username, username)
 
     return validate
 

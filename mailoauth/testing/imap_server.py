@@ -130,6 +130,9 @@ class TestImapServer(BearerMailServer):
         oauth: the :class:`FakeOAuthServer` whose tokens are accepted; or
         validator: ``validate(username, token) -> bool`` instead of ``oauth``.
         personality: which provider to imitate (may be changed while running).
+        delegations: which delegate's token opens which other (shared) mailbox
+            (:class:`~mailoauth.testing.personality.Delegations`; in
+            :attr:`delegations`, a new empty one if omitted).
         ssl_context: the server's TLS context. Without one there is only a plaintext
             port, where AUTHENTICATE is allowed (test use only).
         implicit_tls / starttls: listen on :attr:`tls_port` (993-style) and/or

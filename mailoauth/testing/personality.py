@@ -16,15 +16,23 @@ what it answers to a rejected bearer token.
   "schemes":"bearer","scope":"mail"}`` for XOAUTH2), then ``NO [AUTHENTICATIONFAILED]
   Authentication failed.``, ``535 5.7.8 Error: authentication failed: ...`` or
   ``-ERR [AUTH] Authentication failed.``
+
+Shared and delegated mailboxes (:class:`Delegations`): as in Exchange Online, a
+delegate's token opens another mailbox (SASL ``user=`` that mailbox) when the delegate
+has FullAccess on it, and is refused as any bad token otherwise (``NO AUTHENTICATE
+failed.``); under the Office 365 personality a message whose MAIL FROM is not the
+authenticated user's own address is refused after DATA with ``554 5.2.252
+SendAsDenied; ...`` unless the user has SendAs on that address.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import threading
 from dataclasses import dataclass
 
-__all__ = ["Personality", "Replies"]
+__all__ = ["Delegations", "Personality", "Replies"]
 
 
 def _challenge(status: str, schemes: str, scope: str) -> bytes:
@@ -62,6 +70,9 @@ class Replies:
     mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")
     """The bearer mechanisms offered and accepted (Office 365 has no OAUTHBEARER)."""
     imap_expired_bye: str = "* BYE Session invalidated - AccessTokenExpired"
+    smtp_send_as_denied: str | None = None
+    """The reply after DATA to a MAIL FROM the user may not send as (``{user}`` and
+    ``{address}`` are filled in), or None when the server does not check the sender."""
 
     def error_challenge(self, mechanism: str) -> bytes | None:
         """The raw error challenge for ``mechanism``, or None for an immediate failure."""
@@ -103,6 +114,14 @@ _OFFICE365 = Replies(
     pop3_auth_failed="-ERR Authentication failure: unknown user name or bad password.",
     expires_sessions=True,
     mechanisms=("XOAUTH2",),
+    # What Exchange Online answers at the end of DATA to a sender the user has no Send
+    # As right on (see mailoauth._providers.SEND_AS_DENIED_HINT for the fix).
+    smtp_send_as_denied=(
+        "554 5.2.252 SendAsDenied; {user} not allowed to send as {address}; "
+        "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; "
+        "Failed to process message due to a permanent exception with message "
+        "[BeginDiagnosticData]Cannot submit message.[EndDiagnosticData]"
+    ),
 )
 
 _RFC = Replies(
@@ -137,3 +156,54 @@ _REPLIES: dict[Personality, Replies] = {
     Personality.OFFICE365: _OFFICE365,
     Personality.RFC: _RFC,
 }
+
+
+class Delegations:
+    """Who may open whose mailbox (FullAccess) and send as whose address (SendAs), as
+    an Exchange Online tenant grants them (``Add-MailboxPermission -AccessRights
+    FullAccess``, ``Add-RecipientPermission -AccessRights SendAs``). Addresses compare
+    case-insensitively. Thread-safe: grant and revoke while the servers run.
+
+    A user always has both rights on their own address. The servers read it: a token
+    issued to ``delegate`` opens ``mailbox`` when :meth:`may_open` says so, and the SMTP
+    server of a personality that checks senders refuses a MAIL FROM for which
+    :meth:`may_send_as` is false.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._full_access: set[tuple[str, str]] = set()
+        self._send_as: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def _pair(mailbox: str, delegate: str) -> tuple[str, str]:
+        return mailbox.strip().lower(), delegate.strip().lower()
+
+    def grant_full_access(self, mailbox: str, delegate: str) -> None:
+        """Let ``delegate`` open ``mailbox`` with its own token."""
+        with self._lock:
+            self._full_access.add(self._pair(mailbox, delegate))
+
+    def grant_send_as(self, address: str, delegate: str) -> None:
+        """Let ``delegate`` send with ``address`` as MAIL FROM."""
+        with self._lock:
+            self._send_as.add(self._pair(address, delegate))
+
+    def revoke(self, mailbox: str, delegate: str) -> None:
+        """Take back both rights of ``delegate`` on ``mailbox``."""
+        pair = self._pair(mailbox, delegate)
+        with self._lock:
+            self._full_access.discard(pair)
+            self._send_as.discard(pair)
+
+    def may_open(self, delegate: str, mailbox: str) -> bool:
+        """Whether a token of ``delegate`` opens ``mailbox``."""
+        pair = self._pair(mailbox, delegate)
+        with self._lock:
+            return pair[0] == pair[1] or pair in self._full_access
+
+    def may_send_as(self, user: str, address: str) -> bool:
+        """Whether ``user`` may send with MAIL FROM ``address`` (the null sender too)."""
+        pair = self._pair(address, user)
+        with self._lock:
+            return not pair[0] or pair[0] == pair[1] or pair in self._send_as

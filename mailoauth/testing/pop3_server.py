@@ -84,6 +84,9 @@ class TestPop3Server(BearerMailServer):
         oauth: the :class:`FakeOAuthServer` whose tokens are accepted; or
         validator: ``validate(username, token) -> bool`` instead of ``oauth``.
         personality: which provider to imitate (may be changed while running).
+        delegations: which delegate's token opens which other (shared) mailbox
+            (:class:`~mailoauth.testing.personality.Delegations`; in
+            :attr:`delegations`, a new empty one if omitted).
         ssl_context: the server's TLS context; without one only a plaintext port where
             AUTH is allowed (test use only).
         implicit_tls / starttls: listen on :attr:`tls_port` (995-style) and/or

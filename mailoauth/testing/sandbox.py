@@ -41,7 +41,7 @@ from mailoauth.testing.certs import TestCA
 from mailoauth.testing.imap_server import TestImapServer
 from mailoauth.testing.mailstore import MailStore
 from mailoauth.testing.oauth_server import FakeOAuthServer
-from mailoauth.testing.personality import Personality
+from mailoauth.testing.personality import Delegations, Personality
 from mailoauth.testing.pop3_server import TestPop3Server
 from mailoauth.testing.smtp_server import TestSmtpServer
 from mailoauth.tokens.transport import RoutingClient, RoutingTransport
@@ -90,7 +90,9 @@ class MailSandbox(LoopService):
 
     Attributes (after start): :attr:`oauth`, :attr:`ca`, :attr:`ssl_context` (a client
     context trusting the CA), :attr:`server_ssl_context`, :attr:`store`, :attr:`smtp`,
-    :attr:`imap`, :attr:`pop3` (each with ``host``, ``tls_port``, ``starttls_port``).
+    :attr:`imap`, :attr:`pop3` (each with ``host``, ``tls_port``, ``starttls_port``),
+    :attr:`delegations` (who may open and send as whose mailbox: see
+    :meth:`shared_mailbox`).
     """
 
     def __init__(
@@ -116,10 +118,13 @@ class MailSandbox(LoopService):
         self.store = MailStore()
         self.host = host
         tls = self.server_ssl_context
+        #: Who may open and send as whose mailbox, shared by the three servers.
+        self.delegations = Delegations()
         self.smtp = TestSmtpServer(
             self.store,
             oauth=self.oauth,
             personality=personality,
+            delegations=self.delegations,
             ssl_context=tls,
             host=host,
             require_starttls=require_tls,
@@ -128,6 +133,7 @@ class MailSandbox(LoopService):
             self.store,
             oauth=self.oauth,
             personality=personality,
+            delegations=self.delegations,
             ssl_context=tls,
             host=host,
             require_tls=require_tls,
@@ -136,6 +142,7 @@ class MailSandbox(LoopService):
             self.store,
             oauth=self.oauth,
             personality=personality,
+            delegations=self.delegations,
             ssl_context=tls,
             host=host,
             require_tls=require_tls,
@@ -163,6 +170,24 @@ class MailSandbox(LoopService):
             self.oauth.add_user(username, password)
         refresh = self.oauth.issue_refresh_token(username)
         return SandboxUser(username, refresh, self.oauth)
+
+    def shared_mailbox(
+        self,
+        address: str,
+        *,
+        full_access: Iterable[str] = (),
+        send_as: Iterable[str] = (),
+        mailboxes: Iterable[str] = (),
+    ) -> None:
+        """Create the shared mailbox ``address`` (INBOX plus ``mailboxes``; it has no
+        sign-in of its own), opened by the delegates in ``full_access`` with their own
+        tokens and sent as by those in ``send_as`` (see :attr:`delegations` to change
+        the rights later)."""
+        self.store.add_user(address, mailboxes)
+        for delegate in full_access:
+            self.delegations.grant_full_access(address, delegate)
+        for delegate in send_as:
+            self.delegations.grant_send_as(address, delegate)
 
     async def start(self) -> None:
         if self._own_oauth:

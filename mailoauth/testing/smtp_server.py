@@ -39,7 +39,7 @@ from mailoauth.testing.bearer_auth import (
     run_exchange,
 )
 from mailoauth.testing.mailstore import MailStore
-from mailoauth.testing.personality import Personality
+from mailoauth.testing.personality import Delegations, Personality
 
 if TYPE_CHECKING:
     from mailoauth.testing.oauth_server import FakeOAuthServer
@@ -128,6 +128,11 @@ class _Handler:
     async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
         creds = session.auth_data
         username = creds.username if isinstance(creds, BearerCredentials) else ""
+        sender = envelope.mail_from or ""
+        denied = self._server.personality.replies.smtp_send_as_denied
+        if denied is not None and not self._server.delegations.may_send_as(username, sender):
+            # Exchange Online checks Send As when it submits the message, after DATA.
+            return denied.format(user=username, address=sender)
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
@@ -156,6 +161,10 @@ class TestSmtpServer(LoopService):
         oauth: the :class:`FakeOAuthServer` whose tokens are accepted; or
         validator: ``validate(username, token) -> bool`` instead of ``oauth``.
         personality: which provider's replies to imitate (:class:`Personality`).
+        delegations: who may open (FullAccess) and send as (SendAs) whose mailbox
+            (:class:`~mailoauth.testing.personality.Delegations`; in
+            :attr:`delegations`, a new empty one if omitted). Under the Office 365
+            personality a MAIL FROM other than the user's own address needs SendAs.
         ssl_context: the server's TLS context (e.g. ``TestCA.server_context()``). Without
             one there is only a plaintext port, where AUTH is allowed (test use only).
         implicit_tls: listen on :attr:`tls_port` (SMTPS, 465-style).
@@ -180,6 +189,7 @@ class TestSmtpServer(LoopService):
         oauth: FakeOAuthServer | None = None,
         validator: Validator | None = None,
         personality: Personality = Personality.RFC,
+        delegations: Delegations | None = None,
         ssl_context: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
         implicit_tls: bool = True,
@@ -194,9 +204,10 @@ class TestSmtpServer(LoopService):
         if (oauth is None) == (validator is None):
             raise ValueError("pass exactly one of oauth= or validator=")
         self.store = store if store is not None else MailStore()
+        self.delegations = delegations if delegations is not None else Delegations()
         if validator is None:
             assert oauth is not None
-            validator = oauth_validator(oauth)
+            validator = oauth_validator(oauth, self.delegations)
         self.checker = TokenChecker(validator)
         self.personality = personality
         self.ssl_context = ssl_context
