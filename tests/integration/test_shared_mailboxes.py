@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import importlib.util
+import warnings
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import pytest
@@ -338,3 +342,46 @@ async def test_dovecot_refuses_a_token_of_another_user(mail_servers: MailServers
         ssl_context=mail_servers.client_context(),
     ) as imap:
         await imap.select("INBOX")
+
+
+# -- the example in docs/guides/shared-mailboxes.md ------------------------------------
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_example() -> ModuleType:
+    """examples/shared_mailbox.py, checked to be the one the guide shows."""
+    path = ROOT / "examples" / "shared_mailbox.py"
+    guide = (ROOT / "docs" / "guides" / "shared-mailboxes.md").read_text()
+    assert path.read_text().split('"""', 2)[2].strip() in guide
+    spec = importlib.util.spec_from_file_location("example_shared_mailbox", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+@pytest.mark.asyncio
+async def test_example_runs_against_the_office365_sandbox(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example = load_example()
+    async with MailSandbox(personality=Personality.OFFICE365) as box:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            routes = box.routes()  # the hosts users type, routed to the sandbox
+            routes.__enter__()
+        try:
+            user = box.user("me@contoso.com")
+            box.shared_mailbox("support@contoso.com", full_access=[user.username])
+            box.store.deliver("support@contoso.com", b"Subject: help\r\n\r\nplease\r\n")
+            await example.main("app-id", user.username, user.refresh_token, "support@contoso.com")
+            out = capsys.readouterr().out
+            assert "support@contoso.com: 1 messages" in out
+            assert "SendAsDenied" in out and "Add-RecipientPermission" in out
+            box.delegations.grant_send_as("support@contoso.com", user.username)
+            await example.main("app-id", user.username, user.refresh_token, "support@contoso.com")
+            assert "sent as support@contoso.com" in capsys.readouterr().out
+        finally:
+            routes.__exit__(None, None, None)
