@@ -16,6 +16,11 @@ Sources:
   (delegated scopes, the app-only .default scope, SASL XOAUTH2),
   https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes
   (the AADSTS codes).
+
+The table of known failures, :data:`DIAGNOSES`, has two readers: the library's error
+hints (:func:`auth_failure_hint` for AuthenticationError, :func:`token_error_hint` for
+PermanentTokenError) and ``mailoauth check``'s diagnosis (:mod:`mailoauth.cli.diagnose`).
+Each entry cites the vendor page its facts come from.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "APP_ONLY_ROLES",
     "AUTH_FAILURE_HINTS",
     "DELEGATED_PERMISSIONS",
+    "DIAGNOSES",
     "GOOGLE_AUTHORIZATION_URL",
     "GOOGLE_DOMAINS",
     "GOOGLE_MAIL_SCOPE",
@@ -56,9 +62,14 @@ __all__ = [
     "SEND_AS_DENIED_HINT",
     "TOKEN_ENDPOINT_DOMAINS",
     "VENDOR_HINTS",
+    "Diagnosis",
     "MicrosoftCloud",
     "Vendor",
+    "auth_failure_hint",
+    "diagnoses_in",
+    "diagnosis",
     "host_in",
+    "token_error_hint",
     "vendor_of",
 ]
 
@@ -273,20 +284,306 @@ TOKEN_ENDPOINT_DOMAINS: Final[Mapping[Vendor, tuple[str, ...]]] = {
     ),
 }
 
+# -- the table of known failures ------------------------------------------------------
+
+_MS_OAUTH_MAIL = (
+    "https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/"
+    "how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth"
+)
+_MS_AADSTS = "https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes"
+_MS_REFRESH = "https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens"
+_MS_SMTP_AUTH = (
+    "https://learn.microsoft.com/en-us/exchange/clients-and-mobile-in-exchange-online/"
+    "authenticated-client-smtp-submission"
+)
+_MS_CASMAILBOX = "https://learn.microsoft.com/en-us/powershell/module/exchange/set-casmailbox"
+_MS_SEND_AS = "https://learn.microsoft.com/en-us/powershell/module/exchange/add-recipientpermission"
+_MS_CERT = "https://learn.microsoft.com/en-us/entra/identity-platform/certificate-credentials"
+_GOOGLE_OAUTH = "https://developers.google.com/identity/protocols/oauth2"
+_GOOGLE_DWD = "https://support.google.com/a/answer/162106"
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One known failure: how to recognise it, what it means, and the exact fix.
+
+    ``markers`` are texts that identify it in a server reply or an OAuth
+    ``error_description`` (an AADSTS code, an enhanced status code); an entry without
+    markers is named by the command only as a candidate (Exchange answers many causes
+    with the same ``AUTHENTICATE failed``), or found by ``oauth_error`` from ``vendor``'s
+    token endpoint. ``source`` is the vendor page the facts come from.
+    """
+
+    key: str
+    vendor: Vendor
+    meaning: str
+    fix: str
+    source: str
+    markers: tuple[str, ...] = ()
+    oauth_error: str | None = None
+    generic: bool = False
+    """Matched only when no other entry is (a bare code that a more precise text refines)."""
+
+    def text(self) -> str:
+        """The meaning, the fix and the source as one paragraph."""
+        return f"{self.meaning}. Fix: {self.fix} (see {self.source})"
+
+
+DIAGNOSES: Final[tuple[Diagnosis, ...]] = (
+    # Entra ID token endpoint: the AADSTS code in error_description (_MS_AADSTS).
+    Diagnosis(
+        "aadsts_secret_expired",
+        "microsoft",
+        "the app registration's client secret has expired (AADSTS7000222); client "
+        "secrets live at most 24 months",
+        "in the Microsoft Entra admin center open App registrations > the app > "
+        "Certificates & secrets, add a new client secret and use its Value; better, "
+        "upload a certificate and authenticate with a client assertion, which does not "
+        "need rotating every few months (docs/guides/app-only.md)",
+        _MS_CERT,
+        markers=("AADSTS7000222",),
+    ),
+    Diagnosis(
+        "aadsts_secret_invalid",
+        "microsoft",
+        "the client secret is wrong (AADSTS7000215): often the secret's ID was used "
+        "instead of its Value",
+        "copy the secret's Value (shown once, when it is created) from App registrations "
+        "> the app > Certificates & secrets, or create a new one",
+        _MS_AADSTS,
+        markers=("AADSTS7000215",),
+    ),
+    Diagnosis(
+        "aadsts_consent_missing",
+        "microsoft",
+        "nobody has consented to the app's permissions in this tenant (AADSTS65001)",
+        "an administrator opens App registrations > the app > API permissions and "
+        "clicks 'Grant admin consent for <tenant>' (or visits "
+        f"{MS_AUTHORITY}/<tenant>/adminconsent?client_id=<client id>); for delegated "
+        "access the user can also sign in once interactively (mailoauth login microsoft)",
+        _MS_OAUTH_MAIL,
+        markers=("AADSTS65001",),
+    ),
+    Diagnosis(
+        "aadsts_tenant_not_found",
+        "microsoft",
+        "the tenant in the token URL does not exist (AADSTS90002): a typo in the tenant "
+        "ID or domain, or the wrong cloud",
+        "use the Directory (tenant) ID from the app registration's Overview page, or the "
+        "tenant's verified domain (e.g. contoso.onmicrosoft.com), in "
+        f"{MS_AUTHORITY}/<tenant>/oauth2/v2.0/token",
+        _MS_AADSTS,
+        markers=("AADSTS90002",),
+    ),
+    Diagnosis(
+        "aadsts_refresh_idle",
+        "microsoft",
+        "the refresh token expired after 90 days without use (AADSTS700082)",
+        "sign in again (mailoauth login microsoft, or a re-consent hook) and refresh at "
+        "least once every 90 days; a service that must not depend on a person should "
+        "use app-only access (client credentials)",
+        _MS_REFRESH,
+        markers=("AADSTS700082",),
+    ),
+    Diagnosis(
+        "aadsts_sign_in_frequency",
+        "microsoft",
+        "a Conditional Access sign-in frequency policy requires the user to sign in "
+        "again (AADSTS70043): refresh tokens issued before that time no longer work",
+        "sign in again interactively; to run unattended, exclude this app from the "
+        "sign-in frequency policy (Entra admin center > Protection > Conditional Access) "
+        "or use app-only access",
+        _MS_REFRESH,
+        markers=("AADSTS70043",),
+    ),
+    Diagnosis(
+        "aadsts_grant_revoked",
+        "microsoft",
+        "the grant was revoked, usually by a password change or an administrator "
+        "revoking sessions (AADSTS50173), or the refresh token expired (AADSTS700084)",
+        "sign in again (mailoauth login microsoft); Microsoft rotates refresh tokens, "
+        "so always keep the newest one",
+        _MS_REFRESH,
+        markers=("AADSTS50173", "AADSTS700084"),
+    ),
+    # Exchange Online's replies.
+    Diagnosis(
+        "exchange_security_defaults",
+        "microsoft",
+        "Security Defaults are on in this tenant, and they turn SMTP AUTH off (5.7.139)",
+        "turn Security Defaults off (Entra admin center > Identity > Overview > "
+        "Properties > Manage security defaults) and protect sign-ins with Conditional "
+        "Access instead, or send through Microsoft Graph",
+        _MS_SMTP_AUTH,
+        markers=("security defaults",),
+    ),
+    Diagnosis(
+        "exchange_smtp_auth_disabled",
+        "microsoft",
+        "SMTP AUTH is disabled for the mailbox or the whole tenant (5.7.139)",
+        "in Exchange Online PowerShell run Set-CASMailbox -Identity <mailbox> "
+        "-SmtpClientAuthenticationDisabled $false (or Microsoft 365 admin center > the "
+        "user > Mail > Manage email apps > Authenticated SMTP), and for the tenant "
+        "Set-TransportConfig -SmtpClientAuthenticationDisabled $false",
+        _MS_SMTP_AUTH,
+        markers=("SmtpClientAuthentication is disabled", "5.7.139"),
+        generic=True,
+    ),
+    Diagnosis(
+        "exchange_send_as_denied",
+        "microsoft",
+        "the account may not send as the From/MAIL FROM address (554 5.2.252 "
+        "SendAsDenied): a shared or other mailbox needs the SendAs right",
+        "in Exchange Online PowerShell run Add-RecipientPermission -Identity <shared "
+        "mailbox> -AccessRights SendAs -Trustee <signed-in user>, wait for it to apply, "
+        "or send from the signed-in user's own address",
+        _MS_SEND_AS,
+        markers=("SendAsDenied", "5.2.252"),
+    ),
+    Diagnosis(
+        "exchange_logon_denied",
+        "microsoft",
+        "Exchange denied the logon to the mailbox (LogonDenied): sign-in is blocked for "
+        "the account, or the account may not open this mailbox",
+        "in the Microsoft 365 admin center check that sign-in is allowed for the user "
+        "(Users > Active users > the user > Block sign-in), and for another mailbox run "
+        "Add-MailboxPermission -Identity <mailbox> -User <user> -AccessRights FullAccess",
+        _MS_OAUTH_MAIL,
+        markers=("LogonDenied",),
+    ),
+    # Exchange answers these with the same 'AUTHENTICATE failed': candidates only.
+    Diagnosis(
+        "exchange_wrong_service_principal",
+        "microsoft",
+        "the service principal was registered in Exchange with the app registration's "
+        "Object ID instead of the enterprise application's, so Entra issues the token "
+        "but Exchange knows no such principal",
+        "read the right Object ID in the Entra admin center > Enterprise applications > "
+        "the app > Overview (not App registrations), or with Get-MgServicePrincipal "
+        "-Filter \"appId eq '<client id>'\" | Select-Object Id; then Remove-ServicePrincipal "
+        "the wrong one and run New-ServicePrincipal -AppId <client id> -ObjectId <that Id>",
+        _MS_OAUTH_MAIL,
+    ),
+    Diagnosis(
+        "exchange_no_mailbox_permission",
+        "microsoft",
+        "the app's service principal has no permission on this mailbox",
+        "Add-MailboxPermission -Identity <mailbox> -User <service principal Object ID> "
+        "-AccessRights FullAccess (check with Get-MailboxPermission -Identity <mailbox>)",
+        _MS_OAUTH_MAIL,
+    ),
+    Diagnosis(
+        "exchange_imap_disabled",
+        "microsoft",
+        "IMAP is disabled for the mailbox",
+        "Set-CASMailbox -Identity <mailbox> -ImapEnabled $true (check with "
+        "Get-CASMailbox -Identity <mailbox> | Format-List ImapEnabled)",
+        _MS_CASMAILBOX,
+    ),
+    Diagnosis(
+        "exchange_pop_disabled",
+        "microsoft",
+        "POP is disabled for the mailbox",
+        "Set-CASMailbox -Identity <mailbox> -PopEnabled $true (check with "
+        "Get-CASMailbox -Identity <mailbox> | Format-List PopEnabled)",
+        _MS_CASMAILBOX,
+    ),
+    Diagnosis(
+        "exchange_mailbox_unavailable",
+        "microsoft",
+        "the mailbox is disabled, unlicensed (no Exchange Online plan) or does not exist",
+        "in the Microsoft 365 admin center > Users > Active users > the user > Licenses "
+        "and apps, assign a license that includes Exchange Online and allow sign-in; "
+        "check the address with Get-Mailbox -Identity <mailbox>",
+        _MS_OAUTH_MAIL,
+    ),
+    # Google's token endpoint: the OAuth error code (Google sends no numbered codes).
+    Diagnosis(
+        "google_testing_app",
+        "google",
+        "if the OAuth consent screen's publishing status is 'Testing', Google expires "
+        "refresh tokens after 7 days",
+        "set the publishing status to 'In production' (Google Cloud console > APIs & "
+        "Services > OAuth consent screen) and sign in again (mailoauth login google)",
+        _GOOGLE_OAUTH,
+        oauth_error="invalid_grant",
+    ),
+    Diagnosis(
+        "google_token_limit",
+        "google",
+        "Google keeps at most 50 live refresh tokens per account and OAuth client: the "
+        "51st sign-in silently invalidates the oldest",
+        "sign in once per account and share that refresh token (a token store) instead "
+        "of signing in again on each machine or run",
+        _GOOGLE_OAUTH,
+        oauth_error="invalid_grant",
+    ),
+    Diagnosis(
+        "google_delegation_scope",
+        "google",
+        "the service account's domain-wide delegation does not include the scope "
+        f"{GOOGLE_MAIL_SCOPE} (or the subject is outside the Workspace domain)",
+        "a super administrator opens the Google Admin console > Security > Access and "
+        "data control > API controls > Manage Domain Wide Delegation, adds the service "
+        "account's Client ID (IAM & Admin > Service accounts > the account > Advanced "
+        f"settings; not its email) with the scope {GOOGLE_MAIL_SCOPE}",
+        _GOOGLE_DWD,
+        oauth_error="unauthorized_client",
+    ),
+)
+"""Every known failure with its meaning and fix, read by the library's hints and by
+``mailoauth check``."""
+
+_BY_KEY: Final[Mapping[str, Diagnosis]] = {d.key: d for d in DIAGNOSES}
+
+
+def diagnosis(key: str) -> Diagnosis:
+    """The entry of :data:`DIAGNOSES` named ``key``; raises KeyError for an unknown one."""
+    return _BY_KEY[key]
+
+
+def diagnoses_in(
+    text: str, *, vendor: Vendor | None = None, oauth_error: str | None = None
+) -> tuple[Diagnosis, ...]:
+    """The entries whose markers occur in ``text`` (case-insensitive), plus, when
+    ``vendor`` and ``oauth_error`` are given, that vendor's entries for the error code;
+    a ``generic`` entry only when no precise one matched."""
+    lowered = text.lower()
+    found = [d for d in DIAGNOSES if any(m.lower() in lowered for m in d.markers)]
+    precise = [d for d in found if not d.generic]
+    found = precise or found
+    if vendor is not None and oauth_error is not None:
+        found += [
+            d
+            for d in DIAGNOSES
+            if d.vendor == vendor and d.oauth_error == oauth_error and d not in found
+        ]
+    return tuple(found)
+
+
+def token_error_hint(description: str | None) -> str | None:
+    """What the table says about a token endpoint's ``error_description`` (by its
+    AADSTS code), or None when it names no known failure."""
+    found = diagnoses_in(description or "")
+    return "; ".join(d.text() for d in found) or None
+
+
 VENDOR_HINTS: Mapping[Vendor, Mapping[str, str]] = {
     "google": {
         "invalid_grant": (
             "the refresh token (or assertion) was refused: it was revoked or has expired. "
-            "Usual causes: the user revoked access or changed their password; an app whose "
-            "OAuth consent screen is in 'Testing' publishing status gets refresh tokens that "
-            "expire after 7 days, and unused ones expire after 6 months; a service "
-            "account's subject needs domain-wide delegation. Sign in again to get a new "
-            "refresh token"
+            "Usual causes: the user revoked access or changed their password; "
+            + "; ".join(
+                d.text()
+                for d in DIAGNOSES
+                if d.vendor == "google" and d.oauth_error == "invalid_grant"
+            )
+            + ". Sign in again to get a new refresh token"
         ),
         "unauthorized_client": (
             "this client may not use this grant: use an OAuth client of the right type "
-            "(Desktop app for the installed-app flow), or domain-wide delegation for a "
-            "service account"
+            "(Desktop app for the installed-app flow); for a service account, "
+            + _BY_KEY["google_delegation_scope"].text()
         ),
         "invalid_scope": (
             f"the scope was refused: Gmail's IMAP, POP and SMTP need {GOOGLE_MAIL_SCOPE}"
@@ -351,3 +648,13 @@ def vendor_of(url: str) -> Vendor | None:
         if host_in(host, domains):
             return vendor
     return None
+
+
+def auth_failure_hint(protocol: str, reply: str) -> str:
+    """What to check when a mail server rejected a token with ``reply``: the table's
+    entries named by the reply (5.7.139, LogonDenied, ...), else the general hint for
+    ``protocol``."""
+    found = diagnoses_in(reply)
+    if found:
+        return "; ".join(d.text() for d in found)
+    return AUTH_FAILURE_HINTS.get(protocol, "check the token scope and audience")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from mailoauth._core.scrub import Scrubber
-from mailoauth._providers import AUTH_FAILURE_HINTS
+from mailoauth._providers import AUTH_FAILURE_HINTS, auth_failure_hint
 from mailoauth.errors import AuthenticationError, TokenExpiredError
 from mailoauth.sasl import MECHANISMS, ErrorChallenge, Mechanism, create_mechanism
 from mailoauth.tokens.access_token import AccessToken
@@ -169,7 +169,7 @@ async def authenticate(
         raise AuthenticationError(
             f"the {protocol.upper()} server {host}:{port} rejected the token for {username} "
             f"twice, the second time just after a refresh ({outcome.reply!r}{detail}); "
-            f"{_HINTS.get(protocol, 'check the token scope and audience')}",
+            f"{auth_failure_hint(protocol, outcome.reply)}",
             server_reply=outcome.reply,
             challenge=outcome.challenge,
             mechanism=mechanism,

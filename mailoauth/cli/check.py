@@ -236,6 +236,8 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
             timeout=args.timeout,
             on_step=on_step,
         )
+        # The greeting names Exchange or Gmail behind a host name of one's own.
+        situation = replace(situation, greeting=result.greeting)
         if not plan.encrypted:
             out.warn("no TLS: the token will cross the network in plaintext")
         if result.mechanisms and not {"XOAUTH2", "OAUTHBEARER"} & set(result.mechanisms):

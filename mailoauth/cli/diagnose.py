@@ -1,5 +1,12 @@
 """Why a check failed: pure rules from (protocol, host, error, token claims, reply).
 
+The known failures with their fixes come from one table,
+:data:`mailoauth._providers.DIAGNOSES`, which the library's error hints read too: a
+code in the reply or the token endpoint's answer (5.7.139, SendAsDenied, AADSTS...)
+names its entry; Exchange's bare ``AUTHENTICATE failed`` names the entries that Exchange
+answers so (a wrong service principal, no mailbox permission, the protocol disabled, an
+unlicensed mailbox), most likely first for the kind of token.
+
 :func:`situation_from_error` turns an exception into a :class:`Situation`;
 :func:`diagnose` returns the paragraphs that apply, most specific first;
 :func:`preflight` warns about a token before it is used. No I/O anywhere here, so that
@@ -13,10 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from mailoauth._providers import (
-    AADSTS_CONSENT_REQUIRED,
-    AADSTS_INVALID_CLIENT_SECRET,
     AADSTS_NO_OFFLINE_ACCESS,
-    AADSTS_REFRESH_TOKEN_EXPIRED,
     APP_ONLY_ROLES,
     DELEGATED_PERMISSIONS,
     GOOGLE_DOMAINS,
@@ -27,6 +31,10 @@ from mailoauth._providers import (
     MS_APP_ONLY_SCOPE,
     OUTLOOK_AUDIENCES,
     OUTLOOK_RESOURCE,
+    Diagnosis,
+    Vendor,
+    diagnoses_in,
+    diagnosis,
     host_in,
 )
 from mailoauth.cli.claims import claim_list
@@ -79,6 +87,8 @@ class Situation:
     challenge_scope: str | None = None
     oauth_error: str | None = None
     oauth_description: str | None = None
+    greeting: str = ""
+    """The server's greeting: names Exchange or Gmail when the host name does not."""
 
 
 def situation_from_error(exc: BaseException, base: Situation) -> Situation:
@@ -122,12 +132,17 @@ def is_microsoft(s: Situation) -> bool:
         host_in(s.host, MICROSOFT_DOMAINS)
         or host_in(_url_host(s.token_url), MICROSOFT_DOMAINS)
         or any(name in issuer for name in MICROSOFT_ISSUERS)
+        or "Microsoft" in s.greeting
     )
 
 
 def is_google(s: Situation) -> bool:
-    """A Gmail host or a Google token endpoint."""
-    return host_in(s.host, GOOGLE_DOMAINS) or host_in(_url_host(s.token_url), GOOGLE_DOMAINS)
+    """A Gmail host, a Google token endpoint, or a Gmail greeting."""
+    return (
+        host_in(s.host, GOOGLE_DOMAINS)
+        or host_in(_url_host(s.token_url), GOOGLE_DOMAINS)
+        or any(name in s.greeting for name in ("Gimap", "Gpop", "gsmtp"))
+    )
 
 
 def _audiences(claims: Mapping[str, Any]) -> list[str]:
@@ -208,19 +223,6 @@ def preflight(protocol: str, username: str, claims: Mapping[str, Any] | None) ->
 Rule = Callable[[Situation], str | None]
 
 
-def _smtp_auth_disabled(s: Situation) -> str | None:
-    if "5.7.139" not in s.reply and "5.7.139" not in s.message:
-        return None
-    return (
-        "SMTP AUTH is disabled for the tenant or the mailbox (5.7.139). Enable "
-        "Authenticated SMTP for the mailbox (Microsoft 365 admin center > user > Mail > "
-        "Manage email apps, or Set-CASMailbox -Identity <mailbox> "
-        "-SmtpClientAuthenticationDisabled $false) or for the whole tenant "
-        "(Set-TransportConfig -SmtpClientAuthenticationDisabled $false); Security "
-        "Defaults also block it"
-    )
-
-
 def _graph_audience(s: Situation) -> str | None:
     if s.kind != "auth" or not s.claims:
         return None
@@ -259,30 +261,55 @@ def _missing_permission(s: Situation) -> str | None:
     )
 
 
+def _known(s: Situation) -> list[Diagnosis]:
+    """The table's entries named by a code in the reply, the message or the token
+    endpoint's description, and the vendor's entries for the OAuth error code."""
+    # The message quotes the reply and, for a library error, the table's own hint:
+    # read it only when there is neither a reply nor a description.
+    text = " ".join(x for x in (s.reply, s.oauth_description or "") if x) or s.message
+    vendor: Vendor | None = "google" if is_google(s) else "microsoft" if is_microsoft(s) else None
+    oauth_error = s.oauth_error if s.kind == "token" else None
+    return list(diagnoses_in(text, vendor=vendor, oauth_error=oauth_error))
+
+
+#: What Exchange answers with a bare AUTHENTICATE failed / 5.7.3, most likely first.
+_EXCHANGE_APP_ONLY: Final = (
+    "exchange_wrong_service_principal",
+    "exchange_no_mailbox_permission",
+    "exchange_mailbox_unavailable",
+)
+_EXCHANGE_DELEGATED: Final = ("exchange_mailbox_unavailable", "exchange_logon_denied")
+_PROTOCOL_DISABLED: Final = {"imap": "exchange_imap_disabled", "pop3": "exchange_pop_disabled"}
+
+
+def exchange_candidates(s: Situation) -> list[Diagnosis]:
+    """The table's entries that Exchange Online answers with its generic refusal, for
+    this protocol and kind of token (all of them for an opaque token)."""
+    if s.kind != "auth" or not is_microsoft(s):
+        return []
+    claims = s.claims or {}
+    app_only = _is_app_only(claims) if claims else None
+    keys: list[str] = []
+    if app_only is not False:
+        keys += _EXCHANGE_APP_ONLY
+    if s.protocol in _PROTOCOL_DISABLED:
+        keys.insert(1 if app_only else 0, _PROTOCOL_DISABLED[s.protocol])
+    if app_only is not True:
+        keys += [k for k in _EXCHANGE_DELEGATED if k not in keys]
+    return [diagnosis(k) for k in keys]
+
+
 def _exchange_service_principal(s: Situation) -> str | None:
     if s.kind != "auth" or not s.claims or not _is_app_only(s.claims) or not is_microsoft(s):
         return None
     app_id = str(s.claims.get("appid") or s.claims.get("azp") or "<application id>")
     mailbox = s.username or "<mailbox>"
     return (
-        f"Exchange Online refused an app-only token with the right role. Usually the "
-        f"application's service principal is not registered in Exchange or has no "
-        f"access to {mailbox}: in Exchange Online PowerShell run New-ServicePrincipal "
-        f"-AppId {app_id} -ObjectId <Enterprise application object id>, then "
-        f"Add-MailboxPermission -Identity {mailbox} -User <service principal id> "
-        f"-AccessRights FullAccess (wait a few minutes for it to apply)"
-    )
-
-
-def _google_testing_mode(s: Situation) -> str | None:
-    if s.kind != "token" or s.oauth_error != "invalid_grant" or not is_google(s):
-        return None
-    return (
-        "Google refused the refresh token (invalid_grant). If the OAuth consent "
-        'screen\'s publishing status is "Testing", Google expires refresh tokens after '
-        "7 days: publish the app (In production) and sign in again with mailoauth login "
-        "google. Other causes: the user revoked access or changed the password, or the "
-        "token was issued to another client id"
+        f"Exchange Online refused an app-only token with the right role. For this app: "
+        f"New-ServicePrincipal -AppId {app_id} -ObjectId <Enterprise application object "
+        f"id>, then Add-MailboxPermission -Identity {mailbox} -User <service principal "
+        f"id> -AccessRights FullAccess (wait a few minutes for it to apply). The causes "
+        f"Exchange answers so, most likely first, follow"
     )
 
 
@@ -299,36 +326,17 @@ def _microsoft_offline_access(s: Situation) -> str | None:
     return None
 
 
-def _microsoft_grant_codes(s: Situation) -> str | None:
-    if s.kind != "token" or not is_microsoft(s):
-        return None
-    description = s.oauth_description or s.message
-    if AADSTS_CONSENT_REQUIRED in description:
-        return (
-            "the user or an administrator has not consented to the app's permissions "
-            f"({AADSTS_CONSENT_REQUIRED}): grant admin consent in the app registration, or sign in "
-            "interactively once (mailoauth login microsoft)"
-        )
-    if any(code in description for code in AADSTS_REFRESH_TOKEN_EXPIRED):
-        return (
-            "the Microsoft refresh token has expired or was invalidated (inactivity, a "
-            "password change or revoked sessions): sign in again with mailoauth login "
-            "microsoft. Microsoft rotates refresh tokens: always keep the newest one"
-        )
-    if AADSTS_INVALID_CLIENT_SECRET in description or s.oauth_error == "invalid_client":
-        return (
-            "Microsoft refused the client credentials: check the client id and that the "
-            "client secret is the secret's Value (not its ID) and has not expired"
-        )
-    return None
-
-
 def _invalid_client(s: Situation) -> str | None:
     if s.kind != "token" or s.oauth_error != "invalid_client":
         return None
+    microsoft = (
+        "; for Microsoft, the client secret must be the secret's Value (not its ID) and not expired"
+        if is_microsoft(s)
+        else ""
+    )
     return (
         "the token endpoint refused the client (invalid_client): check --client-id and "
-        "--client-secret against the app registration"
+        f"--client-secret against the app registration{microsoft}"
     )
 
 
@@ -434,12 +442,9 @@ def _generic_token(s: Situation) -> str | None:
 
 #: In order: the first rules are the most specific. :func:`diagnose` returns all hits.
 RULES: Final[tuple[Rule, ...]] = (
-    _smtp_auth_disabled,
     _graph_audience,
     _missing_permission,
-    _google_testing_mode,
     _microsoft_offline_access,
-    _microsoft_grant_codes,
     _invalid_client,
     _certificate,
     _tls_mode,
@@ -447,7 +452,6 @@ RULES: Final[tuple[Rule, ...]] = (
 )
 #: Used only when no rule of :data:`RULES` matched.
 FALLBACKS: Final[tuple[Rule, ...]] = (
-    _exchange_service_principal,
     _challenge_scope,
     _generic_auth,
     _generic_token,
@@ -456,10 +460,18 @@ FALLBACKS: Final[tuple[Rule, ...]] = (
 
 
 def diagnose(s: Situation) -> list[str]:
-    """The diagnoses that apply to ``s``, most specific first; empty when none does."""
-    found = [text for rule in RULES if (text := rule(s)) is not None]
+    """The diagnoses that apply to ``s``, most specific first; empty when none does.
+
+    First the table's entries named by a code, then the other rules; when nothing
+    matched, Exchange's candidates for its generic refusal or a fallback."""
+    found = [d.text() for d in _known(s)]
+    found += [text for rule in RULES if (text := rule(s)) is not None]
     if found:
         return found
+    candidates = exchange_candidates(s)
+    if candidates:
+        intro = _exchange_service_principal(s)
+        return ([intro] if intro else []) + [d.text() for d in candidates]
     for rule in FALLBACKS:
         text = rule(s)
         if text is not None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from mailoauth.testing._serving import StreamServer
 from mailoauth.testing.bearer_auth import TokenChecker, Validator, oauth_validator
 from mailoauth.testing.mailstore import MailStore
-from mailoauth.testing.personality import Delegations, Personality
+from mailoauth.testing.personality import Delegations, Personality, TenantStates
 
 if TYPE_CHECKING:
     from mailoauth.testing.oauth_server import FakeOAuthServer
@@ -58,6 +58,8 @@ class BearerMailServer(StreamServer):
         if (oauth is None) == (validator is None):
             raise ValueError("pass exactly one of oauth= or validator=")
         self.delegations = delegations if delegations is not None else Delegations()
+        #: Tenant states that refuse valid tokens as Exchange does (shared by a sandbox).
+        self.tenant = TenantStates()
         if validator is None:
             assert oauth is not None
             validator = oauth_validator(oauth, self.delegations)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mailoauth.testing.personality import Delegations, Personality
+from mailoauth.testing.personality import Delegations, Personality, TenantStates
 
 if TYPE_CHECKING:
     from mailoauth.testing.oauth_server import FakeOAuthServer
@@ -217,6 +217,9 @@ class AuthOutcome(enum.Enum):
 class AuthResult:
     outcome: AuthOutcome
     credentials: BearerCredentials | None = None
+    reply: tuple[str, ...] | None = None
+    """For a rejection caused by a tenant state, the lines to answer instead of the
+    personality's usual failure (:class:`~mailoauth.testing.personality.TenantStates`)."""
 
 
 Ask = Callable[[bytes], Awaitable["bytes | None"]]
@@ -230,11 +233,15 @@ async def run_exchange(
     ask: Ask,
     checker: TokenChecker,
     personality: Personality,
+    *,
+    tenant: TenantStates | None = None,
+    protocol: str = "",
 ) -> AuthResult:
     """Run one XOAUTH2/OAUTHBEARER exchange after the AUTH command.
 
     ``initial`` is the decoded initial response, or None when the client sent none (the
-    first challenge is then empty).
+    first challenge is then empty). With ``tenant``, a valid token for a mailbox whose
+    tenant state refuses ``protocol`` is rejected with that state's reply lines.
     """
     if initial is None:
         initial = await ask(b"")
@@ -244,11 +251,15 @@ async def run_exchange(
         creds = parse_response(mechanism, initial)
     except SaslParseError:
         return AuthResult(AuthOutcome.MALFORMED)
+    refusal: tuple[str, ...] | None = None
     if checker.check(creds):
-        return AuthResult(AuthOutcome.OK, creds)
+        if tenant is not None:
+            refusal = tenant.refusal(creds.username, protocol, personality.replies)
+        if refusal is None:
+            return AuthResult(AuthOutcome.OK, creds)
     challenge = personality.replies.error_challenge(mechanism)
     # Whatever the client answers to the challenge (empty line, ^A), the exchange has
     # failed; only a cancel changes the reply.
     if challenge is not None and await ask(challenge) is None:
         return AuthResult(AuthOutcome.ABORTED, creds)
-    return AuthResult(AuthOutcome.REJECTED, creds)
+    return AuthResult(AuthOutcome.REJECTED, creds, reply=refusal)

@@ -388,7 +388,15 @@ class _ImapSession:
 
         server = self.server
         replies = server.personality.replies
-        result = await run_exchange(mechanism, initial, ask, server.checker, server.personality)
+        result = await run_exchange(
+            mechanism,
+            initial,
+            ask,
+            server.checker,
+            server.personality,
+            tenant=server.tenant,
+            protocol="imap",
+        )
         if result.outcome is AuthOutcome.ABORTED:
             await self._tagged(tag, "BAD Authentication aborted by client.")
         elif result.outcome is AuthOutcome.OK:
@@ -398,7 +406,7 @@ class _ImapSession:
             server.store.add_user(self.user)
             await self._tagged(tag, replies.imap_auth_ok.format(user=self.user))
         else:
-            await self._tagged(tag, replies.imap_auth_failed)
+            await self._tagged(tag, (result.reply or (replies.imap_auth_failed,))[0])
 
     # -- authenticated -----------------------------------------------------------------
 

@@ -23,6 +23,14 @@ has FullAccess on it, and is refused as any bad token otherwise (``NO AUTHENTICA
 failed.``); under the Office 365 personality a message whose MAIL FROM is not the
 authenticated user's own address is refused after DATA with ``554 5.2.252
 SendAsDenied; ...`` unless the user has SendAs on that address.
+
+Tenant states (:class:`TenantState`, set per mailbox in :class:`TenantStates`): the
+misconfigurations of an Exchange Online tenant that make Exchange refuse a token Entra
+issued, each answered as Exchange answers it: ``535 5.7.139 ...`` for SMTP AUTH
+disabled or Security Defaults, and the same ``NO AUTHENTICATE failed.`` / ``535 5.7.3``
+/ ``-ERR Authentication failure`` for the rest (a wrong service principal, no mailbox
+permission, IMAP or POP disabled, an unlicensed mailbox), which is why ``mailoauth
+check`` names those as candidates.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import json
 import threading
 from dataclasses import dataclass
 
-__all__ = ["Delegations", "Personality", "Replies"]
+__all__ = ["Delegations", "Personality", "Replies", "TenantState", "TenantStates"]
 
 
 def _challenge(status: str, schemes: str, scope: str) -> bytes:
@@ -207,3 +215,85 @@ class Delegations:
         pair = self._pair(address, user)
         with self._lock:
             return not pair[0] or pair[0] == pair[1] or pair in self._send_as
+
+
+class TenantState(enum.Enum):
+    """A mailbox's state in an Exchange Online tenant that makes Exchange refuse a valid
+    token (see the fix for each in :data:`mailoauth._providers.DIAGNOSES`, under the
+    same key prefixed with ``exchange_``)."""
+
+    WRONG_SERVICE_PRINCIPAL = "wrong_service_principal"
+    """``New-ServicePrincipal`` was given the app registration's Object ID."""
+    NO_MAILBOX_PERMISSION = "no_mailbox_permission"
+    """The app's service principal has no FullAccess on the mailbox."""
+    IMAP_DISABLED = "imap_disabled"
+    """``Set-CASMailbox -ImapEnabled $false``: IMAP is refused, POP and SMTP work."""
+    POP_DISABLED = "pop_disabled"
+    """``Set-CASMailbox -PopEnabled $false``: POP is refused, IMAP and SMTP work."""
+    SMTP_AUTH_DISABLED = "smtp_auth_disabled"
+    """``-SmtpClientAuthenticationDisabled $true``: SMTP answers ``535 5.7.139``."""
+    SECURITY_DEFAULTS = "security_defaults"
+    """Security Defaults are on: SMTP AUTH is off (``535 5.7.139 ... security
+    defaults policy``); IMAP and POP with OAuth work."""
+    MAILBOX_UNAVAILABLE = "mailbox_unavailable"
+    """The mailbox is disabled or has no Exchange Online license."""
+
+    def refusal(self, protocol: str, replies: Replies) -> tuple[str, ...] | None:
+        """The reply lines Exchange gives for ``protocol`` (``smtp``, ``imap``,
+        ``pop3``) in this state, or None when this state does not affect it."""
+        generic = {
+            "smtp": replies.smtp_auth_failed,
+            "imap": (replies.imap_auth_failed,),
+            "pop3": (replies.pop3_auth_failed,),
+        }[protocol]
+        if self is TenantState.SMTP_AUTH_DISABLED:
+            return _SMTP_AUTH_DISABLED if protocol == "smtp" else None
+        if self is TenantState.SECURITY_DEFAULTS:
+            return _SECURITY_DEFAULTS if protocol == "smtp" else None
+        if self is TenantState.IMAP_DISABLED:
+            return generic if protocol == "imap" else None
+        if self is TenantState.POP_DISABLED:
+            return generic if protocol == "pop3" else None
+        return generic
+
+
+# Exchange Online's 5.7.139 replies, as its users quote them; the causes are described
+# on https://learn.microsoft.com/en-us/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+_SMTP_AUTH_DISABLED = (
+    "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for "
+    "the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information.",
+)
+_SECURITY_DEFAULTS = (
+    "535 5.7.139 Authentication unsuccessful, user is locked by your organization's "
+    "security defaults policy. Contact your administrator.",
+)
+
+
+class TenantStates:
+    """The :class:`TenantState` of each mailbox (case-insensitive address); the
+    servers of a :class:`~mailoauth.testing.sandbox.MailSandbox` share one and refuse
+    a valid token for a mailbox in a state, as Exchange does. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, TenantState] = {}
+
+    def set(self, mailbox: str, state: TenantState | str | None) -> None:
+        """Put ``mailbox`` into ``state`` (a :class:`TenantState` or its value), or
+        back to healthy with None."""
+        key = mailbox.strip().lower()
+        with self._lock:
+            if state is None:
+                self._states.pop(key, None)
+            else:
+                self._states[key] = TenantState(state)
+
+    def get(self, mailbox: str) -> TenantState | None:
+        """The state of ``mailbox``, None when it is healthy."""
+        with self._lock:
+            return self._states.get(mailbox.strip().lower())
+
+    def refusal(self, mailbox: str, protocol: str, replies: Replies) -> tuple[str, ...] | None:
+        """The reply lines refusing ``mailbox`` over ``protocol``, or None to let it in."""
+        state = self.get(mailbox)
+        return None if state is None else state.refusal(protocol, replies)

@@ -205,7 +205,15 @@ class _Pop3Session:
 
         server = self.server
         replies = server.personality.replies
-        result = await run_exchange(mechanism, initial, ask, server.checker, server.personality)
+        result = await run_exchange(
+            mechanism,
+            initial,
+            ask,
+            server.checker,
+            server.personality,
+            tenant=server.tenant,
+            protocol="pop3",
+        )
         if result.outcome is AuthOutcome.ABORTED:
             await self.ch.send_line("-ERR Authentication aborted.")
         elif result.outcome is AuthOutcome.OK:
@@ -216,7 +224,7 @@ class _Pop3Session:
             self.state = Pop3State.TRANSACTION
             await self.ch.send_line(replies.pop3_auth_ok)
         else:
-            await self.ch.send_line(replies.pop3_auth_failed)
+            await self.ch.send_line((result.reply or (replies.pop3_auth_failed,))[0])
 
     # -- both ----------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from mailoauth.testing.certs import TestCA
 from mailoauth.testing.imap_server import TestImapServer
 from mailoauth.testing.mailstore import MailStore
 from mailoauth.testing.oauth_server import FakeOAuthServer
-from mailoauth.testing.personality import Delegations, Personality
+from mailoauth.testing.personality import Delegations, Personality, TenantState, TenantStates
 from mailoauth.testing.pop3_server import TestPop3Server
 from mailoauth.testing.smtp_server import TestSmtpServer
 from mailoauth.tokens.transport import RoutingClient, RoutingTransport
@@ -148,6 +148,11 @@ class MailSandbox(LoopService):
             require_tls=require_tls,
         )
         self._personality = personality
+        #: Each mailbox's Exchange tenant state (see :meth:`tenant_state`), shared by
+        #: the three servers.
+        self.tenant = TenantStates()
+        for server in (self.smtp, self.imap, self.pop3):
+            server.tenant = self.tenant
         self._started: list[LoopService] = []
 
     @property
@@ -188,6 +193,14 @@ class MailSandbox(LoopService):
             self.delegations.grant_full_access(address, delegate)
         for delegate in send_as:
             self.delegations.grant_send_as(address, delegate)
+
+    def tenant_state(self, mailbox: str, state: TenantState | str | None) -> None:
+        """Put ``mailbox`` into an Exchange Online tenant ``state``
+        (:class:`~mailoauth.testing.personality.TenantState` or its value, e.g.
+        ``"imap_disabled"``; None to heal it): the servers then refuse its valid
+        tokens as Exchange does in that state (``535 5.7.139 ...``, ``NO
+        AUTHENTICATE failed.``, ...)."""
+        self.tenant.set(mailbox, state)
 
     async def start(self) -> None:
         if self._own_oauth:

@@ -39,7 +39,7 @@ from mailoauth.testing.bearer_auth import (
     run_exchange,
 )
 from mailoauth.testing.mailstore import MailStore
-from mailoauth.testing.personality import Delegations, Personality
+from mailoauth.testing.personality import Delegations, Personality, TenantStates
 
 if TYPE_CHECKING:
     from mailoauth.testing.oauth_server import FakeOAuthServer
@@ -115,13 +115,21 @@ class _Handler:
 
         server = self._server
         replies = server.personality.replies
-        result = await run_exchange(mechanism, initial, ask, server.checker, server.personality)
+        result = await run_exchange(
+            mechanism,
+            initial,
+            ask,
+            server.checker,
+            server.personality,
+            tenant=server.tenant,
+            protocol="smtp",
+        )
         if result.outcome is AuthOutcome.OK:
             return AuthResult(
                 success=True, auth_data=result.credentials, message=replies.smtp_auth_ok
             )
         if result.outcome is not AuthOutcome.ABORTED:
-            for line in replies.smtp_auth_failed:
+            for line in result.reply or replies.smtp_auth_failed:
                 await smtp.push(line)
         return AuthResult(success=False, handled=True)
 
@@ -205,6 +213,8 @@ class TestSmtpServer(LoopService):
             raise ValueError("pass exactly one of oauth= or validator=")
         self.store = store if store is not None else MailStore()
         self.delegations = delegations if delegations is not None else Delegations()
+        #: Tenant states that refuse valid tokens as Exchange does (shared by a sandbox).
+        self.tenant = TenantStates()
         if validator is None:
             assert oauth is not None
             validator = oauth_validator(oauth, self.delegations)

@@ -25,7 +25,7 @@ from typing import Any
 
 # Google's and Microsoft's own hints and hosts live with the rest of what mailoauth knows
 # about them; re-exported here, where they were first public.
-from mailoauth._providers import VENDOR_HINTS, Vendor, vendor_of
+from mailoauth._providers import VENDOR_HINTS, Vendor, token_error_hint, vendor_of
 from mailoauth.errors import PermanentTokenError, TransientTokenError
 from mailoauth.tokens.access_token import AccessToken
 
@@ -153,7 +153,8 @@ def decode_json_response(
 
     Raises :class:`TransientTokenError` for 5xx, 408, 429 and transient OAuth errors,
     :class:`PermanentTokenError` otherwise (with ``error`` and ``error_description``
-    when the body had them, and the hint from ``hints`` for the error code).
+    when the body had them, and a hint: the meaning and fix of a known code in the
+    description (:data:`mailoauth._providers.DIAGNOSES`), else ``hints`` for the error).
     """
     try:
         doc: object = json.loads(body)
@@ -186,7 +187,8 @@ def decode_json_response(
             error_description=description,
             status_code=status_code,
         )
-    hint = hints.get(error)
+    # A known AADSTS code names the cause more precisely than the error code does.
+    hint = token_error_hint(description) or hints.get(error)
     raise PermanentTokenError(
         f"{endpoint} refused the grant (HTTP {status_code}){detail}"
         + (f". Hint: {hint}" if hint else ""),

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from mailoauth._providers import DIAGNOSES, diagnosis
 from mailoauth.cli.claims import claim_list, decode_jwt
 from mailoauth.cli.diagnose import (
     FALLBACKS,
     RULES,
     Situation,
     diagnose,
+    exchange_candidates,
     is_google,
     is_microsoft,
     preflight,
@@ -82,7 +84,7 @@ def test_smtp_auth_disabled_5_7_139() -> None:
         claims=delegated("SMTP.Send"),
     )
     text = only(s)
-    assert "SMTP AUTH is disabled" in text and "SmtpClientAuthenticationDisabled" in text
+    assert "SMTP AUTH is disabled" in text and "SmtpClientAuthenticationDisabled $false" in text
 
 
 def test_graph_audience_instead_of_outlook() -> None:
@@ -133,9 +135,15 @@ def test_app_only_with_role_on_office365_means_service_principal() -> None:
         username="shared@contoso.com",
         claims=app_only("IMAP.AccessAsApp"),
     )
-    text = only(s)
-    assert "New-ServicePrincipal" in text and "Add-MailboxPermission" in text
+    found = diagnose(s)
+    text = "\n".join(found)
+    assert "New-ServicePrincipal" in found[0] and "Add-MailboxPermission" in found[0]
     assert "11111111-2222-3333-4444-555555555555" in text and "shared@contoso.com" in text
+    # Then the causes Exchange answers with the same words, the wrong Object ID first.
+    assert found[1] == diagnosis("exchange_wrong_service_principal").text()
+    assert "Enterprise applications" in found[1] and "Get-MgServicePrincipal" in found[1]
+    assert "Set-CASMailbox -Identity <mailbox> -ImapEnabled $true" in text
+    assert "Exchange Online" in text and "license" in text
 
 
 def test_google_invalid_grant_testing_mode() -> None:
@@ -146,8 +154,9 @@ def test_google_invalid_grant_testing_mode() -> None:
         oauth_error="invalid_grant",
         token_url="https://oauth2.googleapis.com/token",
     )
-    text = only(s)
-    assert "7 days" in text and "publish" in text
+    text = "\n".join(diagnose(s))
+    assert "7 days" in text and "In production" in text
+    assert "50 live refresh tokens" in text
 
 
 def test_google_detected_from_token_url_alone() -> None:
@@ -157,7 +166,7 @@ def test_google_detected_from_token_url_alone() -> None:
         oauth_error="invalid_grant",
         token_url="https://oauth2.googleapis.com/token",
     )
-    assert is_google(s) and "7 days" in only(s)
+    assert is_google(s) and "7 days" in diagnose(s)[0]
 
 
 def test_microsoft_without_refresh_token_needs_offline_access() -> None:
@@ -275,7 +284,8 @@ def test_challenge_scope_is_named() -> None:
     ],
 )
 def test_generic_authentication_failure(host: str, needle: str) -> None:
-    assert needle in only(auth_failure("imap", host, "NO auth failed", username="a@b"))
+    found = diagnose(auth_failure("imap", host, "NO auth failed", username="a@b"))
+    assert needle in "\n".join(found)
 
 
 def test_generic_token_failures() -> None:
@@ -292,7 +302,7 @@ def test_generic_token_failures() -> None:
 
 def test_nothing_to_say() -> None:
     assert diagnose(Situation(protocol="imap", kind="command", reply="NO nope")) == []
-    assert len(RULES) + len(FALLBACKS) >= 14
+    assert len(RULES) + len(FALLBACKS) + len(DIAGNOSES) >= 25
 
 
 # -- from exceptions -----------------------------------------------------------------
@@ -381,3 +391,157 @@ def test_relative_time() -> None:
     assert relative_time(-5) == "5 s ago"
     assert relative_time(7 * 86400) == "in 7.0 days"
     assert relative_time(3 * 3600) == "in 3.0 h"
+
+
+# -- the table of known failures (mailoauth._providers.DIAGNOSES) ----------------------
+
+MS_TOKEN_URL = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+
+
+@pytest.mark.parametrize(
+    ("error", "description", "key", "needle"),
+    [
+        ("invalid_client", "AADSTS7000222: The provided client secret keys for app "
+         "'x' are expired.", "aadsts_secret_expired", "Certificates & secrets"),
+        ("invalid_client", "AADSTS7000215: Invalid client secret provided.",
+         "aadsts_secret_invalid", "Value"),
+        ("invalid_grant", "AADSTS65001: The user or administrator has not consented "
+         "to use the application", "aadsts_consent_missing", "Grant admin consent"),
+        ("invalid_request", "AADSTS90002: Tenant 'contoso.onmicrosft.com' not found.",
+         "aadsts_tenant_not_found", "Directory (tenant) ID"),
+        ("invalid_grant", "AADSTS700082: The refresh token has expired due to "
+         "inactivity.", "aadsts_refresh_idle", "90 days"),
+        ("invalid_grant", "AADSTS70043: The refresh token has expired or is invalid "
+         "due to sign-in frequency checks by conditional access.",
+         "aadsts_sign_in_frequency", "sign-in frequency"),
+        ("invalid_grant", "AADSTS50173: The provided grant has expired due to it being "
+         "revoked.", "aadsts_grant_revoked", "password change"),
+    ],
+)  # fmt: skip
+def test_aadsts_codes_from_the_table(error: str, description: str, key: str, needle: str) -> None:
+    s = Situation(
+        protocol="token",
+        kind="token",
+        oauth_error=error,
+        oauth_description=description,
+        token_url=MS_TOKEN_URL,
+    )
+    found = diagnose(s)
+    assert found[0] == diagnosis(key).text() and needle in found[0]
+    assert "https://learn.microsoft.com/" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("reply", "key"),
+    [
+        ("535 5.7.139 Authentication unsuccessful, user is locked by your "
+         "organization's security defaults policy. Contact your administrator.",
+         "exchange_security_defaults"),
+        ("535 5.7.139 Authentication unsuccessful, the request did not meet the "
+         "criteria to be authenticated successfully.", "exchange_smtp_auth_disabled"),
+        ("554 5.2.252 SendAsDenied; me@contoso.com not allowed to send as "
+         "shared@contoso.com; STOREDRV.Submission.Exception:SendAsDeniedException",
+         "exchange_send_as_denied"),
+        ("NO AUTHENTICATE failed: LogonDenied", "exchange_logon_denied"),
+    ],
+)  # fmt: skip
+def test_exchange_codes_from_the_table(reply: str, key: str) -> None:
+    s = Situation(protocol="smtp", host="smtp.office365.com", kind="command", reply=reply)
+    assert diagnose(s) == [diagnosis(key).text()]
+
+
+def test_security_defaults_is_not_also_smtp_auth_disabled() -> None:
+    reply = "535 5.7.139 Authentication unsuccessful, user is locked by your security defaults"
+    s = auth_failure("smtp", "smtp.office365.com", reply)
+    assert "Security Defaults" in only(s)
+
+
+def test_google_unauthorized_client_is_domain_wide_delegation() -> None:
+    s = Situation(
+        protocol="token",
+        kind="token",
+        oauth_error="unauthorized_client",
+        oauth_description="Client is unauthorized to retrieve access tokens using this "
+        "method, or client not authorized for any of the scopes requested.",
+        token_url="https://oauth2.googleapis.com/token",
+    )
+    text = diagnose(s)[0]
+    assert "Manage Domain Wide Delegation" in text and "Client ID" in text
+    assert "https://mail.google.com/" in text and "support.google.com" in text
+
+
+@pytest.mark.parametrize(
+    ("protocol", "claims", "keys"),
+    [
+        ("imap", app_only("IMAP.AccessAsApp"), ["exchange_wrong_service_principal",
+         "exchange_imap_disabled", "exchange_no_mailbox_permission",
+         "exchange_mailbox_unavailable"]),
+        ("pop3", delegated("POP.AccessAsUser.All"), ["exchange_pop_disabled",
+         "exchange_mailbox_unavailable", "exchange_logon_denied"]),
+        ("smtp", app_only("SMTP.SendAsApp"), ["exchange_wrong_service_principal",
+         "exchange_no_mailbox_permission", "exchange_mailbox_unavailable"]),
+        ("imap", None, ["exchange_imap_disabled", "exchange_wrong_service_principal",
+         "exchange_no_mailbox_permission", "exchange_mailbox_unavailable",
+         "exchange_logon_denied"]),
+    ],
+)  # fmt: skip
+def test_exchange_candidates_by_kind_of_token(
+    protocol: str, claims: dict[str, Any] | None, keys: list[str]
+) -> None:
+    s = auth_failure(protocol, "outlook.office365.com", "NO AUTHENTICATE failed.", claims=claims)
+    assert [d.key for d in exchange_candidates(s)] == keys
+
+
+def test_exchange_and_gmail_known_by_their_greeting() -> None:
+    exchange = "* OK The Microsoft Exchange IMAP4 service is ready."
+    s = auth_failure("imap", "mail.contoso.com", "NO AUTHENTICATE failed.", greeting=exchange)
+    assert is_microsoft(s) and exchange_candidates(s)
+    assert is_google(Situation(protocol="imap", host="10.0.0.1", greeting="* OK Gimap ready"))
+    assert not exchange_candidates(auth_failure("imap", "mail.example.com", "NO x"))
+
+
+def test_every_entry_cites_a_vendor_page_and_names_a_fix() -> None:
+    keys = [d.key for d in DIAGNOSES]
+    assert len(keys) == len(set(keys))
+    for d in DIAGNOSES:
+        assert d.source.startswith(
+            ("https://learn.microsoft.com/", "https://developers.google.com/",
+             "https://support.google.com/")
+        ), d.key  # fmt: skip
+        assert d.meaning and d.fix and d.text().startswith(d.meaning), d.key
+        # Found by a code, by an OAuth error, or named as one of Exchange's candidates.
+        assert (
+            d.markers
+            or d.oauth_error
+            or d
+            in exchange_candidates(
+                auth_failure("imap", "outlook.office365.com", "NO AUTHENTICATE failed.")
+            )
+            or d.key == "exchange_pop_disabled"
+        ), d.key
+
+
+# -- the library reads the same table -----------------------------------------------
+
+
+def test_authentication_error_hint_reads_the_table() -> None:
+    from mailoauth._providers import AUTH_FAILURE_HINTS, auth_failure_hint
+
+    reply = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"
+    assert auth_failure_hint("smtp", reply) == diagnosis("exchange_smtp_auth_disabled").text()
+    assert auth_failure_hint("imap", "NO AUTHENTICATE failed.") == AUTH_FAILURE_HINTS["imap"]
+
+
+def test_permanent_token_error_hint_reads_the_table() -> None:
+    from mailoauth.tokens.responses import decode_json_response
+
+    body = json.dumps(
+        {"error": "invalid_grant", "error_description": "AADSTS70043: sign-in frequency"}
+    ).encode()
+    with pytest.raises(PermanentTokenError) as info:
+        decode_json_response(400, body)
+    assert diagnosis("aadsts_sign_in_frequency").text() in str(info.value)
+    plain = json.dumps({"error": "invalid_grant"}).encode()
+    with pytest.raises(PermanentTokenError) as info:
+        decode_json_response(400, plain)
+    assert "Conditional Access" not in str(info.value) and "Sign in again" in str(info.value)
