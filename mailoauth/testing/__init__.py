@@ -26,7 +26,7 @@ _LAZY = {
     "mailoauth.testing.imap_server": ["TestImapServer"],
     "mailoauth.testing.mailstore": ["MailStore"],
     "mailoauth.testing.oauth_server": ["FakeOAuthServer", "ScriptedResponse"],
-    "mailoauth.testing.personality": ["Personality"],
+    "mailoauth.testing.personality": ["Personality", "TenantState"],
     "mailoauth.testing.pop3_server": ["TestPop3Server"],
     "mailoauth.testing.postfix": ["PostfixServer"],
     "mailoauth.testing.sandbox": ["MailSandbox", "SandboxUser"],
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from mailoauth.testing.imap_server import TestImapServer
     from mailoauth.testing.mailstore import MailStore
     from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
-    from mailoauth.testing.personality import Personality
+    from mailoauth.testing.personality import Personality, TenantState
     from mailoauth.testing.pop3_server import TestPop3Server
     from mailoauth.testing.postfix import PostfixServer
     from mailoauth.testing.sandbox import MailSandbox, SandboxUser
@@ -55,6 +55,7 @@ __all__ = [
     "PostfixServer",
     "SandboxUser",
     "ScriptedResponse",
+    "TenantState",
     "TestCA",
     "TestImapServer",
     "TestPop3Server",
