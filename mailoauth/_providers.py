@@ -253,13 +253,7 @@ MS_SHARED_MAILBOX_HINT: Final = (
 SEND_AS_DENIED_CODE: Final = "5.2.252"
 # Send As is granted with Add-RecipientPermission:
 # https://learn.microsoft.com/en-us/powershell/module/exchangepowershell/add-recipientpermission
-SEND_AS_DENIED_HINT: Final = (
-    "the authenticated user may not send as this address (Exchange SendAsDenied): "
-    "authenticate as the delegate and grant it Send As on the shared mailbox (Exchange "
-    "Online PowerShell: Add-RecipientPermission -Identity <shared mailbox> -Trustee "
-    "<delegate> -AccessRights SendAs; it can take up to an hour to apply), or send from "
-    "the authenticated user's own address"
-)
+# SEND_AS_DENIED_HINT: the table's entry exchange_send_as_denied, below DIAGNOSES.
 
 # -- both ----------------------------------------------------------------------------
 
@@ -434,9 +428,10 @@ DIAGNOSES: Final[tuple[Diagnosis, ...]] = (
         "microsoft",
         "the account may not send as the From/MAIL FROM address (554 5.2.252 "
         "SendAsDenied): a shared or other mailbox needs the SendAs right",
-        "in Exchange Online PowerShell run Add-RecipientPermission -Identity <shared "
-        "mailbox> -AccessRights SendAs -Trustee <signed-in user>, wait for it to apply, "
-        "or send from the signed-in user's own address",
+        "authenticate as the delegate and, in Exchange Online PowerShell, run "
+        "Add-RecipientPermission -Identity <shared mailbox> -AccessRights SendAs -Trustee "
+        "<delegate> (it can take up to an hour to apply), or send from the authenticated "
+        "user's own address",
         _MS_SEND_AS,
         markers=("SendAsDenied", "5.2.252"),
     ),
@@ -535,6 +530,9 @@ DIAGNOSES: Final[tuple[Diagnosis, ...]] = (
 ``mailoauth check``."""
 
 _BY_KEY: Final[Mapping[str, Diagnosis]] = {d.key: d for d in DIAGNOSES}
+
+SEND_AS_DENIED_HINT: Final = _BY_KEY["exchange_send_as_denied"].text()
+"""What an SMTP error for ``554 5.2.252 SendAsDenied`` adds (the table's entry)."""
 
 
 def diagnosis(key: str) -> Diagnosis:
