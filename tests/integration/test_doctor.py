@@ -255,3 +255,39 @@ def test_app_only_guide_example_runs(capsys: pytest.CaptureFixture[str]) -> None
     assert callable(main_coro)
     assert asyncio.run(main_coro()) == 0
     assert "app-only IMAP into reports@contoso.test: 0 messages" in capsys.readouterr().out
+
+
+# -- dying grants in the Poller (issue 11 section 5: the cause named) ------------------
+
+
+@pytest.mark.asyncio
+async def test_poller_failure_names_the_dead_grants_cause(box: MailSandbox) -> None:
+    from mailoauth.poll import Mailbox, MailboxFailed, Poller
+
+    user = box.user("idle90@contoso.test")
+    provider = OAuth2TokenProvider(
+        user.token_url, RefreshTokenGrant(user.refresh_token), client_id="doctor"
+    )
+    description = "AADSTS700082: The refresh token has expired due to inactivity."
+    box.oauth.script(
+        ScriptedResponse(400, {"error": "invalid_grant", "error_description": description})
+    )
+    mailbox = Mailbox(
+        "imap",
+        box.imap.host,
+        box.imap.tls_port,
+        user.username,
+        provider,
+        S.SSL_IMPLICIT,
+        ssl_context=box.ssl_context,
+    )
+    async with Poller([mailbox], interval=0.3) as poller:
+        async with asyncio.timeout(30):
+            event = await anext(aiter(poller))
+    await provider.aclose()
+    assert isinstance(event, MailboxFailed) and event.permanent
+    assert isinstance(event.error, PermanentTokenError)
+    assert event.error.error_description == description
+    # The failure says what happened and what to do, from the table.
+    assert diagnosis("aadsts_refresh_idle").text() in str(event.error)
+    assert str(event.error) == str(poller.failed[mailbox.key])
