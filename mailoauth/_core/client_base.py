@@ -243,7 +243,7 @@ class BaseClient:
             timeout=self.timeout,
             detect=plan.detect,
             plaintext_hint=PLAINTEXT_HINT,
-            dialer=self.settings.dialer,
+            dialer=self.settings.effective_dialer,
         )
         self._dialled = conn
         if plan.detect:

@@ -15,6 +15,7 @@ from typing import Any, Final, TypedDict
 
 from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.dialer import Dialer
+from mailoauth._core.proxy import ProxyDialer, ProxyURL, proxy_from_environment
 from mailoauth._providers import MS_SHARED_MAILBOX_HINT
 from mailoauth._util.text import refuse_controls
 from mailoauth.errors import ConfigurationError
@@ -53,6 +54,8 @@ class ConnectionOptions(TypedDict, total=False):
     mechanism: str | None
     allow_insecure_auth: bool
     dialer: Dialer | None
+    proxy: str | ProxyURL | None
+    trust_env: bool
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,13 @@ class ConnectionSettings:
         dialer: how the TCP connection is opened (default: directly; the sandbox's
             :attr:`~mailoauth.testing.sandbox.MailSandbox.dialer` reaches it under the
             providers' real host names; see :mod:`mailoauth._core.dialer`).
+        proxy: an HTTP CONNECT (``http://user:pass@host:port``) or SOCKS5
+            (``socks5://user:pass@host:port``) proxy to reach the server through
+            (needs ``pip install 'mailoauth[proxy]'``); the proxy itself is reached
+            with ``dialer``. Kept as a :class:`~mailoauth._core.proxy.ProxyURL`, whose
+            repr hides the password.
+        trust_env: without ``proxy``, use the proxy the environment names
+            (``ALL_PROXY``, skipped for hosts in ``NO_PROXY``); off by default.
 
     Raises :class:`~mailoauth.errors.ConfigurationError` naming the argument that is
     wrong: an empty or malformed host, a port outside 1-65535, a non-positive timeout,
@@ -92,6 +102,8 @@ class ConnectionSettings:
     mechanism: str | None = None
     allow_insecure_auth: bool = False
     dialer: Dialer | None = field(default=None, compare=False)
+    proxy: str | ProxyURL | None = None
+    trust_env: bool = False
 
     def __post_init__(self) -> None:
         host, port = self.host, self.port
@@ -118,6 +130,9 @@ class ConnectionSettings:
                 f"(see mailoauth.Dialer), not {self.dialer!r}"
             )
         object.__setattr__(self, "min_rate", float(self.min_rate))
+        if self.proxy is not None:
+            object.__setattr__(self, "proxy", ProxyURL.parse(self.proxy))
+            ProxyDialer(self.proxy)  # python-socks is installed
         # The last check: a SecurityOptions member, and no token in clear unasked.
         self.plan  # noqa: B018
 
@@ -136,6 +151,19 @@ class ConnectionSettings:
             return CONNECT_TIMEOUT_FACTOR * self.timeout
         return self.connect_timeout
 
+    @property
+    def effective_dialer(self) -> Dialer | None:
+        """What opens the connection: :attr:`dialer`, through :attr:`proxy` (or, with
+        :attr:`trust_env`, the environment's proxy for :attr:`host`) when there is one.
+        Raises :class:`~mailoauth.errors.ConfigurationError` for a malformed
+        ``ALL_PROXY`` or a proxy without python-socks installed."""
+        proxy = self.proxy
+        if proxy is None and self.trust_env:
+            proxy = proxy_from_environment(self.host)
+        if proxy is None:
+            return self.dialer
+        return ProxyDialer(proxy, inner=self.dialer)
+
     def replace(self, **changes: Any) -> ConnectionSettings:
         """A copy with ``changes`` applied (checked again)."""
         return dataclasses.replace(self, **changes)
@@ -150,6 +178,8 @@ class ConnectionSettings:
             mechanism=self.mechanism,
             allow_insecure_auth=self.allow_insecure_auth,
             dialer=self.dialer,
+            proxy=self.proxy,
+            trust_env=self.trust_env,
         )
 
 

@@ -11,6 +11,7 @@ from email.parser import BytesParser
 from typing import Literal
 
 from mailoauth._core.settings import DEFAULT_TIMEOUT, ConnectionSettings, check_login_name
+from mailoauth._util.proxyurl import ProxyURL
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
@@ -27,6 +28,8 @@ _SETTINGS_FIELDS = (
     "mechanism",
     "timeout",
     "allow_insecure_auth",
+    "proxy",
+    "trust_env",
 )
 
 
@@ -52,7 +55,8 @@ class Mailbox:
     How the server is reached is :attr:`settings`, a
     :class:`~mailoauth.ConnectionSettings`: give it with :meth:`from_settings` (its
     dialer, connect timeout and rate included), or as the fields ``host``, ``port``,
-    ``security``, ``ssl_context``, ``mechanism``, ``timeout``, ``allow_insecure_auth``
+    ``security``, ``ssl_context``, ``mechanism``, ``timeout``, ``allow_insecure_auth``,
+    ``proxy``, ``trust_env``
     from which it is then made. Raises :class:`~mailoauth.errors.ConfigurationError` for
     an unknown protocol, a POP3 folder other than ``INBOX`` (POP3 has only one), and
     what :class:`~mailoauth.ConnectionSettings` refuses.
@@ -75,6 +79,11 @@ class Mailbox:
     #: larger one is skipped with a warning and left on the server, unreported, so the
     #: messages after it still arrive.
     max_message_size: int | None = None
+    #: The proxy to reach the server through (``http://user:pass@host:port`` for HTTP
+    #: CONNECT, ``socks5://...``), and whether the environment's ``ALL_PROXY`` may be
+    #: used: see :class:`~mailoauth.ConnectionSettings`.
+    proxy: str | ProxyURL | None = field(default=None, repr=False)
+    trust_env: bool = False
     #: How the server is reached: made from the fields above unless given (by
     #: :meth:`from_settings`); the fields then read from it.
     settings: ConnectionSettings = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
@@ -95,8 +104,11 @@ class Mailbox:
                 timeout=self.timeout,
                 mechanism=self.mechanism,
                 allow_insecure_auth=self.allow_insecure_auth,
+                proxy=self.proxy,
+                trust_env=self.trust_env,
             )
             object.__setattr__(self, "settings", settings)
+            object.__setattr__(self, "proxy", settings.proxy)
         else:
             # A field set to something else than both the settings' value and its own
             # default was asked for (``dataclasses.replace(box, timeout=5)``): it wins.

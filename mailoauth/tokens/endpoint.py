@@ -31,6 +31,7 @@ from typing import Literal, TypeVar
 import anyio
 import httpx
 
+from mailoauth._util.proxyurl import ProxyURL
 from mailoauth._util.routing import route_url
 from mailoauth.errors import (
     ConfigurationError,
@@ -126,7 +127,11 @@ class TokenEndpoint:
     by :meth:`aclose`. ``timeout`` bounds each attempt as a whole; ``sleep`` is awaited
     between attempts (tests pass a fast one). ``revocation_url`` is where :meth:`revoke`
     posts. ``vendor`` (``"google"``, ``"microsoft"`` or None; default: guessed from the
-    token URL's host) picks the hints in error messages.
+    token URL's host) picks the hints in error messages. ``proxy`` (``http://`` for
+    HTTP CONNECT, ``socks5://``; SOCKS needs ``pip install 'mailoauth[proxy]'``) is
+    the proxy the endpoint is reached through; the environment (``HTTPS_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``, and httpx's other variables) is read only with
+    ``trust_env=True``.
 
     Raises :class:`~mailoauth.errors.ConfigurationError` for a bad argument, and
     :class:`~mailoauth.errors.InsecureTransportError` for a plain ``http://`` URL that
@@ -150,6 +155,8 @@ class TokenEndpoint:
         revocation_url: str | None = None,
         allow_insecure_http: bool = False,
         vendor: Vendor | None = None,
+        proxy: str | ProxyURL | None = None,
+        trust_env: bool = False,
     ) -> None:
         if not client_id:
             raise ConfigurationError("client_id must not be empty")
@@ -186,6 +193,12 @@ class TokenEndpoint:
         self._client_auth = client_auth
         self._http = http_client
         self._owns_http = http_client is None
+        if proxy is not None and http_client is not None:
+            raise ConfigurationError(
+                "pass proxy= or http_client=, not both: set the proxy on the http_client"
+            )
+        self.proxy: ProxyURL | None = ProxyURL.parse(proxy) if proxy is not None else None
+        self.trust_env = trust_env
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.attempt_timeout = attempt_deadline(timeout)
         self.max_attempts = max_attempts
@@ -331,7 +344,12 @@ class TokenEndpoint:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+            self._http = httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                proxy=self.proxy.secret_url() if self.proxy is not None else None,
+                trust_env=self.trust_env,
+            )
             self._owns_http = True
         return self._http
 

@@ -108,6 +108,8 @@ class ProviderOptions(TypedDict, total=False):
     allow_insecure_http: bool
     granted_scope: str | None
     on_store_error: StoreErrorCallback | None
+    proxy: str | None
+    trust_env: bool
 
 
 def join_scopes(scope: str | Iterable[str] | None) -> str | None:
@@ -135,6 +137,9 @@ class OAuth2TokenProvider:
     ``clock`` go to the token manager. ``revocation_url`` enables :meth:`revoke`.
     ``allow_insecure_http`` allows ``http://`` endpoints off loopback (secrets then
     cross the network in clear). ``on_store_error`` is called when a save fails.
+    ``proxy`` (``http://user:pass@host:port`` or ``socks5://...``) is the proxy the
+    token endpoint is reached through; ``trust_env=True`` lets httpx read
+    ``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` (off by default).
 
     :meth:`get_access_token` raises :class:`~mailoauth.errors.PermanentTokenError`
     when the grant is refused (its message names the usual causes) and
@@ -170,6 +175,8 @@ class OAuth2TokenProvider:
         allow_insecure_http: bool = False,
         granted_scope: str | Iterable[str] | None = None,
         on_store_error: StoreErrorCallback | None = None,
+        proxy: str | None = None,
+        trust_env: bool = False,
     ) -> None:
         self._endpoint = TokenEndpoint(
             token_url,
@@ -186,6 +193,8 @@ class OAuth2TokenProvider:
             revocation_url=revocation_url,
             allow_insecure_http=allow_insecure_http,
             vendor=type(self).vendor,
+            proxy=proxy,
+            trust_env=trust_env,
         )
         self._grant = grant
         self._scope = join_scopes(scope)
