@@ -39,6 +39,7 @@ __all__ = [
     "AUTH_FAILURE_HINTS",
     "DELEGATED_PERMISSIONS",
     "DIAGNOSES",
+    "EXCHANGE_BARE_REFUSAL",
     "GOOGLE_AUTHORIZATION_URL",
     "GOOGLE_DOMAINS",
     "GOOGLE_MAIL_SCOPE",
@@ -648,11 +649,44 @@ def vendor_of(url: str) -> Vendor | None:
     return None
 
 
-def auth_failure_hint(protocol: str, reply: str) -> str:
+#: The entries Exchange Online answers with its bare refusal (``NO AUTHENTICATE
+#: failed.``, ``535 5.7.3``, ``-ERR Authentication failure``), by protocol.
+EXCHANGE_BARE_REFUSAL: Final[Mapping[str, tuple[str, ...]]] = {
+    "imap": (
+        "exchange_wrong_service_principal",
+        "exchange_no_mailbox_permission",
+        "exchange_imap_disabled",
+        "exchange_mailbox_unavailable",
+    ),
+    "pop3": (
+        "exchange_wrong_service_principal",
+        "exchange_no_mailbox_permission",
+        "exchange_pop_disabled",
+        "exchange_mailbox_unavailable",
+    ),
+    "smtp": (
+        "exchange_wrong_service_principal",
+        "exchange_no_mailbox_permission",
+        "exchange_mailbox_unavailable",
+    ),
+}
+
+
+def auth_failure_hint(protocol: str, reply: str, host: str = "") -> str:
     """What to check when a mail server rejected a token with ``reply``: the table's
     entries named by the reply (5.7.139, LogonDenied, ...), else the general hint for
-    ``protocol``."""
+    ``protocol``, followed for an Exchange Online ``host`` by the causes Exchange
+    answers with the same bare refusal."""
     found = diagnoses_in(reply)
     if found:
         return "; ".join(d.text() for d in found)
-    return AUTH_FAILURE_HINTS.get(protocol, "check the token scope and audience")
+    hint = AUTH_FAILURE_HINTS.get(protocol, "check the token scope and audience")
+    if host and host_in(host, MICROSOFT_DOMAINS):
+        causes = [_BY_KEY[k].meaning for k in EXCHANGE_BARE_REFUSAL.get(protocol, ())]
+        if causes:
+            hint += (
+                ". Exchange Online gives the same answer when "
+                + "; or when ".join(causes)
+                + " (mailoauth check names the fix for each)"
+            )
+    return hint

@@ -169,7 +169,7 @@ async def authenticate(
         raise AuthenticationError(
             f"the {protocol.upper()} server {host}:{port} rejected the token for {username} "
             f"twice, the second time just after a refresh ({outcome.reply!r}{detail}); "
-            f"{auth_failure_hint(protocol, outcome.reply)}",
+            f"{auth_failure_hint(protocol, outcome.reply, host)}",
             server_reply=outcome.reply,
             challenge=outcome.challenge,
             mechanism=mechanism,

@@ -530,6 +530,12 @@ def test_authentication_error_hint_reads_the_table() -> None:
     reply = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"
     assert auth_failure_hint("smtp", reply) == diagnosis("exchange_smtp_auth_disabled").text()
     assert auth_failure_hint("imap", "NO AUTHENTICATE failed.") == AUTH_FAILURE_HINTS["imap"]
+    # From Exchange Online, the bare refusal also names what Exchange answers it for.
+    exchange = auth_failure_hint("pop3", "-ERR Authentication failure", "outlook.office365.com")
+    assert exchange.startswith(AUTH_FAILURE_HINTS["pop3"])
+    for key in ("exchange_wrong_service_principal", "exchange_pop_disabled"):
+        assert diagnosis(key).meaning in exchange
+    assert diagnosis("exchange_imap_disabled").meaning not in exchange
 
 
 def test_permanent_token_error_hint_reads_the_table() -> None:
