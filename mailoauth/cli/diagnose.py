@@ -23,6 +23,7 @@ from mailoauth._providers import (
     AADSTS_NO_OFFLINE_ACCESS,
     APP_ONLY_ROLES,
     DELEGATED_PERMISSIONS,
+    EXCHANGE_BARE_REFUSAL,
     GOOGLE_DOMAINS,
     GOOGLE_MAIL_SCOPE,
     GRAPH_AUDIENCES,
@@ -272,30 +273,24 @@ def _known(s: Situation) -> list[Diagnosis]:
     return list(diagnoses_in(text, vendor=vendor, oauth_error=oauth_error))
 
 
-#: What Exchange answers with a bare AUTHENTICATE failed / 5.7.3, most likely first.
-_EXCHANGE_APP_ONLY: Final = (
-    "exchange_wrong_service_principal",
-    "exchange_no_mailbox_permission",
-    "exchange_mailbox_unavailable",
-)
-_EXCHANGE_DELEGATED: Final = ("exchange_mailbox_unavailable", "exchange_logon_denied")
-_PROTOCOL_DISABLED: Final = {"imap": "exchange_imap_disabled", "pop3": "exchange_pop_disabled"}
+#: The causes that need an app-only token (its service principal).
+_APP_ONLY_CAUSES: Final = ("exchange_wrong_service_principal", "exchange_no_mailbox_permission")
 
 
 def exchange_candidates(s: Situation) -> list[Diagnosis]:
-    """The table's entries that Exchange Online answers with its generic refusal, for
-    this protocol and kind of token (all of them for an opaque token)."""
+    """The table's entries that Exchange Online answers with its bare refusal
+    (:data:`~mailoauth._providers.EXCHANGE_BARE_REFUSAL`), for this protocol and kind of
+    token: a delegated token has no service principal, and only a user's sign-in can be
+    denied (LogonDenied); an opaque token may be either."""
     if s.kind != "auth" or not is_microsoft(s):
         return []
     claims = s.claims or {}
     app_only = _is_app_only(claims) if claims else None
-    keys: list[str] = []
-    if app_only is not False:
-        keys += _EXCHANGE_APP_ONLY
-    if s.protocol in _PROTOCOL_DISABLED:
-        keys.insert(1 if app_only else 0, _PROTOCOL_DISABLED[s.protocol])
+    keys = list(EXCHANGE_BARE_REFUSAL.get(s.protocol, ()))
+    if app_only is False:
+        keys = [k for k in keys if k not in _APP_ONLY_CAUSES]
     if app_only is not True:
-        keys += [k for k in _EXCHANGE_DELEGATED if k not in keys]
+        keys.append("exchange_logon_denied")
     return [diagnosis(k) for k in keys]
 
 

@@ -474,15 +474,15 @@ def test_google_unauthorized_client_is_domain_wide_delegation() -> None:
     ("protocol", "claims", "keys"),
     [
         ("imap", app_only("IMAP.AccessAsApp"), ["exchange_wrong_service_principal",
-         "exchange_imap_disabled", "exchange_no_mailbox_permission",
+         "exchange_no_mailbox_permission", "exchange_imap_disabled",
          "exchange_mailbox_unavailable"]),
         ("pop3", delegated("POP.AccessAsUser.All"), ["exchange_pop_disabled",
          "exchange_mailbox_unavailable", "exchange_logon_denied"]),
         ("smtp", app_only("SMTP.SendAsApp"), ["exchange_wrong_service_principal",
          "exchange_no_mailbox_permission", "exchange_mailbox_unavailable"]),
-        ("imap", None, ["exchange_imap_disabled", "exchange_wrong_service_principal",
-         "exchange_no_mailbox_permission", "exchange_mailbox_unavailable",
-         "exchange_logon_denied"]),
+        ("imap", None, ["exchange_wrong_service_principal",
+         "exchange_no_mailbox_permission", "exchange_imap_disabled",
+         "exchange_mailbox_unavailable", "exchange_logon_denied"]),
     ],
 )  # fmt: skip
 def test_exchange_candidates_by_kind_of_token(
