@@ -15,6 +15,7 @@ from mailoauth._util.lazy import lazy_exports
 _LAZY = {
     "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
     "mailoauth.poll.poller": ["Poller"],
+    "mailoauth.poll.reconsent": ["ReconsentHook", "ReconsentRequest"],
     "mailoauth.poll.spec": [
         "Backoff",
         "Mailbox",
@@ -39,6 +40,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 if TYPE_CHECKING:
     from mailoauth.poll.backoff import backoff_delay, is_permanent
     from mailoauth.poll.poller import Poller
+    from mailoauth.poll.reconsent import ReconsentHook, ReconsentRequest
     from mailoauth.poll.spec import (
         Backoff,
         Mailbox,
@@ -72,6 +74,8 @@ __all__ = [
     "PollStateStore",
     "Poller",
     "Pop3State",
+    "ReconsentHook",
+    "ReconsentRequest",
     "StartPolicy",
     "backoff_delay",
     "imap_resume_point",

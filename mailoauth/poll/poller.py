@@ -16,14 +16,21 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mailoauth.errors import ConfigurationError, MailOAuthError
+from mailoauth.errors import ConfigurationError, MailOAuthError, PermanentTokenError
 from mailoauth.poll._common import Commit, Limits, Progress, Settings, WatchContext
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
 from mailoauth.poll.backoff import backoff_delay, is_permanent
+from mailoauth.poll.reconsent import (
+    ReconsentHook,
+    ReconsentRequest,
+    needs_reconsent,
+    new_grant_in_store,
+)
 from mailoauth.poll.spec import Backoff, Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
 from mailoauth.tokens.manager import TokenManager, wrap_provider
+from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -117,6 +124,14 @@ class Poller:
     token, a missing folder) set the mailbox aside in :attr:`failed` while the others
     go on.
 
+    **Dying grants.** With ``on_reconsent`` (an async callback), a mailbox whose grant
+    died (``invalid_grant``) is reported as failed, then the hook is called with a
+    :class:`~mailoauth.poll.ReconsentRequest` in a task of its own, while the other
+    mailboxes go on; the mailbox is watched again, by itself, as soon as its
+    provider's token store holds a new grant (checked every ``reconsent_interval``
+    seconds), whoever saved it. A token source without a store resumes when the hook
+    returns. See :mod:`mailoauth.poll.reconsent`.
+
     **Tokens.** The poller holds one token manager per token source for its whole life:
     mailboxes given the same provider object share one cached token and one refresh.
 
@@ -144,6 +159,8 @@ class Poller:
         auto_ack: bool = True,
         fetch_batch: int = DEFAULT_FETCH_BATCH,
         rng: random.Random | None = None,
+        on_reconsent: ReconsentHook | None = None,
+        reconsent_interval: float = 5.0,
         **grouped: Unpack[_GroupedOptions],
     ) -> None:
         limits = _group(PollLimits, "limits", limits, grouped, _LIMIT_FIELDS)
@@ -152,7 +169,11 @@ class Poller:
             raise TypeError(f"Poller() got unexpected keyword arguments: {', '.join(grouped)}")
         if isinstance(fetch_batch, bool) or not isinstance(fetch_batch, int) or fetch_batch < 1:
             raise ConfigurationError(f"fetch_batch must be an int >= 1, not {fetch_batch!r}")
-        for name, seconds in (("interval", interval), ("idle_timeout", idle_timeout)):
+        for name, seconds in (
+            ("interval", interval),
+            ("idle_timeout", idle_timeout),
+            ("reconsent_interval", reconsent_interval),
+        ):
             if not (math.isfinite(seconds) and seconds > 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         if start not in ("new", "all"):
@@ -167,6 +188,8 @@ class Poller:
         self.backoff_base = backoff.base
         self.backoff_max = backoff.max
         self.auto_ack = auto_ack
+        self.on_reconsent = on_reconsent
+        self.reconsent_interval = reconsent_interval
         self.buffer_size = buffer_size
         self._settings = Settings(interval, use_idle, idle_timeout, start, fetch_batch)
         self._rng = rng or random.Random()
@@ -363,6 +386,16 @@ class Poller:
                 except anyio.BrokenResourceError:
                     raise  # the consumer is gone
                 except Exception as exc:
+                    if self.on_reconsent is not None and needs_reconsent(exc):
+                        self._failed[key] = exc
+                        log.debug("%s: the grant is dead; asking for re-consent", key)
+                        await emit(MailboxFailed(key, exc, permanent=True), None)
+                        if not await self._reconsent(mailbox, exc, self.on_reconsent):
+                            return
+                        log.debug("%s: a new grant is in the store; resuming", key)
+                        self._failed.pop(key, None)
+                        attempts = 0
+                        continue
                     if is_permanent(exc):
                         self._failed[key] = exc
                         if isinstance(exc, MailOAuthError):
@@ -385,6 +418,46 @@ class Poller:
                         MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
                     )
                     await anyio.sleep(delay)
+
+    async def _reconsent(self, mailbox: Mailbox, exc: Exception, hook: ReconsentHook) -> bool:
+        """Call ``hook`` and wait for a new grant; True to resume the mailbox."""
+        assert isinstance(exc, PermanentTokenError)
+        provider = mailbox.token if isinstance(mailbox.token, OAuth2TokenProvider) else None
+        watch = provider is not None and provider.store is not None
+        dead = provider.current_refresh_token if provider is not None else None
+        hook_done = anyio.Event()
+        hook_ok = False
+
+        async def run_hook() -> None:
+            nonlocal hook_ok
+            try:
+                await hook(ReconsentRequest(mailbox, exc))
+                hook_ok = True
+            except Exception as failure:  # the store may still get a grant from elsewhere
+                log.warning(
+                    "%s: the re-consent hook failed (%s)%s",
+                    mailbox.key,
+                    type(failure).__name__,
+                    "; still watching the token store" if watch else "",
+                )
+            finally:
+                hook_done.set()
+
+        resume = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_hook, name=f"reconsent {mailbox.key}")
+            if provider is not None and watch:
+                # The store lives outside this process (a file, Redis, the keyring): polled.
+                while True:
+                    if await new_grant_in_store(provider, dead):
+                        break
+                    await anyio.sleep(self.reconsent_interval)
+                tg.cancel_scope.cancel()  # a grant saved elsewhere ends the hook too
+                resume = True
+            else:
+                await hook_done.wait()
+                resume = hook_ok
+        return resume
 
     # -- consuming --------------------------------------------------------------------
 
