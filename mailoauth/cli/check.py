@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mailoauth._core.proxy import ProxyDialer
 from mailoauth._core.settings import ConnectionSettings
 from mailoauth._providers import MS_CLOUDS
 from mailoauth.cli import diagnose
@@ -22,6 +23,7 @@ from mailoauth.cli.claims import claim_list, decode_jwt
 from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
 from mailoauth.cli.probe import probe
 from mailoauth.cli.profiles import (
+    add_proxy_argument,
     add_store_argument,
     load_credential,
     provider_for,
@@ -112,6 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="an access token (visible to other users in the process list; prefer --token-file)",
     )
     add_store_argument(parser)
+    add_proxy_argument(parser)
     parser.add_argument("--mechanism", choices=("XOAUTH2", "OAUTHBEARER"))
     parser.add_argument("--cafile", metavar="PATH", help="trust this CA too (private CAs)")
     parser.add_argument(
@@ -163,7 +166,7 @@ async def _token_source(args: argparse.Namespace) -> _Source:
         profile, credential = await load_credential(store, args.store_key, tokens=tokens)
         if credential.refresh_token:
             provider: AccessToken | TokenProvider = provider_for(
-                profile, store, credential.refresh_token, tokens=tokens
+                profile, store, credential.refresh_token, tokens=tokens, proxy=args.proxy
             )
         else:
             stored = credential.to_access_token()
@@ -201,6 +204,7 @@ def _make_client(
         timeout=args.timeout,
         mechanism=args.mechanism,
         allow_insecure_auth=security is SecurityOptions.NONE,
+        proxy=args.proxy,
     )
     return cls.from_settings(settings, username, token)
 
@@ -235,6 +239,7 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
             ssl_context=ctx,
             timeout=args.timeout,
             on_step=on_step,
+            dialer=ProxyDialer(args.proxy) if args.proxy else None,
         )
         # The greeting names Exchange or Gmail behind a host name of one's own.
         situation = replace(situation, greeting=result.greeting)

@@ -41,6 +41,7 @@ from mailoauth.cli.output import Printer, Timer, redact, relative_time
 from mailoauth.cli.profiles import (
     ClientOptions,
     Profile,
+    add_proxy_argument,
     add_store_argument,
     client_options,
     save_profile,
@@ -205,6 +206,7 @@ def _common(
         help=f"seconds to wait for the sign-in (default: {DEFAULT_LOGIN_TIMEOUT:g})",
     )
     add_store_argument(parser)
+    add_proxy_argument(parser)
 
 
 def _device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,6 +302,7 @@ async def login(args: argparse.Namespace, out: Printer) -> int:
             out=out,
             timeout=args.timeout,
             client=client,
+            proxy=args.proxy,
         )
     else:
         token = await authorization_code_flow(
@@ -313,6 +316,7 @@ async def login(args: argparse.Namespace, out: Printer) -> int:
             timeout=args.timeout,
             browser=None if args.no_browser else open_browser,
             client=client,
+            proxy=args.proxy,
         )
     expiry = (
         relative_time((token.expires_at - utcnow()).total_seconds())
@@ -385,6 +389,7 @@ async def authorization_code_flow(
     timeout: float,
     browser: Callable[[str], object] | None,
     client: ClientOptions | None = None,
+    proxy: str | None = None,
 ) -> AccessToken:
     """Run :func:`mailoauth.tokens.authcode.authorization_code_flow`, printing the URL
     and opening ``browser`` on it; the token.
@@ -413,7 +418,7 @@ async def authorization_code_flow(
 
     if client is None:
         client = client_options(client_id, "post", client_secret, None)
-    endpoint = TokenEndpoint(token_url, client_id=client_id, **client)
+    endpoint = TokenEndpoint(token_url, client_id=client_id, proxy=proxy, **client)
     try:
         return await authcode.authorization_code_flow(
             endpoint,
@@ -448,6 +453,7 @@ async def device_code_flow(
     out: Printer,
     timeout: float,
     client: ClientOptions | None = None,
+    proxy: str | None = None,
 ) -> AccessToken:
     """Run the device-code flow (RFC 8628) through :class:`DeviceCodeGrant`; the client
     authenticates as ``client`` says on the device and token endpoints alike."""
@@ -463,6 +469,7 @@ async def device_code_flow(
         DeviceCodeGrant(device_authorization_url, on_prompt=prompt),
         client_id=client_id,
         scope=scope,
+        proxy=proxy,
         **client,
     )
     try:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailoauth._core.connection import Connection
+from mailoauth._core.dialer import Dialer
 from mailoauth.cli.output import Timer
 from mailoauth.errors import (
     LimitExceededError,
@@ -119,6 +120,7 @@ async def probe(
     ssl_context: ssl.SSLContext,
     timeout: float,
     on_step: StepCallback,
+    dialer: Dialer | None = None,
 ) -> ProbeResult:
     """Connect (``on_step("CONNECT", ...)``), set up TLS (``"TLS"``) and read the
     capabilities (``"CAPS"``). Raises the library's errors: TLSError,
@@ -126,7 +128,7 @@ async def probe(
     result = ProbeResult()
     timer = Timer()
     conn = await Connection.open(
-        host, port, implicit_tls=False, ssl_context=ssl_context, timeout=timeout
+        host, port, implicit_tls=False, ssl_context=ssl_context, timeout=timeout, dialer=dialer
     )
     on_step("CONNECT", f"TCP connection to {host}:{port}", timer)
     lines = _Lines(conn)

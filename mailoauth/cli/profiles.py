@@ -38,6 +38,7 @@ __all__ = [
     "KEYRING_STORE",
     "ClientOptions",
     "Profile",
+    "add_proxy_argument",
     "add_store_argument",
     "client_options",
     "load_profiles",
@@ -51,6 +52,18 @@ __all__ = [
 
 #: The token store used when ``--store`` is not given (``~`` is expanded).
 DEFAULT_STORE = "~/.config/mailoauth/tokens.json"
+
+
+def add_proxy_argument(parser: argparse.ArgumentParser) -> None:
+    """``--proxy URL``: the HTTP CONNECT or SOCKS5 proxy for the mail server and the
+    token endpoint (``pip install 'mailoauth[proxy]'``)."""
+    parser.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the servers through this proxy: http://USER:PASSWORD@HOST:PORT (HTTP "
+        "CONNECT) or socks5://USER:PASSWORD@HOST:PORT (needs pip install "
+        "'mailoauth[proxy]'); the password is never printed",
+    )
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +271,12 @@ def profile_client_options(profile: Profile) -> ClientOptions:
 
 
 def provider_for(
-    profile: Profile, store: Path, refresh_token: str, *, tokens: TokenStore | None = None
+    profile: Profile,
+    store: Path,
+    refresh_token: str,
+    *,
+    tokens: TokenStore | None = None,
+    proxy: str | None = None,
 ) -> OAuth2TokenProvider:
     """A provider refreshing ``refresh_token`` that keeps the store (``tokens``, by
     default the file ``store``) up to date; it authenticates as at login and asks for no
@@ -272,5 +290,6 @@ def provider_for(
         revocation_url=profile.revocation_url,
         store=tokens or FileTokenStore(store),
         store_key=profile.key,
+        proxy=proxy,
         **profile_client_options(profile),
     )

@@ -24,6 +24,7 @@ from mailoauth.cli.claims import decode_jwt
 from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
 from mailoauth.cli.profiles import (
     Profile,
+    add_proxy_argument,
     add_store_argument,
     load_credential,
     load_profiles,
@@ -70,6 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     refresh.add_argument("key", nargs="?", help="the credential (default: the only one)")
     add_store_argument(refresh)
+    add_proxy_argument(refresh)
     refresh.set_defaults(handler=run_refresh)
 
 
@@ -83,7 +85,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_refresh(args: argparse.Namespace) -> int:
-    return asyncio.run(refresh(store_path(args.store), args.key, Printer()))
+    return asyncio.run(refresh(store_path(args.store), args.key, Printer(), proxy=args.proxy))
 
 
 async def show(store: Path, only: str | None, out: Printer) -> int:
@@ -169,8 +171,9 @@ def _claim_text(name: str, value: Any) -> str:
     return str(value)
 
 
-async def refresh(store: Path, key: str | None, out: Printer) -> int:
-    """Refresh ``key`` now (under the store's lock) and save the result."""
+async def refresh(store: Path, key: str | None, out: Printer, *, proxy: str | None = None) -> int:
+    """Refresh ``key`` now (under the store's lock) and save the result; the token
+    endpoint is reached through ``proxy`` when given."""
     if key is None:
         keys = sorted(load_profiles(store))
         if len(keys) != 1:
@@ -197,6 +200,7 @@ async def refresh(store: Path, key: str | None, out: Printer) -> int:
             scope=profile.scope,
             # RFC 6749 §6: ask for no more than the server granted.
             granted_scope=credential.scope or profile.granted_scope,
+            proxy=proxy,
             **profile_client_options(profile),
         )
         timer = Timer()

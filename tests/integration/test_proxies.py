@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -27,6 +30,7 @@ from mailoauth import (
 from mailoauth._core.dialer import RoutingDialer
 from mailoauth._core.proxy import ProxyDialer, ProxyURL
 from mailoauth._core.settings import ConnectionOptions
+from mailoauth.cli import main
 from mailoauth.errors import ConfigurationError, MailConnectionError, MailTimeoutError
 from mailoauth.poll import Mailbox
 from mailoauth.testing.certs import TestCA
@@ -448,3 +452,83 @@ def test_proxy_and_http_client_are_exclusive() -> None:
             http_client=httpx.AsyncClient(),
             proxy="http://p:3128",
         )
+
+
+# -- the command line: --proxy on check, login and token refresh -----------------------
+
+
+@pytest.fixture(scope="module")
+def served_sandbox() -> Iterator[MailSandbox]:
+    with MailSandbox() as box:
+        yield box
+
+
+@pytest.mark.realserver
+@pytest.mark.parametrize(("protocol", "security"), [("imap", "ssl"), ("smtp", "starttls")])
+def test_cli_check_through_each_proxy(
+    served_sandbox: MailSandbox,
+    proxy: ProxyProcess,
+    capsys: pytest.CaptureFixture[str],
+    protocol: str,
+    security: str,
+) -> None:
+    box = served_sandbox
+    user = box.user(new_user())
+    server = box.imap if protocol == "imap" else box.smtp
+    port = server.tls_port if security == "ssl" else server.starttls_port
+    argv = [
+        "check", protocol, "127.0.0.1", "--port", str(port), "--security", security,
+        "--cafile", str(box.ca.files.ca), "--timeout", "5", "--user", user.username,
+        "--token", user.access_token(), "--proxy", proxy.url,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "all steps passed" in out and proxy.password not in out
+    # The probe and the client each went through the proxy.
+    assert proxy.tunnels().count(f"127.0.0.1:{port}") >= 2
+
+
+@pytest.mark.realserver
+def test_cli_check_with_wrong_proxy_credentials_names_the_proxy(
+    served_sandbox: MailSandbox, tinyproxy: ProxyProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = served_sandbox.user(new_user())
+    argv = [
+        "check", "imap", "127.0.0.1", "--port", str(served_sandbox.imap.tls_port),
+        "--security", "ssl", "--cafile", str(served_sandbox.ca.files.ca), "--timeout", "5",
+        "--user", user.username, "--token", user.access_token(),
+        "--proxy", tinyproxy.url_with(tinyproxy.username, "Not-The-Pass"),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert f"127.0.0.1:{tinyproxy.port}" in text and "refused the tunnel" in text
+    assert "Not-The-Pass" not in text
+
+
+@pytest.mark.realserver
+def test_cli_login_and_token_refresh_through_a_socks5_proxy(
+    microsocks: ProxyProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "tokens.json"
+    with FakeOAuthServer() as oauth:
+        argv = [
+            "login", "microsoft", "--device", "--client-id", "public-client",
+            "--authority", oauth.base_url, "--tenant", "contoso", "--store", str(store),
+            "--timeout", "10", "--proxy", microsocks.url,
+        ]  # fmt: skip
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while not oauth.pending_user_codes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (user_code,) = oauth.pending_user_codes()
+        oauth.approve_device(user_code, "me@contoso.test")
+        runner.join(10)
+        assert result == [0]
+        through = microsocks.tunnels().count(f"127.0.0.1:{oauth.port}")
+        assert through >= 1
+        assert main(["token", "refresh", "--store", str(store), "--proxy", microsocks.url]) == 0
+        assert microsocks.tunnels().count(f"127.0.0.1:{oauth.port}") > through
+    assert microsocks.password not in capsys.readouterr().out
