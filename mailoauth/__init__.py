@@ -40,6 +40,7 @@ from mailoauth.errors import (
 #: Where each public name is imported from, on first access.
 _LAZY = {
     "mailoauth._core.dialer": ["DialResult", "Dialer", "DirectDialer"],
+    "mailoauth._core.proxy": ["ProxyDialer", "ProxyURL"],
     "mailoauth._core.settings": ["ConnectionSettings"],
     "mailoauth.imap.client": ["IdleEvent", "ImapClient"],
     "mailoauth.poll": [
@@ -74,6 +75,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 if TYPE_CHECKING:
     from mailoauth._core.dialer import Dialer, DialResult, DirectDialer
+    from mailoauth._core.proxy import ProxyDialer, ProxyURL
     from mailoauth._core.settings import ConnectionSettings
     from mailoauth.imap.client import IdleEvent, ImapClient
     from mailoauth.poll import (
@@ -142,6 +144,8 @@ __all__ = [
     "Poller",
     "Pop3Client",
     "ProtocolError",
+    "ProxyDialer",
+    "ProxyURL",
     "RedisTokenStore",
     "SecurityOptions",
     "SendResult",

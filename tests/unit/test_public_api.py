@@ -30,6 +30,8 @@ EXPECTED = {
     "DialResult",
     "Dialer",
     "DirectDialer",
+    "ProxyDialer",
+    "ProxyURL",
     "FileTokenStore",
     "GoogleTokenProvider",
     "IdleEvent",
