@@ -454,19 +454,32 @@ FALLBACKS: Final[tuple[Rule, ...]] = (
 )
 
 
+def _filled(d: Diagnosis, s: Situation) -> str:
+    """``d``'s text with the mailbox and the app's client id of this check filled in."""
+    text = d.text()
+    if s.username:
+        text = text.replace("<mailbox>", s.username)
+    app_id = (s.claims or {}).get("appid") or (s.claims or {}).get("azp")
+    if isinstance(app_id, str) and app_id:
+        text = text.replace("<client id>", app_id)
+    return text
+
+
 def diagnose(s: Situation) -> list[str]:
     """The diagnoses that apply to ``s``, most specific first; empty when none does.
 
     First the table's entries named by a code, then the other rules; when nothing
     matched, Exchange's candidates for its generic refusal or a fallback."""
-    found = [d.text() for d in _known(s)]
+    found = [_filled(d, s) for d in _known(s)]
     found += [text for rule in RULES if (text := rule(s)) is not None]
     if found:
         return found
     candidates = exchange_candidates(s)
     if candidates:
-        intro = _exchange_service_principal(s)
-        return ([intro] if intro else []) + [d.text() for d in candidates]
+        intro = _exchange_service_principal(s) or (
+            "Exchange Online answers each of the following with the same words; the likeliest first"
+        )
+        return [intro] + [_filled(d, s) for d in candidates]
     for rule in FALLBACKS:
         text = rule(s)
         if text is not None:

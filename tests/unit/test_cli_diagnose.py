@@ -140,9 +140,10 @@ def test_app_only_with_role_on_office365_means_service_principal() -> None:
     assert "New-ServicePrincipal" in found[0] and "Add-MailboxPermission" in found[0]
     assert "11111111-2222-3333-4444-555555555555" in text and "shared@contoso.com" in text
     # Then the causes Exchange answers with the same words, the wrong Object ID first.
-    assert found[1] == diagnosis("exchange_wrong_service_principal").text()
+    wrong_object_id = diagnosis("exchange_wrong_service_principal").text()
+    assert found[1] == wrong_object_id.replace("<client id>", app_only()["appid"])
     assert "Enterprise applications" in found[1] and "Get-MgServicePrincipal" in found[1]
-    assert "Set-CASMailbox -Identity <mailbox> -ImapEnabled $true" in text
+    assert "Set-CASMailbox -Identity shared@contoso.com -ImapEnabled $true" in text
     assert "Exchange Online" in text and "license" in text
 
 
