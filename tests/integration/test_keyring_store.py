@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse  # 
 from mailoauth.testing.personality import Personality  # noqa: E402
 from mailoauth.testing.sandbox import MailSandbox  # noqa: E402
 from mailoauth.tokens import (  # noqa: E402
+    FileTokenStore,
     GoogleTokenProvider,
     KeyringTokenStore,
     LockingTokenStore,
@@ -202,3 +204,45 @@ def test_login_and_check_keep_the_credential_in_the_keyring(
         out = capsys.readouterr().out
         assert "refreshed via the stored credential" in out
         assert json.loads(ring.entries[("mailoauth", "work")])["access_token"]
+
+
+# -- docs/token-store-format.md ---------------------------------------------------------
+
+FORMAT_DOC = Path(__file__).resolve().parents[2] / "docs" / "token-store-format.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", FORMAT_DOC.read_text(), flags=re.S)
+
+
+@pytest.mark.asyncio
+async def test_the_documented_file_format_is_what_file_token_store_reads(
+    tmp_path: Path,
+) -> None:
+    (example,) = doc_blocks("json")
+    path = tmp_path / "tokens.json"
+    path.write_text(example)
+    store = FileTokenStore(path)
+    cred = await store.load("microsoft")
+    assert cred is not None and cred.refresh_token == "0.AXEA..."
+    assert cred.expires_at == dt.datetime(2030, 1, 1, 13, tzinfo=dt.timezone.utc)
+    assert cred.scope is not None and cred.scope.endswith("SMTP.Send")
+    (grant_key,) = (k for k in json.loads(example)["credentials"] if k != "microsoft")
+    grant = await store.load(grant_key)
+    assert grant is not None and grant.access_token is None and grant.origin
+    # And what FileTokenStore writes has the documented shape, field for field.
+    await store.save("new", CRED)
+    written = json.loads(path.read_text())
+    assert written["version"] == 1
+    assert set(written["credentials"]["new"]) == set(
+        json.loads(example)["credentials"]["microsoft"]
+    )
+
+
+def test_the_documented_keyring_snippet_reads_what_the_store_saved(ring: MemoryKeyring) -> None:
+    (snippet,) = doc_blocks("python")
+    asyncio.run(KeyringTokenStore().save("microsoft", CRED))
+    namespace: dict[str, object] = {}
+    exec(compile(snippet, str(FORMAT_DOC), "exec"), namespace)
+    credential = namespace["credential"]
+    assert isinstance(credential, dict) and credential["refresh_token"] == "rt-secret"
