@@ -532,3 +532,22 @@ def test_cli_login_and_token_refresh_through_a_socks5_proxy(
         assert main(["token", "refresh", "--store", str(store), "--proxy", microsocks.url]) == 0
         assert microsocks.tunnels().count(f"127.0.0.1:{oauth.port}") > through
     assert microsocks.password not in capsys.readouterr().out
+
+
+def guide_example() -> str:
+    guide = (Path(__file__).resolve().parents[2] / "docs/guides/proxies.md").read_text()
+    return guide.split("## Trying it", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.realserver
+@pytest.mark.asyncio
+async def test_the_guide_s_sandbox_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/guides/proxies.md, "Trying it", run verbatim."""
+    if proxy_binary("microsocks") is None:
+        skip_or_fail("not installed: microsocks (apt-get install microsocks, see .ci/run)")
+    block = guide_example()
+    namespace: dict[str, object] = {}
+    body = "".join(f"    {line}\n" for line in block.splitlines())
+    exec(f"async def example():\n{body}", namespace)
+    await namespace["example"]()  # type: ignore[operator]
+    assert capsys.readouterr().out.startswith("['127.0.0.1:")
