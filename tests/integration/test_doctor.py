@@ -304,3 +304,24 @@ async def test_poller_failure_names_the_dead_grants_cause(box: MailSandbox) -> N
     # The failure says what happened and what to do, from the table.
     assert diagnosis("aadsts_refresh_idle").text() in str(event.error)
     assert str(event.error) == str(poller.failed[mailbox.key])
+
+
+def test_which_protocols_each_tenant_state_refuses() -> None:
+    replies = Personality.OFFICE365.replies
+    refused = {
+        state: {p for p in ("smtp", "imap", "pop3") if state.refusal(p, replies) is not None}
+        for state in TenantState
+    }
+    everything = {"smtp", "imap", "pop3"}
+    assert refused == {
+        TenantState.WRONG_SERVICE_PRINCIPAL: everything,
+        TenantState.NO_MAILBOX_PERMISSION: everything,
+        TenantState.MAILBOX_UNAVAILABLE: everything,
+        TenantState.IMAP_DISABLED: {"imap"},
+        TenantState.POP_DISABLED: {"pop3"},
+        TenantState.SMTP_AUTH_DISABLED: {"smtp"},
+        TenantState.SECURITY_DEFAULTS: {"smtp"},
+    }
+    # Each state is named after the table entry that explains it.
+    for state in TenantState:
+        assert diagnosis(f"exchange_{state.value}").vendor == "microsoft"
