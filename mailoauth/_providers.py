@@ -507,8 +507,10 @@ DIAGNOSES: Final[tuple[Diagnosis, ...]] = (
     Diagnosis(
         "google_token_limit",
         "google",
-        "Google keeps at most 50 live refresh tokens per account and OAuth client: the "
-        "51st sign-in silently invalidates the oldest",
+        # Google's page gave 50 for years and gives 100 now; the behaviour is the same.
+        "Google keeps a limited number of live refresh tokens per account and OAuth "
+        "client (100 in its current documentation, 50 in older versions): one sign-in "
+        "too many silently invalidates the oldest",
         "sign in once per account and share that refresh token (a token store) instead "
         "of signing in again on each machine or run",
         _GOOGLE_OAUTH,

@@ -157,7 +157,7 @@ def test_google_invalid_grant_testing_mode() -> None:
     )
     text = "\n".join(diagnose(s))
     assert "7 days" in text and "In production" in text
-    assert "50 live refresh tokens" in text
+    assert "live refresh tokens per account and OAuth client" in text
 
 
 def test_google_detected_from_token_url_alone() -> None:
