@@ -497,8 +497,8 @@ DIAGNOSES: Final[tuple[Diagnosis, ...]] = (
     Diagnosis(
         "google_testing_app",
         "google",
-        "if the OAuth consent screen's publishing status is 'Testing', Google expires "
-        "refresh tokens after 7 days",
+        "if the app's OAuth consent screen is External with the publishing status "
+        "'Testing', Google expires its refresh tokens after 7 days",
         "set the publishing status to 'In production' (Google Cloud console > APIs & "
         "Services > OAuth consent screen) and sign in again (mailoauth login google)",
         _GOOGLE_OAUTH,
