@@ -6,6 +6,8 @@ Shared by the mail connections (:mod:`mailoauth._core.proxy`) and the token endp
 
 from __future__ import annotations
 
+import logging
+import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -73,7 +75,11 @@ class ProxyURL:
         return f"{host}:{self.port}"
 
     def secret_url(self) -> str:
-        """The URL with the password, for the HTTP client that must send it."""
+        """The URL with the password, for the HTTP client that must send it. From then
+        on the password is scrubbed from the records of httpcore's loggers (its SOCKS
+        trace logs the credentials at DEBUG)."""
+        if self.password:
+            _HTTPCORE_FILTER.add(self.password)
         auth = ""
         if self.username is not None:
             auth = urllib.parse.quote(self.username, safe="")
@@ -113,3 +119,39 @@ def proxy_from_environment(host: str) -> ProxyURL | None:
         return ProxyURL.parse(url)
     except ConfigurationError as exc:
         raise ConfigurationError(f"ALL_PROXY in the environment: {exc}") from None
+
+
+class _PasswordFilter(logging.Filter):
+    """Replaces proxy passwords (as text and as the inside of a bytes repr) with
+    ``***`` in log records: httpcore's ``setup_socks5_connection`` trace carries
+    ``auth=(b'user', b'password')``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._forms: set[str] = set()
+
+    def add(self, password: str) -> None:
+        with self._lock:
+            self._forms.update({password, repr(password.encode())[2:-1]})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            forms = sorted(self._forms, key=len, reverse=True)
+        if not forms:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken log call is the logging module's to report
+            return True
+        scrubbed = text
+        for form in forms:
+            scrubbed = scrubbed.replace(form, "***")
+        if scrubbed != text:
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+_HTTPCORE_FILTER = _PasswordFilter()
+for _name in ("httpcore.socks", "httpcore.proxy", "httpcore.connection", "httpx"):
+    logging.getLogger(_name).addFilter(_HTTPCORE_FILTER)

@@ -370,8 +370,9 @@ class TlsFront:
 @pytest.mark.realserver
 @pytest.mark.asyncio
 async def test_token_endpoint_through_each_proxy(
-    proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch
+    proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # httpx's and httpcore's too
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     ca = TestCA()
@@ -396,6 +397,7 @@ async def test_token_endpoint_through_each_proxy(
                     await provider.aclose()
         assert token.value
         assert f"localhost:{token_url.split(':')[2].split('/')[0]}" in proxy.tunnels()
+        assert caplog.records and proxy.password not in caplog.text
     finally:
         ca.cleanup()
 
