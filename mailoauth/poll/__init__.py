@@ -15,7 +15,7 @@ from mailoauth._util.lazy import lazy_exports
 _LAZY = {
     "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
     "mailoauth.poll.poller": ["Poller"],
-    "mailoauth.poll.reconsent": ["ReconsentHook", "ReconsentRequest"],
+    "mailoauth.poll.reconsent": ["ReconsentHook", "ReconsentRequest", "ReconsentingProvider"],
     "mailoauth.poll.spec": [
         "Backoff",
         "Mailbox",
@@ -40,7 +40,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 if TYPE_CHECKING:
     from mailoauth.poll.backoff import backoff_delay, is_permanent
     from mailoauth.poll.poller import Poller
-    from mailoauth.poll.reconsent import ReconsentHook, ReconsentRequest
+    from mailoauth.poll.reconsent import ReconsentHook, ReconsentingProvider, ReconsentRequest
     from mailoauth.poll.spec import (
         Backoff,
         Mailbox,
@@ -76,6 +76,7 @@ __all__ = [
     "Pop3State",
     "ReconsentHook",
     "ReconsentRequest",
+    "ReconsentingProvider",
     "StartPolicy",
     "backoff_delay",
     "imap_resume_point",

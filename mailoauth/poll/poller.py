@@ -25,12 +25,11 @@ from mailoauth.poll.reconsent import (
     ReconsentHook,
     ReconsentRequest,
     needs_reconsent,
-    new_grant_in_store,
+    wait_for_reconsent,
 )
 from mailoauth.poll.spec import Backoff, Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
 from mailoauth.tokens.manager import TokenManager, wrap_provider
-from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -422,42 +421,8 @@ class Poller:
     async def _reconsent(self, mailbox: Mailbox, exc: Exception, hook: ReconsentHook) -> bool:
         """Call ``hook`` and wait for a new grant; True to resume the mailbox."""
         assert isinstance(exc, PermanentTokenError)
-        provider = mailbox.token if isinstance(mailbox.token, OAuth2TokenProvider) else None
-        watch = provider is not None and provider.store is not None
-        dead = provider.current_refresh_token if provider is not None else None
-        hook_done = anyio.Event()
-        hook_ok = False
-
-        async def run_hook() -> None:
-            nonlocal hook_ok
-            try:
-                await hook(ReconsentRequest(mailbox, exc))
-                hook_ok = True
-            except Exception as failure:  # the store may still get a grant from elsewhere
-                log.warning(
-                    "%s: the re-consent hook failed (%s)%s",
-                    mailbox.key,
-                    type(failure).__name__,
-                    "; still watching the token store" if watch else "",
-                )
-            finally:
-                hook_done.set()
-
-        resume = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_hook, name=f"reconsent {mailbox.key}")
-            if provider is not None and watch:
-                # The store lives outside this process (a file, Redis, the keyring): polled.
-                while True:
-                    if await new_grant_in_store(provider, dead):
-                        break
-                    await anyio.sleep(self.reconsent_interval)
-                tg.cancel_scope.cancel()  # a grant saved elsewhere ends the hook too
-                resume = True
-            else:
-                await hook_done.wait()
-                resume = hook_ok
-        return resume
+        request = ReconsentRequest(mailbox, exc)
+        return await wait_for_reconsent(request, hook, self.reconsent_interval)
 
     # -- consuming --------------------------------------------------------------------
 

@@ -19,9 +19,11 @@ from mailoauth.poll import (
     NewMessage,
     Poller,
     PollStateStore,
+    ReconsentingProvider,
     ReconsentRequest,
 )
 from mailoauth.security import SecurityOptions
+from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.tokens import (
     DeviceAuthorization,
     FileTokenStore,
@@ -208,3 +210,39 @@ async def test_without_a_store_the_hook_says_what_is_missing(mail_servers: MailS
     with pytest.raises(ConfigurationError, match="token store"):
         await request.sign_in_with_device_code(ms.oauth.device_authorization_url)
     await provider.aclose()
+
+
+async def test_a_provider_on_its_own_heals_its_grant_through_the_owner() -> None:
+    """No poller: ReconsentingProvider asks the owner when the grant is dead, and the
+    concurrent callers waiting meanwhile get the new grant's token (one sign-in)."""
+    with FakeOAuthServer(rotate_refresh_tokens=True) as oauth:
+        user = "owner@example.test"
+        store = MemoryTokenStore()
+        rt = oauth.issue_refresh_token(user, client_id="app")
+        provider = OAuth2TokenProvider(
+            oauth.token_url, RefreshTokenGrant(rt), client_id="app", store=store
+        )
+        requests: list[ReconsentRequest] = []
+
+        async def owner_approves(auth: DeviceAuthorization) -> None:
+            oauth.approve_device(auth.user_code, user)  # the test acts as the owner
+
+        async def on_reconsent(request: ReconsentRequest) -> None:
+            requests.append(request)
+            await request.sign_in_with_device_code(
+                oauth.device_authorization_url, on_prompt=owner_approves, interval=0.05
+            )
+
+        healing = ReconsentingProvider(provider, on_reconsent, reconsent_interval=0.05)
+        first = await healing.get_access_token()
+        oauth.revoke_user(user)
+        async with asyncio.timeout(WAIT):
+            tokens = await asyncio.gather(
+                *(healing.get_access_token(force_refresh=True) for _ in range(3))
+            )
+        await healing.aclose()
+    assert len(requests) == 1 and requests[0].mailbox is None
+    assert requests[0].error.error == "invalid_grant" and requests[0].provider is provider
+    assert all(t.value != first.value for t in tokens)
+    assert all(oauth.is_active(t.value) for t in tokens)
+    assert "rt-" not in repr(healing)
