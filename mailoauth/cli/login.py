@@ -241,7 +241,7 @@ async def _discover_endpoints(args: argparse.Namespace) -> str | None:
     issuer = getattr(args, "issuer", None)
     if not issuer:
         return None
-    metadata = await discover(issuer)
+    metadata = await discover(issuer, proxy=args.proxy)
     args.authorization_url = args.authorization_url or metadata.authorization_endpoint
     args.token_url = args.token_url or metadata.token_endpoint
     args.device_authorization_url = (

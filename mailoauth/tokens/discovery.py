@@ -21,6 +21,7 @@ from typing import Any, cast
 import anyio
 import httpx
 
+from mailoauth._util.proxyurl import ProxyURL
 from mailoauth.errors import ConfigurationError, TransientTokenError
 from mailoauth.tokens.endpoint import DEFAULT_TIMEOUT, attempt_deadline, check_transport
 
@@ -127,10 +128,14 @@ async def discover(
     http_client: httpx.AsyncClient | None = None,
     timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     allow_insecure_http: bool = False,
+    proxy: str | ProxyURL | None = None,
+    trust_env: bool = False,
 ) -> ServerMetadata:
     """The metadata of the authorization server ``issuer`` (see the module docstring).
 
-    ``timeout`` bounds each document's fetch as a whole. Raises
+    ``timeout`` bounds each document's fetch as a whole. Without ``http_client``, the
+    documents are fetched through ``proxy`` (``http://`` or ``socks5://``) when given,
+    and through the environment's proxy only with ``trust_env=True``. Raises
     :class:`~mailoauth.errors.InsecureTransportError` for ``http://`` off loopback
     (unless ``allow_insecure_http``), :class:`TransientTokenError` when the server
     cannot be reached or fails (5xx), and :class:`ConfigurationError` when it has no
@@ -138,7 +143,11 @@ async def discover(
     """
     urls = metadata_urls(issuer)
     deadline = attempt_deadline(timeout)
-    client = http_client or httpx.AsyncClient(follow_redirects=False)
+    client = http_client or httpx.AsyncClient(
+        follow_redirects=False,
+        proxy=ProxyURL.parse(proxy).secret_url() if proxy is not None else None,
+        trust_env=trust_env,
+    )
     statuses: list[str] = []
     try:
         for url in urls:

@@ -252,6 +252,8 @@ class OAuth2TokenProvider:
             http_client=http_client,
             timeout=timeout,
             allow_insecure_http=allow_insecure_http,
+            proxy=options.get("proxy"),
+            trust_env=bool(options.get("trust_env", False)),
         )
         if metadata.token_endpoint is None:
             raise ConfigurationError(f"the metadata of {issuer} names no token_endpoint")

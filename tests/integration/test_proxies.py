@@ -553,3 +553,22 @@ async def test_the_guide_s_sandbox_example_runs(capsys: pytest.CaptureFixture[st
     exec(f"async def example():\n{body}", namespace)
     await namespace["example"]()  # type: ignore[operator]
     assert capsys.readouterr().out.startswith("['127.0.0.1:")
+
+
+@pytest.mark.realserver
+@pytest.mark.asyncio
+async def test_discovery_and_token_through_a_socks5_proxy(microsocks: ProxyProcess) -> None:
+    """from_issuer fetches the metadata through the provider's proxy too."""
+    with FakeOAuthServer() as oauth:
+        oauth.add_client("cid")
+        before = [t for t in microsocks.tunnels() if t.endswith(f":{oauth.port}")]
+        provider = await OAuth2TokenProvider.from_issuer(
+            oauth.issuer,
+            RefreshTokenGrant(oauth.issue_refresh_token(new_user(), client_id="cid")),
+            client_id="cid",
+            proxy=microsocks.url,
+        )
+        async with provider:
+            assert (await provider.get_access_token()).value
+        after = [t for t in microsocks.tunnels() if t.endswith(f":{oauth.port}")]
+    assert len(after) - len(before) >= 2  # the metadata, then the token
