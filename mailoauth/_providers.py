@@ -153,6 +153,8 @@ class MicrosoftCloud:
     pop3_host: str | None
     smtp_host: str | None
     resource: str | None
+    app_only_resource: str | None = None
+    """The resource of app-only ``.default`` scopes, when it is not ``resource``."""
 
     def delegated_scopes(self) -> tuple[str, ...] | None:
         """IMAP, POP and SMTP on behalf of a user in this cloud (None: not documented)."""
@@ -164,7 +166,8 @@ class MicrosoftCloud:
 
     def app_only_scope(self) -> str | None:
         """The ``.default`` scope of app-only tokens in this cloud (None: not documented)."""
-        return None if self.resource is None else f"{self.resource}/.default"
+        resource = self.app_only_resource or self.resource
+        return None if resource is None else f"{resource}/.default"
 
 
 #: Microsoft's clouds by the name ``cloud=`` takes. Sources, per value:
@@ -197,6 +200,7 @@ MS_CLOUDS: Final[Mapping[str, MicrosoftCloud]] = {
         "outlook.office365.com",
         "smtp.office365.com",
         OUTLOOK_RESOURCE,
+        MS_APP_ONLY_SCOPE.removesuffix("/.default"),
     ),
     # GCC (moderate) runs in the worldwide cloud: same sign-in and hosts ("Worldwide
     # (including GCC)" in the endpoint list above).
@@ -207,6 +211,7 @@ MS_CLOUDS: Final[Mapping[str, MicrosoftCloud]] = {
         "outlook.office365.com",
         "smtp.office365.com",
         OUTLOOK_RESOURCE,
+        MS_APP_ONLY_SCOPE.removesuffix("/.default"),
     ),
     "us_gov_high": MicrosoftCloud(
         "us_gov_high",

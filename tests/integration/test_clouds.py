@@ -19,6 +19,7 @@ from mailoauth.cli.profiles import load_profiles
 from mailoauth.errors import ConfigurationError
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.tokens import (
+    MS_APP_ONLY_SCOPE,
     MS_DELEGATED_SCOPES,
     MS_OFFLINE_ACCESS,
     MicrosoftCloud,
@@ -33,6 +34,9 @@ US_GOV = "https://login.microsoftonline.us"
 def test_presets_name_each_clouds_authority_hosts_and_scopes() -> None:
     high, dod, china = (MS_CLOUDS[n] for n in ("us_gov_high", "us_gov_dod", "china"))
     assert MS_CLOUDS["global"].delegated_scopes() == MS_DELEGATED_SCOPES
+    # App-only keeps Exchange's documented outlook.office365.com/.default in global.
+    assert MS_CLOUDS["global"].app_only_scope() == MS_APP_ONLY_SCOPE
+    assert MS_CLOUDS["gcc"].app_only_scope() == MS_APP_ONLY_SCOPE
     assert MS_CLOUDS["gcc"].authority == "https://login.microsoftonline.com"
     assert high.authority == dod.authority == US_GOV
     assert china.authority == "https://login.partner.microsoftonline.cn"
