@@ -32,7 +32,7 @@ from mailoauth._core.proxy import ProxyDialer, ProxyURL
 from mailoauth._core.settings import ConnectionOptions
 from mailoauth.cli import main
 from mailoauth.errors import ConfigurationError, MailConnectionError, MailTimeoutError
-from mailoauth.poll import Mailbox
+from mailoauth.poll import Mailbox, MemoryPollStateStore, NewMessage, Poller
 from mailoauth.testing.certs import TestCA
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.proxies import (
@@ -572,3 +572,32 @@ async def test_discovery_and_token_through_a_socks5_proxy(microsocks: ProxyProce
             assert (await provider.get_access_token()).value
         after = [t for t in microsocks.tunnels() if t.endswith(f":{oauth.port}")]
     assert len(after) - len(before) >= 2  # the metadata, then the token
+
+
+@pytest.mark.realserver
+@pytest.mark.asyncio
+async def test_the_poller_watches_a_mailbox_through_each_proxy(
+    mail_servers: MailServers, proxy: ProxyProcess
+) -> None:
+    user = new_user()
+    box = Mailbox(
+        "imap",
+        mail_servers.host,
+        mail_servers.dovecot.imaps_port,
+        user,
+        mail_servers.token(user),
+        S.SSL_IMPLICIT,
+        ssl_context=mail_servers.client_context(),
+        proxy=proxy.url,
+    )
+    store = MemoryPollStateStore()
+    # start="all": the message is there before the first poll, so no baseline to wait for.
+    mail_servers.dovecot.deliver(
+        user, "From: a@example.test\r\nSubject: via the proxy\r\n\r\nbody\r\n"
+    )
+    async with Poller([box], state_store=store, interval=0.3, start="all") as poller:
+        async with asyncio.timeout(30):
+            event = await anext(aiter(poller))
+    assert isinstance(event, NewMessage), event
+    assert event.message()["Subject"] == "via the proxy"
+    assert f"{mail_servers.host}:{mail_servers.dovecot.imaps_port}" in proxy.tunnels()
