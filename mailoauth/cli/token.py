@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,18 @@ from mailoauth.cli.profiles import (
     load_profiles,
     profile_client_options,
     store_path,
+    token_store,
 )
 from mailoauth.errors import ConfigurationError, MailOAuthError
 from mailoauth.tokens.access_token import utcnow
 from mailoauth.tokens.grants import RefreshTokenGrant
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
-from mailoauth.tokens.stores import FileTokenStore, StoredCredential
+from mailoauth.tokens.stores import (
+    FileTokenStore,
+    LockingTokenStore,
+    StoredCredential,
+    TokenStore,
+)
 
 __all__ = ["add_parser", "run_refresh", "run_show"]
 
@@ -81,17 +88,32 @@ def _stored_keys(store: Path) -> list[str]:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    return asyncio.run(show(store_path(args.store), args.key, Printer()))
+    tokens = token_store(args.store)
+    return asyncio.run(show(store_path(args.store), args.key, Printer(), tokens=tokens))
 
 
 def run_refresh(args: argparse.Namespace) -> int:
-    return asyncio.run(refresh(store_path(args.store), args.key, Printer(), proxy=args.proxy))
+    return asyncio.run(
+        refresh(
+            store_path(args.store),
+            args.key,
+            Printer(),
+            proxy=args.proxy,
+            tokens=token_store(args.store),
+        )
+    )
 
 
-async def show(store: Path, only: str | None, out: Printer) -> int:
-    """Print the credentials in ``store`` (or only ``only``), secrets redacted."""
-    keys = await anyio.to_thread.run_sync(_stored_keys, store)
+async def show(
+    store: Path, only: str | None, out: Printer, *, tokens: TokenStore | None = None
+) -> int:
+    """Print the credentials in ``store`` (or only ``only``; read from ``tokens`` when
+    given, e.g. the keyring, whose keys are the profiles'), secrets redacted."""
     profiles = load_profiles(store)
+    if tokens is None or isinstance(tokens, FileTokenStore):
+        keys = await anyio.to_thread.run_sync(_stored_keys, store)
+    else:  # a keyring cannot list its entries: the profiles name them
+        keys = sorted(profiles)
     if only is not None:
         if only not in keys:
             raise ConfigurationError(
@@ -103,8 +125,9 @@ async def show(store: Path, only: str | None, out: Printer) -> int:
             f"no credentials in {store}; sign in with: mailoauth login google|microsoft|oauth2"
         )
         return 0
-    out.line(f"token store {store}")
-    file_store = FileTokenStore(store)
+    file_backed = tokens is None or isinstance(tokens, FileTokenStore)
+    out.line(f"token store {store if file_backed else tokens!r}")
+    file_store = tokens or FileTokenStore(store)
     for key in keys:
         credential = await file_store.load(key)
         if credential is not None:
@@ -171,9 +194,17 @@ def _claim_text(name: str, value: Any) -> str:
     return str(value)
 
 
-async def refresh(store: Path, key: str | None, out: Printer, *, proxy: str | None = None) -> int:
-    """Refresh ``key`` now (under the store's lock) and save the result; the token
-    endpoint is reached through ``proxy`` when given."""
+async def refresh(
+    store: Path,
+    key: str | None,
+    out: Printer,
+    *,
+    proxy: str | None = None,
+    tokens: TokenStore | None = None,
+) -> int:
+    """Refresh ``key`` now (under the store's lock) and save the result in ``tokens``
+    (default: the file ``store``); the token endpoint is reached through ``proxy`` when
+    given."""
     if key is None:
         keys = sorted(load_profiles(store))
         if len(keys) != 1:
@@ -181,9 +212,12 @@ async def refresh(store: Path, key: str | None, out: Printer, *, proxy: str | No
                 f"name the credential to refresh (stored: {', '.join(keys) or 'none'})"
             )
         key = keys[0]
-    file_store = FileTokenStore(store)
-    async with file_store.lock(key):
-        profile, credential = await load_credential(store, key)
+    file_store = tokens or FileTokenStore(store)
+    lock: AbstractAsyncContextManager[object] = (
+        file_store.lock(key) if isinstance(file_store, LockingTokenStore) else nullcontext()
+    )
+    async with lock:
+        profile, credential = await load_credential(store, key, tokens=file_store)
         if not credential.refresh_token:
             raise ConfigurationError(
                 f"the credential {key!r} has no refresh token to refresh with; sign in "

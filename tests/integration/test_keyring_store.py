@@ -205,6 +205,17 @@ def test_login_and_check_keep_the_credential_in_the_keyring(
         assert "refreshed via the stored credential" in out
         assert json.loads(ring.entries[("mailoauth", "work")])["access_token"]
 
+        # token refresh and token show work on the keyring too.
+        before = json.loads(ring.entries[("mailoauth", "work")])["access_token"]
+        assert main(["token", "refresh", "work", "--store", "keyring"]) == 0
+        after = json.loads(ring.entries[("mailoauth", "work")])
+        assert after["access_token"] != before, "the new access token is in the keyring"
+        capsys.readouterr()
+        assert main(["token", "show", "--store", "keyring"]) == 0
+        shown = capsys.readouterr().out
+        assert "KeyringTokenStore" in shown and "work" in shown
+        assert after["refresh_token"] not in shown, "the secret is redacted"
+
 
 # -- docs/token-store-format.md ---------------------------------------------------------
 
