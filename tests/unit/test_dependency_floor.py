@@ -39,6 +39,7 @@ def test_every_runtime_dependency_is_pinned_at_its_floor(noxfile: ModuleType) ->
         assert name in pins  # what the suite imports
     assert "import-linter" in pins  # tests/unit/test_import_contract.py runs it
     assert pins["python-socks"] == "3.0" and "socksio" in pins  # the proxy extra
+    assert pins["keyring"] == "24.0"  # the keyring extra (KeyringTokenStore)
     assert not {"nox", "ruff", "mypy", "mailoauth"} & set(pins)
     assert pins["aiosmtplib"] == "5.1.3"  # the first release with _on_connection_lost
 
