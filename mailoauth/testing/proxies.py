@@ -202,6 +202,10 @@ class _ThreadedProxy:
 
     def stop(self) -> None:
         self._stopping.set()
+        # shutdown wakes the thread blocked in accept(); close alone leaves the
+        # listening socket open until that accept returns.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             for sock in self._sockets:

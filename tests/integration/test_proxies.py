@@ -601,3 +601,30 @@ async def test_the_poller_watches_a_mailbox_through_each_proxy(
     assert isinstance(event, NewMessage), event
     assert event.message()["Subject"] == "via the proxy"
     assert f"{mail_servers.host}:{mail_servers.dovecot.imaps_port}" in proxy.tunnels()
+
+
+def test_proxy_url_forms() -> None:
+    assert ProxyURL.parse("socks5h://u:p@[::1]:1080").netloc == "[::1]:1080"
+    assert ProxyURL.parse("SOCKS5://h").scheme == "socks5"
+    assert str(ProxyURL.parse("http://only-user@h:3128")) == "http://only-user@h:3128"
+    assert ProxyURL.parse("http://h:3128").secret_url() == "http://h:3128"
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_proxy_is_named(sandbox: MailSandbox) -> None:
+    alice = sandbox.user(new_user())
+    with StallingProxy() as gone:
+        port = gone.port  # closed on leaving the block: nothing listens there now
+    with pytest.raises(MailConnectionError) as info:
+        async with ImapClient(
+            sandbox.host,
+            sandbox.imap.tls_port,
+            alice.username,
+            alice.access_token(),
+            ssl_context=sandbox.ssl_context,
+            proxy=f"socks5://u:Hidden-Pw@127.0.0.1:{port}",
+        ):
+            pass
+    message = str(info.value)
+    assert f"could not reach the SOCKS5 proxy socks5://u:***@127.0.0.1:{port}" in message
+    assert "Hidden-Pw" not in message
