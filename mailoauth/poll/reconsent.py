@@ -41,8 +41,9 @@ class ReconsentRequest:
     """What the ``on_reconsent`` hook gets: the mailbox whose grant died (None for a
     :class:`ReconsentingProvider` on its own), and why.
 
-    ``error`` names the cause (its ``error_description`` holds the vendor's code, e.g.
-    AADSTS700082 for Microsoft's 90 idle days).
+    ``error`` names the cause: its ``error_description`` holds the vendor's code, and
+    its message the meaning and the fix from the one table of known failures
+    (:data:`mailoauth._providers.DIAGNOSES`).
     """
 
     mailbox: Mailbox | None
