@@ -628,3 +628,13 @@ async def test_an_unreachable_proxy_is_named(sandbox: MailSandbox) -> None:
     message = str(info.value)
     assert f"could not reach the SOCKS5 proxy socks5://u:***@127.0.0.1:{port}" in message
     assert "Hidden-Pw" not in message
+
+
+def test_socks5_without_python_socks_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "python_socks", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'mailoauth\[proxy\]'"):
+        ConnectionSettings("imap.example.com", 993, proxy="socks5://p:1080")
+    # HTTP CONNECT needs no extra (h11 comes with httpx).
+    ConnectionSettings("imap.example.com", 993, proxy="http://p:3128")
