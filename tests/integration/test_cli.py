@@ -32,6 +32,7 @@ from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import FileTokenStore, StoredCredential
+from tests.integration.cli_device import login_with_device_code
 
 
 def test_demo_subprocess_transcript() -> None:
@@ -292,16 +293,7 @@ def test_login_microsoft_device_code(
         "--authority", oauth.base_url, "--tenant", "contoso", "--store", str(store),
         "--timeout", "10",
     ]  # fmt: skip
-    result: list[int] = []
-    runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
-    runner.start()
-    deadline = time.monotonic() + 10
-    while not oauth.pending_user_codes() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    (user_code,) = oauth.pending_user_codes()
-    oauth.approve_device(user_code, "me@contoso.test")
-    runner.join(10)
-    assert result == [0]
+    user_code = login_with_device_code(oauth, argv, "me@contoso.test")
     out = capsys.readouterr().out
     assert user_code in out and "✓ SAVED" in out
     assert stored(store, "microsoft")["refresh_token"].startswith("rt-")

@@ -7,8 +7,6 @@ flows run against the fake OAuth server standing in for the cloud's authority.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from mailoauth.tokens import (
     microsoft_cloud,
     microsoft_mail_host,
 )
+from tests.integration.cli_device import login_with_device_code
 
 US_GOV = "https://login.microsoftonline.us"
 
@@ -126,16 +125,7 @@ def test_login_microsoft_cloud_asks_for_the_clouds_scopes(
             "--cloud", "us_gov_high", "--authority", oauth.base_url, "--tenant", "contoso",
             "--store", str(store), "--timeout", "10",
         ]  # fmt: skip
-        result: list[int] = []
-        runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
-        runner.start()
-        deadline = time.monotonic() + 10
-        while not oauth.pending_user_codes() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        (user_code,) = oauth.pending_user_codes()
-        oauth.approve_device(user_code, "me@agency.test")
-        runner.join(10)
-        assert result == [0]
+        login_with_device_code(oauth, argv, "me@agency.test")
         scope = oauth.device_forms[-1]["scope"].split()
     assert "https://outlook.office365.us/IMAP.AccessAsUser.All" in scope
     assert MS_OFFLINE_ACCESS in scope and not any("office.com" in s for s in scope)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,6 +42,7 @@ from mailoauth.testing.proxies import (
 )
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import RefreshTokenGrant
+from tests.integration.cli_device import login_with_device_code
 from tests.integration.conftest import MailServers, skip_or_fail
 
 S = SecurityOptions
@@ -519,16 +518,7 @@ def test_cli_login_and_token_refresh_through_a_socks5_proxy(
             "--authority", oauth.base_url, "--tenant", "contoso", "--store", str(store),
             "--timeout", "10", "--proxy", microsocks.url,
         ]  # fmt: skip
-        result: list[int] = []
-        runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
-        runner.start()
-        deadline = time.monotonic() + 10
-        while not oauth.pending_user_codes() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        (user_code,) = oauth.pending_user_codes()
-        oauth.approve_device(user_code, "me@contoso.test")
-        runner.join(10)
-        assert result == [0]
+        login_with_device_code(oauth, argv, "me@contoso.test")
         through = microsocks.tunnels().count(f"127.0.0.1:{oauth.port}")
         assert through >= 1
         assert main(["token", "refresh", "--store", str(store), "--proxy", microsocks.url]) == 0
