@@ -14,6 +14,7 @@ from mailoauth._util.lazy import lazy_exports
 #: submodule does not import its siblings.
 _LAZY = {
     "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
+    "mailoauth.poll.mailbox_spec": ["MailboxSpec"],
     "mailoauth.poll.poller": ["Poller"],
     "mailoauth.poll.reconsent": ["ReconsentHook", "ReconsentRequest", "ReconsentingProvider"],
     "mailoauth.poll.spec": [
@@ -39,6 +40,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 if TYPE_CHECKING:
     from mailoauth.poll.backoff import backoff_delay, is_permanent
+    from mailoauth.poll.mailbox_spec import MailboxSpec
     from mailoauth.poll.poller import Poller
     from mailoauth.poll.reconsent import ReconsentHook, ReconsentingProvider, ReconsentRequest
     from mailoauth.poll.spec import (
@@ -66,6 +68,7 @@ __all__ = [
     "ImapState",
     "Mailbox",
     "MailboxFailed",
+    "MailboxSpec",
     "MemoryPollStateStore",
     "NewMessage",
     "PollEvent",

@@ -207,6 +207,11 @@ class NewMessage:
     ``mailbox`` is the :attr:`Mailbox.key`. IMAP events carry ``uid`` and
     ``uidvalidity``; POP3 events carry ``uidl``. ``raw`` is the message exactly as the
     server stored it; :meth:`message` parses it.
+
+    Delivery is at least once: an event that was delivered but not acknowledged before
+    a crash or a takeover by another worker comes again with ``redelivered=True``.
+    :attr:`dedupe_key` names the message stably across such repeats, so a handler can
+    skip one it has already done.
     """
 
     mailbox: str
@@ -214,6 +219,15 @@ class NewMessage:
     uid: int | None = None
     uidvalidity: int | None = None
     uidl: str | None = None
+    redelivered: bool = False
+
+    @property
+    def dedupe_key(self) -> str:
+        """``"{mailbox}#{uidvalidity}:{uid}"`` for IMAP, ``"{mailbox}#uidl:{uidl}"`` for
+        POP3: the same for every delivery of one message, different for two."""
+        if self.uidl is not None:
+            return f"{self.mailbox}#uidl:{self.uidl}"
+        return f"{self.mailbox}#{self.uidvalidity}:{self.uid}"
 
     def message(self) -> email.message.EmailMessage:
         """``raw`` parsed with the modern email policy (parsed on every call)."""
