@@ -23,9 +23,11 @@ Foreign exceptions are mapped onto :mod:`mailoauth.errors` here, at the I/O boun
 from __future__ import annotations
 
 import asyncio
+import errno
 import collections
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -100,9 +102,33 @@ def map_io_errors(what: str, host: str, port: int) -> Iterator[None]:
     except ssl.SSLError as exc:
         raise TLSError(f"TLS failed while {what} {where}: {exc}") from exc
     except ConnectionError as exc:
-        raise ConnectionLostError(f"connection to {where} lost while {what}: {exc}") from exc
+        raise ConnectionLostError(_os_error_text(exc, what, host, port)) from exc
     except OSError as exc:
-        raise MailConnectionError(f"could not reach {where} while {what}: {exc}") from exc
+        raise MailConnectionError(_os_error_text(exc, what, host, port)) from exc
+
+
+def _os_error_text(exc: OSError, what: str, host: str, port: int) -> str:
+    """What went wrong, in words: refused, unreachable, an unknown name, or lost."""
+    where = f"{host}:{port}"
+    detail = str(exc.strerror or exc) if not exc.filename else str(exc)
+    if what != "connecting to":
+        return f"the connection to {where} was lost while {what} it: {detail}"
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"could not connect to {where}: the host name {host!r} does not resolve "
+            f"({detail}); check its spelling and this machine's DNS"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return (
+            f"{where} refused the connection (nothing listens on port {port} there, or a "
+            f"firewall rejects it): check the host and port ({detail})"
+        )
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return (
+            f"could not connect to {where}: the network or host is unreachable from "
+            f"here; check the host name and this machine's network or proxy ({detail})"
+        )
+    return f"could not connect to {where}: {detail}"
 
 
 class Connection(asyncio.Protocol):

@@ -16,6 +16,7 @@ and :class:`~mailoauth.poll.Mailbox`; it must be safe to share between connectio
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from collections.abc import Mapping
@@ -86,7 +87,9 @@ class DirectDialer:
                 await loop.sock_connect(sock, address)
             except OSError as exc:
                 sock.close()
-                errors.append(str(address[0]) + f" port {port}: {exc.strerror or exc}")
+                # asyncio's strerror ("Connect call failed (...)") does not say why.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                errors.append(f"{address[0]} port {port}: {reason}")
                 last = exc
                 continue
             except BaseException:
@@ -95,7 +98,7 @@ class DirectDialer:
             return DialResult(sock)
         if last is None:  # getaddrinfo returned nothing (it normally raises instead)
             raise OSError(f"{host} resolved to no address")
-        raise OSError(last.errno, f"connect failed ({'; '.join(errors)})")
+        raise OSError(last.errno, '; '.join(errors))
 
     def __repr__(self) -> str:
         return "DirectDialer()"

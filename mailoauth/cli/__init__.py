@@ -33,17 +33,35 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"mailoauth {__version__}")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="on error show the traceback; log the library's DEBUG lines to stderr",
-    )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     demo.add_parser(subparsers)
     login.add_parser(subparsers)
     token.add_parser(subparsers)
     check.add_parser(subparsers)
+    _add_debug_everywhere(parser)
     return parser
+
+
+DEBUG_HELP = "on error show the traceback; log the library's DEBUG lines to stderr"
+#: The line after every failure when --debug was not given.
+DEBUG_HINT = "(run with --debug for the traceback and the library's DEBUG log)"
+
+
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every subcommand too, so that it works wherever it is placed.
+
+    A subcommand's ``--debug`` defaults to SUPPRESS: only given, it sets ``debug``
+    (never resetting the one given before the subcommand).
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--debug" in a.option_strings for a in sub._actions):
+                    sub.add_argument(
+                        "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+                    )
+                _add_debug_everywhere(sub)
 
 
 def render_error(exc: BaseException) -> str:
@@ -79,10 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc(file=sys.stderr)
         print(render_error(exc), file=sys.stderr, flush=True)
-        if not debug:
-            print("(run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        status = 1
     except KeyboardInterrupt:
         print("mailoauth: interrupted", file=sys.stderr)
         return 130
+    if status != 0 and not debug:
+        # A failure reported by the subcommand itself (check's ✗ step, a refused
+        # refresh) gets the hint too.
+        print(DEBUG_HINT, file=sys.stderr, flush=True)
     return status
