@@ -459,8 +459,11 @@ async def device_code_flow(
     authenticates as ``client`` says on the device and token endpoints alike."""
 
     def prompt(auth: DeviceAuthorization) -> None:
+        # Only now, the device request having succeeded, is there a code to wait for.
         out.line(auth.message)
         out.detail(f"code {auth.user_code}, valid {relative_time(auth.expires_in)}")
+        with out.waiting("waiting for the code to be entered"):
+            pass
 
     if client is None:
         client = client_options(client_id, "post", client_secret, None)
@@ -473,13 +476,12 @@ async def device_code_flow(
         **client,
     )
     try:
-        with out.waiting("waiting for the code to be entered"):
-            try:
-                with anyio.fail_after(timeout):
-                    return await provider.get_access_token()
-            except TimeoutError:
-                raise MailTimeoutError(
-                    f"nobody entered the code within {timeout:g} s; run login again"
-                ) from None
+        try:
+            with anyio.fail_after(timeout):
+                return await provider.get_access_token()
+        except TimeoutError:
+            raise MailTimeoutError(
+                f"nobody entered the code within {timeout:g} s; run login again"
+            ) from None
     finally:
         await provider.aclose()

@@ -227,6 +227,7 @@ class TokenEndpoint:
                 endpoint=f"the token endpoint {self.token_url} ({grant} grant)",
                 secrets=secrets,
                 hints=self._hints,
+                url=self.token_url,
             )
 
         return await self._with_retries(self.token_url, form, parse, grant=grant)
@@ -263,6 +264,7 @@ class TokenEndpoint:
                 endpoint=f"the device authorization endpoint {device_authorization_url}",
                 secrets=secrets,
                 hints=self._hints,
+                url=device_authorization_url,
             )
 
         return await self._with_retries(device_authorization_url, form, parse, grant="device")
@@ -299,6 +301,7 @@ class TokenEndpoint:
                 endpoint=f"the revocation endpoint {url}",
                 secrets=secrets,
                 hints=self._hints,
+                url=url,
             )
 
         await self._with_retries(url, form, parse, grant="revocation")

@@ -19,9 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import urllib.parse
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 # Google's and Microsoft's own hints and hosts live with the rest of what mailoauth knows
 # about them; re-exported here, where they were first public.
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_EXPIRES_IN",
     "MIN_EXPIRES_IN",
     "VENDOR_HINTS",
+    "WRONG_URL_STATUS",
     "DeviceAuthorization",
     "Vendor",
     "decode_json_response",
@@ -140,6 +142,24 @@ def _error_fields(doc: object, secrets: Collection[str]) -> tuple[str | None, st
     return code, (text or None)
 
 
+#: HTTP statuses that mean the URL is not an OAuth endpoint (a base URL, a typo, a web
+#: page that takes no POST), whatever the body says.
+WRONG_URL_STATUS: Final[Mapping[int, str]] = {
+    404: "Not Found",
+    405: "Method Not Allowed",
+    410: "Gone",
+}
+
+
+def _base_url_note(url: str | None) -> str:
+    if url is None:
+        return ""
+    path = urllib.parse.urlsplit(url).path
+    if path.strip("/") == "":
+        return " (it is a server's base URL, with no path: the endpoint has one)"
+    return " (a base URL or a typo instead of the endpoint's own URL?)"
+
+
 def decode_json_response(
     status_code: int,
     body: bytes,
@@ -148,8 +168,12 @@ def decode_json_response(
     endpoint: str = "the token endpoint",
     secrets: Collection[str] = (),
     hints: Mapping[str, str] = ERROR_HINTS,
+    url: str | None = None,
 ) -> dict[str, Any]:
     """The JSON object of a 2xx response; raises the mapped error for anything else.
+
+    A 404, 405 or 410 means the URL (``url``) is not the endpoint at all, whatever the
+    body says: PermanentTokenError saying so, never "refused the grant".
 
     Raises :class:`TransientTokenError` for 5xx, 408, 429 and transient OAuth errors,
     :class:`PermanentTokenError` otherwise (with ``error`` and ``error_description``
@@ -171,6 +195,14 @@ def decode_json_response(
     error, description = _error_fields(doc, secrets)
     detail = f": {error}" if error else ""
     detail += f" ({description})" if description else ""
+    if status_code in WRONG_URL_STATUS:
+        raise PermanentTokenError(
+            f"{endpoint} answered HTTP {status_code} {WRONG_URL_STATUS[status_code]}"
+            f"{detail}: the URL looks wrong{_base_url_note(url)}. Give the endpoint's own "
+            "URL, as the server's metadata (/.well-known/openid-configuration) lists it",
+            error_description=description,
+            status_code=status_code,
+        )
     if status_code >= 500 or status_code in _TRANSIENT_STATUS or error in _TRANSIENT_ERRORS:
         if not detail and not isinstance(doc, dict):
             detail = f" with {_describe_body(body, content_type)}"
@@ -238,6 +270,7 @@ def parse_token_response(
     endpoint: str = "the token endpoint",
     secrets: Collection[str] = (),
     hints: Mapping[str, str] = ERROR_HINTS,
+    url: str | None = None,
 ) -> AccessToken:
     """The :class:`AccessToken` in a token endpoint response received at ``now``.
 
@@ -252,6 +285,7 @@ def parse_token_response(
         endpoint=endpoint,
         secrets=secrets,
         hints=hints,
+        url=url,
     )
     value = doc.get("access_token")
     if not isinstance(value, str) or not value.strip():
@@ -296,6 +330,7 @@ def parse_device_authorization(
     endpoint: str = "the device authorization endpoint",
     secrets: Collection[str] = (),
     hints: Mapping[str, str] = ERROR_HINTS,
+    url: str | None = None,
 ) -> DeviceAuthorization:
     """Parse a device authorization response; raises like :func:`decode_json_response`
     and :class:`PermanentTokenError` when ``device_code`` or ``user_code`` is missing."""
@@ -306,6 +341,7 @@ def parse_device_authorization(
         endpoint=endpoint,
         secrets=secrets,
         hints=hints,
+        url=url,
     )
     device_code, user_code = doc.get("device_code"), doc.get("user_code")
     # Google names it verification_url; RFC 8628 verification_uri.
@@ -341,6 +377,7 @@ def parse_revocation_response(
     endpoint: str = "the revocation endpoint",
     secrets: Collection[str] = (),
     hints: Mapping[str, str] = ERROR_HINTS,
+    url: str | None = None,
 ) -> None:
     """Check a revocation response (RFC 7009 §2.2): any 2xx is success, whatever the
     body (servers answer 200 for unknown tokens too); anything else raises like
@@ -354,6 +391,7 @@ def parse_revocation_response(
         endpoint=endpoint,
         secrets=secrets,
         hints=hints,
+        url=url,
     )
     raise PermanentTokenError(  # pragma: no cover - decode_json_response raised
         f"{endpoint} answered HTTP {status_code}", status_code=status_code

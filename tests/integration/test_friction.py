@@ -1,0 +1,159 @@
+"""Issue 15, "what the new user met": one test per friction item, named test_item_N_...
+
+The command's items run the real command (``python -m mailoauth ...`` in a subprocess)
+against loopback servers: the sandbox, a fake OAuth server, or a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailoauth import ImapClient, SecurityOptions
+from mailoauth.errors import MailConnectionError, PermanentTokenError
+from mailoauth.testing.oauth_server import FakeOAuthServer
+from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant
+
+#: Seconds any one command may take.
+COMMAND_TIMEOUT = 60
+
+
+def mailoauth(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m mailoauth ARGV``: what a user types."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailoauth", *argv],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=COMMAND_TIMEOUT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
+    )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def oauth() -> Iterator[FakeOAuthServer]:
+    with FakeOAuthServer() as server:
+        yield server
+
+
+# -- 1. a refused connection ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_item_1_a_refused_connection_says_refused_with_host_and_port() -> None:
+    port = free_port()
+    client = ImapClient(
+        "127.0.0.1", port, "me@example.test", "not-a-real-token", SecurityOptions.NONE,
+        allow_insecure_auth=True, timeout=5,
+    )  # fmt: skip
+    with pytest.raises(MailConnectionError) as info:
+        async with client:
+            pass
+    message = str(info.value)
+    assert f"127.0.0.1:{port} refused the connection" in message
+    assert "lost" not in message and "to:" not in message
+
+
+def test_item_1_the_command_says_refused_and_names_an_unknown_host() -> None:
+    port = free_port()
+    proc = mailoauth(
+        "check", "imap", "127.0.0.1", "--port", str(port), "--security", "ssl",
+        "--user", "me@example.test", "--token", "at-whatever", "--timeout", "5",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"127.0.0.1:{port} refused the connection" in proc.stdout
+    assert "to:" not in proc.stdout
+    proc = mailoauth(
+        "check", "imap", "no-such-host.invalid", "--security", "ssl",
+        "--user", "me@example.test", "--token", "at-whatever", "--timeout", "5",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "'no-such-host.invalid' does not resolve" in proc.stdout
+
+
+# -- 2. a 404 from the token URL -------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_item_2_a_404_from_the_token_url_says_the_url_looks_wrong(
+    oauth: FakeOAuthServer,
+) -> None:
+    for url, base in ((oauth.base_url, True), (oauth.base_url + "/oauth/token2", False)):
+        provider = OAuth2TokenProvider(
+            url, RefreshTokenGrant("rt-whatever"), client_id="app", allow_insecure_http=True
+        )
+        async with provider:
+            with pytest.raises(PermanentTokenError) as info:
+                await provider.get_access_token()
+        message = str(info.value)
+        assert "HTTP 404 Not Found" in message and "the URL looks wrong" in message
+        assert "refused the grant" not in message
+        assert ("base URL, with no path" in message) is base
+        assert info.value.status_code == 404
+
+
+def test_item_2_login_says_the_token_url_looks_wrong(oauth: FakeOAuthServer) -> None:
+    # The device request works; the first poll of the (wrong) token URL gets a 404.
+    proc = mailoauth(
+        "login", "oauth2", "--device", "--client-id", "app", "--scope", "mail",
+        "--device-authorization-url", oauth.base_url + "/devicecode",
+        "--token-url", oauth.base_url + "/", "--timeout", "20",
+        "--store", os.devnull + ".none",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "the URL looks wrong" in proc.stderr and "base URL" in proc.stderr
+    assert "refused the grant" not in proc.stderr + proc.stdout
+
+
+# -- 6. --debug anywhere ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["first", "after the subcommand", "last"])
+def test_item_6_debug_works_wherever_it_is_placed(where: str, tmp_path: Path) -> None:
+    argv = ["token", "refresh", "--store", str(tmp_path / "none.json"), "missing"]
+    position = {"first": 0, "after the subcommand": 1, "last": len(argv)}[where]
+    proc = mailoauth(*argv[:position], "--debug", *argv[position:])
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "no stored credential 'missing'" in proc.stderr
+    assert "run with --debug" not in proc.stderr
+
+
+def test_item_6_every_failure_says_run_with_debug(tmp_path: Path) -> None:
+    # An error raised to the top...
+    proc = mailoauth("token", "refresh", "--store", str(tmp_path / "none.json"), "missing")
+    assert proc.returncode == 1 and "run with --debug" in proc.stderr
+    # ...and a failure the subcommand reports itself (check's ✗ step and diagnosis).
+    proc = mailoauth(
+        "check", "imap", "127.0.0.1", "--port", str(free_port()), "--security", "ssl",
+        "--user", "me@example.test", "--token", "at-whatever", "--timeout", "5",
+    )  # fmt: skip
+    assert proc.returncode == 1 and "run with --debug" in proc.stderr
+
+
+# -- 7. login --device -------------------------------------------------------------------
+
+
+def test_item_7_device_login_waits_only_once_there_is_a_code(oauth: FakeOAuthServer) -> None:
+    proc = mailoauth(
+        "login", "microsoft", "--device", "--client-id", "app",
+        "--authority", oauth.base_url + "/not-here", "--tenant", "contoso",
+        "--timeout", "20", "--store", os.devnull + ".none",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "waiting for the code" not in proc.stdout
+    assert "HTTP 404 Not Found" in proc.stderr and "the URL looks wrong" in proc.stderr
+    assert "refused the grant" not in proc.stderr
