@@ -144,7 +144,7 @@ class MicrosoftCloud:
 
     ``resource`` is the Exchange Online resource that the mail scopes are prefixed with;
     a host or the resource is None where Microsoft's documentation does not give it
-    (then pass ``scopes=`` or the host yourself).
+    (then pass ``scope=`` or the host yourself).
     """
 
     name: str

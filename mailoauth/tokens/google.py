@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailoauth._providers import GOOGLE_MAIL_SCOPE, GOOGLE_TOKEN_URL
+from mailoauth._util.deprecated import renamed_keyword
 from mailoauth._util.jsonfile import read_json_file
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import JwtBearerGrant, RefreshTokenGrant
@@ -66,7 +67,8 @@ class GoogleTokenProvider(OAuth2TokenProvider):
         info_or_path: Mapping[str, Any] | str | os.PathLike[str],
         *,
         subject: str | None = None,
-        scopes: str | Iterable[str] = (GOOGLE_MAIL_SCOPE,),
+        scope: str | Iterable[str] | None = None,
+        scopes: str | Iterable[str] | None = None,
         token_url: str | None = None,
         store: TokenStore | None = None,
         **options: Unpack[ProviderOptions],
@@ -75,10 +77,14 @@ class GoogleTokenProvider(OAuth2TokenProvider):
 
         ``info_or_path`` is the key's JSON (a dict) or the path of its file, with
         ``client_email``, ``private_key`` and ``token_uri``. ``subject`` is the user to
-        act as (domain-wide delegation, needed for Gmail). Raises
+        act as (domain-wide delegation, needed for Gmail); ``scope`` defaults to Gmail's
+        (``scopes=``, the old spelling, still works with a DeprecationWarning). Raises
         :class:`~mailoauth.errors.ConfigurationError` when the file or a field is missing
         or the key is unreadable, or ``cryptography`` is not installed.
         """
+        scope_arg = renamed_keyword(
+            "GoogleTokenProvider.from_service_account", "scope", scope, "scopes", scopes
+        )
         info = _load_info(info_or_path)
         missing = [name for name in _SERVICE_ACCOUNT_FIELDS if not isinstance(info.get(name), str)]
         if missing:
@@ -90,7 +96,7 @@ class GoogleTokenProvider(OAuth2TokenProvider):
         private_key: str = info["private_key"]
         key_id = info.get("private_key_id")
         load_rsa_private_key(private_key)  # fail now, not at the first refresh
-        scope = join_scopes(scopes) or GOOGLE_MAIL_SCOPE
+        joined = join_scopes(scope_arg) or GOOGLE_MAIL_SCOPE
         info_url = info.get("token_uri")
         url = token_url or (info_url if isinstance(info_url, str) else None) or GOOGLE_TOKEN_URL
 
@@ -99,7 +105,7 @@ class GoogleTokenProvider(OAuth2TokenProvider):
                 client_email=client_email,
                 private_key=private_key,
                 audience=audience,
-                scope=scope,
+                scope=joined,
                 now=now,
                 subject=subject,
                 key_id=key_id if isinstance(key_id, str) else None,
@@ -112,7 +118,7 @@ class GoogleTokenProvider(OAuth2TokenProvider):
             JwtBearerGrant(make_assertion, issuer=client_email, subject=subject),
             client_id=client_email,
             client_auth="none",
-            scope=scope,
+            scope=joined,
             store=store,
             **options,
         )

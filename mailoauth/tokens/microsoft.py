@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from mailoauth._providers import MS_CLOUDS, MS_OFFLINE_ACCESS, MicrosoftCloud
+from mailoauth._util.deprecated import renamed_keyword
 from mailoauth.errors import ConfigurationError
 from mailoauth.tokens.grants import (
     ClientCredentialsGrant,
@@ -77,7 +78,7 @@ def _delegated(preset: MicrosoftCloud, offline: bool) -> tuple[str, ...]:
     scopes = preset.delegated_scopes()
     if scopes is None:  # pragma: no cover - every preset has a resource today
         raise ConfigurationError(
-            f"no documented mail scope for the {preset.name!r} cloud: pass scopes="
+            f"no documented mail scope for the {preset.name!r} cloud: pass scope="
         )
     return (*scopes, MS_OFFLINE_ACCESS) if offline else scopes
 
@@ -86,7 +87,7 @@ def _app_only(preset: MicrosoftCloud) -> tuple[str, ...]:
     scope = preset.app_only_scope()
     if scope is None:  # pragma: no cover - every preset has a resource today
         raise ConfigurationError(
-            f"no documented app-only scope for the {preset.name!r} cloud: pass scopes="
+            f"no documented app-only scope for the {preset.name!r} cloud: pass scope="
         )
     return (scope,)
 
@@ -129,6 +130,7 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         password: str,
         *,
         tenant: str = "organizations",
+        scope: str | Iterable[str] | None = None,
         scopes: str | Iterable[str] | None = None,
         authority: str | None = None,
         cloud: str | MicrosoftCloud = "global",
@@ -140,16 +142,18 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         """The resource owner password credentials grant (no MFA; "Allow public client
         flows" must be on). Wrong credentials give PermanentTokenError (invalid_grant).
         ``cloud`` picks the sign-in authority and the default scopes (see
-        :func:`microsoft_cloud`); ``authority=`` and ``scopes=`` override it."""
+        :func:`microsoft_cloud`); ``authority=`` and ``scope=`` override it (``scopes=``, the old
+        spelling, still works with a DeprecationWarning)."""
         preset = microsoft_cloud(cloud)
-        scopes = _delegated(preset, offline=False) if scopes is None else scopes
+        scope = renamed_keyword("MicrosoftTokenProvider.ropc", "scope", scope, "scopes", scopes)
+        scope = _delegated(preset, offline=False) if scope is None else scope
         authority = authority or preset.authority
         return cls(
             token_url or microsoft_endpoint(authority, tenant),
             PasswordGrant(username, password),
             client_id=client_id,
             client_secret=client_secret,
-            scope=scopes,
+            scope=scope,
             store=store,
             **options,
         )
@@ -162,6 +166,7 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         *,
         tenant: str,
         certificate: tuple[str | bytes, str | bytes] | None = None,
+        scope: str | Iterable[str] | None = None,
         scopes: str | Iterable[str] | None = None,
         authority: str | None = None,
         cloud: str | MicrosoftCloud = "global",
@@ -174,7 +179,8 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         exactly one is given, for an unreadable key or certificate, or without the
         ``cryptography`` package, or for an unknown ``cloud``."""
         preset = microsoft_cloud(cloud)
-        scopes = _app_only(preset) if scopes is None else scopes
+        scope = renamed_keyword("MicrosoftTokenProvider.client_credentials", "scope", scope, "scopes", scopes)
+        scope = _app_only(preset) if scope is None else scope
         authority = authority or preset.authority
         if (client_secret is None) == (certificate is None):
             raise ConfigurationError(
@@ -202,7 +208,7 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
             client_id=client_id,
             client_secret=client_secret,
             client_assertion=assertion,
-            scope=scopes,
+            scope=scope,
             store=store,
             **options,
         )
@@ -214,6 +220,7 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         refresh_token: str,
         *,
         tenant: str = "common",
+        scope: str | Iterable[str] | None = None,
         scopes: str | Iterable[str] | None = None,
         authority: str | None = None,
         cloud: str | MicrosoftCloud = "global",
@@ -226,14 +233,15 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         then on and saved to ``store`` (pass one, or the newest token is lost at exit).
         ``cloud`` as for :meth:`ropc`."""
         preset = microsoft_cloud(cloud)
-        scopes = _delegated(preset, offline=True) if scopes is None else scopes
+        scope = renamed_keyword("MicrosoftTokenProvider.refresh_token", "scope", scope, "scopes", scopes)
+        scope = _delegated(preset, offline=True) if scope is None else scope
         authority = authority or preset.authority
         return cls(
             token_url or microsoft_endpoint(authority, tenant),
             RefreshTokenGrant(refresh_token),
             client_id=client_id,
             client_secret=client_secret,
-            scope=scopes,
+            scope=scope,
             store=store,
             **options,
         )
@@ -244,6 +252,7 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         client_id: str,
         *,
         tenant: str = "organizations",
+        scope: str | Iterable[str] | None = None,
         scopes: str | Iterable[str] | None = None,
         on_prompt: PromptCallback | None = None,
         authority: str | None = None,
@@ -259,7 +268,8 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         print to stderr); later refreshes use the refresh token it brings. ``account``
         names the user in the store key. ``cloud`` as for :meth:`ropc`."""
         preset = microsoft_cloud(cloud)
-        scopes = _delegated(preset, offline=True) if scopes is None else scopes
+        scope = renamed_keyword("MicrosoftTokenProvider.device_code", "scope", scope, "scopes", scopes)
+        scope = _delegated(preset, offline=True) if scope is None else scope
         authority = authority or preset.authority
         grant = DeviceCodeGrant(
             device_authorization_url or microsoft_endpoint(authority, tenant, "devicecode"),
@@ -271,7 +281,7 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
             token_url or microsoft_endpoint(authority, tenant),
             grant,
             client_id=client_id,
-            scope=scopes,
+            scope=scope,
             store=store,
             **options,
         )

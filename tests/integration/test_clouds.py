@@ -76,9 +76,9 @@ def test_one_argument_picks_the_authority_and_scopes_of_every_flow() -> None:
         "https://outlook-dod.office365.us/SMTP.Send",
         MS_OFFLINE_ACCESS,
     ]
-    # authority= and scopes= still override the cloud, and the default is global.
+    # authority= and scope= still override the cloud, and the default is global.
     custom = MicrosoftTokenProvider.refresh_token(
-        "cid", "rt", cloud="china", authority="https://login.example", scopes="x"
+        "cid", "rt", cloud="china", authority="https://login.example", scope="x"
     )
     assert custom.token_url.startswith("https://login.example/") and custom.scope == "x"
     assert MicrosoftTokenProvider.refresh_token("cid", "rt").token_url.startswith(

@@ -506,8 +506,8 @@ async def test_microsoft_keeps_asking_for_offline_access() -> None:
     with FakeOAuthServer(grantable_scopes="https://outlook.office.com/IMAP.AccessAsUser.All") as ms:
         rt = ms.issue_refresh_token("u")
         provider = MicrosoftTokenProvider.refresh_token(
-            "app", rt, scopes=("https://outlook.office.com/IMAP.AccessAsUser.All",
-                               "offline_access"),
+            "app", rt, scope=("https://outlook.office.com/IMAP.AccessAsUser.All",
+                              "offline_access"),
             token_url=ms.token_url, sleep=Sleeps(),
         )  # fmt: skip
         async with provider:
