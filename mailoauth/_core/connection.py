@@ -95,16 +95,33 @@ def map_io_errors(what: str, host: str, port: int) -> Iterator[None]:
     except TimeoutError as exc:
         raise MailTimeoutError(f"timed out {what} {where}; the connection was closed") from exc
     except (ssl.SSLCertVerificationError, ssl.CertificateError) as exc:
-        raise TLSError(
-            f"certificate of {where} could not be verified ({exc}); if the server uses a "
-            f"private CA, pass ssl_context= trusting it"
-        ) from exc
+        raise TLSError(_certificate_text(exc, where)) from exc
     except ssl.SSLError as exc:
         raise TLSError(f"TLS failed while {what} {where}: {exc}") from exc
     except ConnectionError as exc:
         raise ConnectionLostError(_os_error_text(exc, what, host, port)) from exc
     except OSError as exc:
         raise MailConnectionError(_os_error_text(exc, what, host, port)) from exc
+
+
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in it.
+_HOSTNAME_MISMATCH: Final = 62
+
+
+def _certificate_text(exc: ValueError, where: str) -> str:
+    """Why the certificate failed: a name mismatch is named as one (a trusted
+    certificate issued for other names, which no ssl_context= fixes)."""
+    reason = getattr(exc, "verify_message", None) or str(exc)
+    if getattr(exc, "verify_code", None) == _HOSTNAME_MISMATCH:
+        return (
+            f"the certificate of {where} is trusted but not issued for the host name "
+            f"asked for ({reason}): connect with a name the certificate holds; trusting "
+            f"another CA (ssl_context=, --cafile) does not fix a name mismatch"
+        )
+    return (
+        f"the certificate of {where} could not be verified ({reason}); if the server "
+        f"uses a private CA, pass ssl_context= trusting it"
+    )
 
 
 def _os_error_text(exc: OSError, what: str, host: str, port: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from mailoauth.errors import (
     AuthenticationError,
     ConfigurationError,
     MailOAuthError,
+    TLSError,
     TokenExpiredError,
 )
 from mailoauth.imap.client import ImapClient
@@ -302,7 +304,11 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
                 text = "NOOP accepted"
             out.ok(step, text, timer)
     except (MailOAuthError, OSError) as exc:
-        _report_failure(out, step, exc, diagnose.situation_from_error(exc, situation))
+        situation = diagnose.situation_from_error(exc, situation)
+        if _hostname_mismatch(exc):
+            names = await _certificate_names(args, port, plan.implicit_tls, plan.starttls)
+            situation = replace(situation, certificate_names=tuple(names))
+        _report_failure(out, step, exc, situation)
         return 1
     finally:
         if source is not None and not isinstance(source.token, AccessToken):
@@ -311,6 +317,41 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
                 await aclose()
     out.line(f"{out.ok_mark} all steps passed")
     return 0
+
+
+def _hostname_mismatch(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(exc, TLSError) and isinstance(cause, ssl.SSLCertVerificationError) and (
+        cause.verify_code == _X509_V_ERR_HOSTNAME_MISMATCH
+    )
+
+
+#: OpenSSL's verify code for a trusted certificate that does not hold the host name.
+_X509_V_ERR_HOSTNAME_MISMATCH = 62
+
+
+async def _certificate_names(
+    args: argparse.Namespace, port: int, implicit_tls: bool, starttls: bool
+) -> list[str]:
+    """The names the server's certificate holds, read on a connection of its own that
+    verifies the chain but not the name (nothing is sent but the probe's commands)."""
+    ctx = create_ssl_context(cafile=args.cafile)
+    ctx.check_hostname = False
+    try:
+        result = await probe(
+            args.protocol,
+            args.host,
+            port,
+            implicit_tls=implicit_tls,
+            starttls=starttls,
+            ssl_context=ctx,
+            timeout=args.timeout,
+            on_step=lambda *_: None,
+            dialer=ProxyDialer(args.proxy) if args.proxy else None,
+        )
+    except (MailOAuthError, OSError):
+        return []
+    return result.certificate_names
 
 
 def _shared_mailbox_note(protocol: str, mailbox: str, account: str | None) -> str:

@@ -90,6 +90,8 @@ class Situation:
     oauth_description: str | None = None
     greeting: str = ""
     """The server's greeting: names Exchange or Gmail when the host name does not."""
+    certificate_names: tuple[str, ...] = ()
+    """The names the server's certificate holds, when its name did not match."""
 
 
 def situation_from_error(exc: BaseException, base: Situation) -> Situation:
@@ -338,6 +340,13 @@ def _invalid_client(s: Situation) -> str | None:
 def _certificate(s: Situation) -> str | None:
     if s.kind != "tls" or "certificate" not in s.message.lower():
         return None
+    if s.certificate_names or "not issued for the host name" in s.message:
+        held = ", ".join(s.certificate_names) or "other names"
+        return (
+            f"the certificate is trusted, but it is issued for {held}, not for "
+            f"{s.host or 'the host name given'}: connect with one of the names it holds "
+            f"(--cafile does not fix a name mismatch)"
+        )
     return (
         f"the certificate of {s.host or 'the server'} could not be verified against the "
         f"system's trusted CAs. If the server uses a private or test CA, pass its "

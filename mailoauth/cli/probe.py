@@ -45,6 +45,8 @@ class ProbeResult:
     cipher: str | None = None
     mechanisms: list[str] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=list)
+    certificate_names: list[str] = field(default_factory=list)
+    """The DNS names and IP addresses the server's certificate holds."""
 
 
 class _Lines:
@@ -108,6 +110,11 @@ def _record_tls(conn: Connection, result: ProbeResult) -> None:
         result.tls_version = ssl_object.version()
         cipher = ssl_object.cipher()
         result.cipher = cipher[0] if cipher else None
+        cert = ssl_object.getpeercert() or {}
+        names = [str(v) for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")]
+        result.certificate_names = names or [
+            str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"
+        ]
 
 
 async def probe(
