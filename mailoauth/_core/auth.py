@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mailoauth._core.scrub import Scrubber
 from mailoauth._providers import AUTH_FAILURE_HINTS, auth_failure_hint
+from mailoauth._util.text import looks_like_token, shown
 from mailoauth.errors import AuthenticationError, TokenExpiredError
 from mailoauth.sasl import MECHANISMS, ErrorChallenge, Mechanism, create_mechanism
 from mailoauth.tokens.access_token import AccessToken
@@ -124,7 +125,9 @@ async def authenticate(
         mech = create_mechanism(mechanism, username, token.value, host=host, port=port)
         # A server may echo what it was sent: nothing of the token may reach a message
         # or a log through its reply (see mailoauth/_core/scrub.py).
-        scrubber = Scrubber(token.value, mech.initial_response())
+        # A username that looks like a token (the two swapped) is scrubbed as one.
+        extra = (username,) if looks_like_token(username) else ()
+        scrubber = Scrubber(token.value, mech.initial_response(), *extra)
         with scrubber.active():
             outcome = await exchange(mech)
             outcome = _scrubbed(outcome, scrubber)
@@ -148,7 +151,7 @@ async def authenticate(
                 protocol.upper(),
                 host,
                 port,
-                username,
+                shown(username, "username"),
                 outcome.reply,
                 detail,
             )
@@ -157,8 +160,9 @@ async def authenticate(
             except TokenExpiredError as exc:
                 raise AuthenticationError(
                     f"the {protocol.upper()} server {host}:{port} rejected the access token "
-                    f"for {username} ({outcome.reply!r}{detail}) and a bare token cannot be "
-                    f"refreshed; pass a TokenProvider (e.g. GoogleTokenProvider) instead",
+                    f"for {shown(username, 'username')} ({outcome.reply!r}{detail}) and a bare "
+                    f"token cannot be refreshed; pass a TokenProvider (e.g. "
+                    f"GoogleTokenProvider) instead",
                     server_reply=outcome.reply,
                     challenge=outcome.challenge,
                     mechanism=mechanism,
@@ -167,7 +171,8 @@ async def authenticate(
                 ) from exc
             continue
         raise AuthenticationError(
-            f"the {protocol.upper()} server {host}:{port} rejected the token for {username} "
+            f"the {protocol.upper()} server {host}:{port} rejected the token for "
+            f"{shown(username, 'username')} "
             f"twice, the second time just after a refresh ({outcome.reply!r}{detail}); "
             f"{auth_failure_hint(protocol, outcome.reply, host)}",
             server_reply=outcome.reply,

@@ -31,6 +31,7 @@ from mailoauth._core.settings import (
     ConnectionSettings,
     check_login_name,
 )
+from mailoauth._util.text import refuse_swapped, shown
 from mailoauth.errors import MailTimeoutError, _NotOpenError
 from mailoauth.security import SecurityOptions, TransportPlan
 from mailoauth.tokens.access_token import AccessToken, TokenProvider
@@ -74,6 +75,7 @@ class BaseClient:
         form (see :func:`~mailoauth._core.settings.check_login_name`; the rest was
         checked by ``settings``)."""
         check_login_name(username)
+        refuse_swapped(username, token)
         self.settings = settings
         self.username = username
         self._configured_plan = settings.plan
@@ -313,6 +315,6 @@ class BaseClient:
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self.username}@{self.host}:{self.port} "
+            f"<{type(self).__name__} {shown(self.username, 'username')}@{self.host}:{self.port} "
             f"security={self.security.name}>"
         )

@@ -23,8 +23,8 @@ Foreign exceptions are mapped onto :mod:`mailoauth.errors` here, at the I/O boun
 from __future__ import annotations
 
 import asyncio
-import errno
 import collections
+import errno
 import logging
 import re
 import socket

@@ -98,7 +98,7 @@ class DirectDialer:
             return DialResult(sock)
         if last is None:  # getaddrinfo returned nothing (it normally raises instead)
             raise OSError(f"{host} resolved to no address")
-        raise OSError(last.errno, '; '.join(errors))
+        raise OSError(last.errno, "; ".join(errors))
 
     def __repr__(self) -> str:
         return "DirectDialer()"

@@ -17,7 +17,7 @@ from mailoauth._core.auth import choose_mechanism
 from mailoauth._core.dialer import Dialer
 from mailoauth._core.proxy import ProxyDialer, ProxyURL, proxy_from_environment
 from mailoauth._providers import MS_SHARED_MAILBOX_HINT
-from mailoauth._util.text import refuse_controls
+from mailoauth._util.text import looks_like_token, refuse_controls, shown
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions, TransportPlan, plan_transport
 
@@ -107,6 +107,12 @@ class ConnectionSettings:
 
     def __post_init__(self) -> None:
         host, port = self.host, self.port
+        if isinstance(host, str) and looks_like_token(host):
+            raise ConfigurationError(
+                "the host looks like an access token, not a host name (so it is not "
+                "shown): is the token in the host's place? The order is (host, port, "
+                "username, token, security)"
+            )
         if not isinstance(host, str) or not host or " " in refuse_controls(host, "host"):
             raise ConfigurationError(f"host {host!r} is not a valid host name")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -197,9 +203,10 @@ def check_login_name(username: object) -> str:
     if "\\" in username:
         delegate, _, mailbox = username.rpartition("\\")
         raise ConfigurationError(
-            f"username '{username}' has the basic-auth form 'delegate\\shared' "
-            f"(user\\alias), which OAuth servers refuse: use username={mailbox!r} (the "
-            f"mailbox to open, as its full address) with the token of {delegate!r}; "
+            f"username '{shown(username, 'username')}' has the basic-auth form "
+            f"'delegate\\shared' (user\\alias), which OAuth servers refuse: use "
+            f"username='{shown(mailbox, 'mailbox')}' (the mailbox to open, as its full "
+            f"address) with the token of '{shown(delegate, 'delegate')}'; "
             f"{MS_SHARED_MAILBOX_HINT}"
         )
     return username

@@ -14,7 +14,7 @@ import textwrap
 import traceback
 from collections.abc import Sequence
 
-from mailoauth._util.text import escape_controls
+from mailoauth._util.text import escape_controls, hide_tokens
 from mailoauth.errors import MailOAuthError
 
 __all__ = ["build_parser", "main"]
@@ -69,8 +69,9 @@ def render_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, MailOAuthError):
         text = f"{exc.strerror or text}" + (f": {exc.filename}" if exc.filename else "")
-    # The message may quote server text: show its control characters, never obey them.
-    text = escape_controls(text)
+    # The message may quote server text: show its control characters, never obey them;
+    # and a token given in the wrong slot is never printed.
+    text = hide_tokens(escape_controls(text))
     return textwrap.fill(f"mailoauth: error: {text}", width=100, break_on_hyphens=False)
 
 

@@ -321,8 +321,10 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
 
 def _hostname_mismatch(exc: BaseException) -> bool:
     cause = exc.__cause__
-    return isinstance(exc, TLSError) and isinstance(cause, ssl.SSLCertVerificationError) and (
-        cause.verify_code == _X509_V_ERR_HOSTNAME_MISMATCH
+    return (
+        isinstance(exc, TLSError)
+        and isinstance(cause, ssl.SSLCertVerificationError)
+        and (cause.verify_code == _X509_V_ERR_HOSTNAME_MISMATCH)
     )
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from mailoauth._util.text import escape_controls
+from mailoauth._util.text import escape_controls, hide_tokens
 
 __all__ = ["REDACT_KEEP", "Printer", "Timer", "print_diagnosis", "redact", "relative_time"]
 
@@ -100,8 +100,9 @@ class Printer:
 
     def line(self, text: str = "") -> None:
         """Print ``text`` as exactly one line: control characters (ESC, CR, LF, C1,
-        bidirectional overrides) are shown escaped, never acted on."""
-        print(escape_controls(text), file=self.stream, flush=True)
+        bidirectional overrides) are shown escaped, never acted on, and whatever looks
+        like a token, in whatever slot it came, is cut to six characters."""
+        print(hide_tokens(escape_controls(text)), file=self.stream, flush=True)
 
     def _step(self, mark: str, label: str, text: str, timer: Timer | None) -> None:
         timing = f" in {timer.text()}" if timer is not None else ""

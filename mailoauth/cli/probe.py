@@ -14,6 +14,7 @@ import contextlib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailoauth._core.connection import Connection
 from mailoauth._core.dialer import Dialer
@@ -110,10 +111,17 @@ def _record_tls(conn: Connection, result: ProbeResult) -> None:
         result.tls_version = ssl_object.version()
         cipher = ssl_object.cipher()
         result.cipher = cipher[0] if cipher else None
-        cert = ssl_object.getpeercert() or {}
-        names = [str(v) for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")]
+        cert: dict[str, Any] = dict(ssl_object.getpeercert() or {})
+        names = [
+            str(pair[1])
+            for pair in cert.get("subjectAltName", ())
+            if pair[0] in ("DNS", "IP Address")
+        ]
         result.certificate_names = names or [
-            str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"
+            str(pair[1])
+            for rdn in cert.get("subject", ())
+            for pair in rdn
+            if pair[0] == "commonName"
         ]
 
 

@@ -179,7 +179,9 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         exactly one is given, for an unreadable key or certificate, or without the
         ``cryptography`` package, or for an unknown ``cloud``."""
         preset = microsoft_cloud(cloud)
-        scope = renamed_keyword("MicrosoftTokenProvider.client_credentials", "scope", scope, "scopes", scopes)
+        scope = renamed_keyword(
+            "MicrosoftTokenProvider.client_credentials", "scope", scope, "scopes", scopes
+        )
         scope = _app_only(preset) if scope is None else scope
         authority = authority or preset.authority
         if (client_secret is None) == (certificate is None):
@@ -233,7 +235,9 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         then on and saved to ``store`` (pass one, or the newest token is lost at exit).
         ``cloud`` as for :meth:`ropc`."""
         preset = microsoft_cloud(cloud)
-        scope = renamed_keyword("MicrosoftTokenProvider.refresh_token", "scope", scope, "scopes", scopes)
+        scope = renamed_keyword(
+            "MicrosoftTokenProvider.refresh_token", "scope", scope, "scopes", scopes
+        )
         scope = _delegated(preset, offline=True) if scope is None else scope
         authority = authority or preset.authority
         return cls(
@@ -268,7 +272,9 @@ class MicrosoftTokenProvider(OAuth2TokenProvider):
         print to stderr); later refreshes use the refresh token it brings. ``account``
         names the user in the store key. ``cloud`` as for :meth:`ropc`."""
         preset = microsoft_cloud(cloud)
-        scope = renamed_keyword("MicrosoftTokenProvider.device_code", "scope", scope, "scopes", scopes)
+        scope = renamed_keyword(
+            "MicrosoftTokenProvider.device_code", "scope", scope, "scopes", scopes
+        )
         scope = _delegated(preset, offline=True) if scope is None else scope
         authority = authority or preset.authority
         grant = DeviceCodeGrant(

@@ -15,16 +15,26 @@ from pathlib import Path
 
 import pytest
 
-from mailoauth import ImapClient, SecurityOptions
-from mailoauth.errors import MailConnectionError, PermanentTokenError
+from mailoauth import ImapClient, Pop3Client, SecurityOptions, SmtpClient
+from mailoauth.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    MailConnectionError,
+    PermanentTokenError,
+    TLSError,
+    UsageError,
+)
 from mailoauth.testing.oauth_server import FakeOAuthServer
+from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant
 
 #: Seconds any one command may take.
 COMMAND_TIMEOUT = 60
 
 
-def mailoauth(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def mailoauth(
+    *argv: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m mailoauth ARGV``: what a user types."""
     return subprocess.run(
         [sys.executable, "-m", "mailoauth", *argv],
@@ -48,6 +58,17 @@ def free_port() -> int:
 def oauth() -> Iterator[FakeOAuthServer]:
     with FakeOAuthServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[MailSandbox]:
+    with MailSandbox() as box:
+        yield box
+
+
+#: A name for 127.0.0.1 that the sandbox's certificate (localhost, 127.0.0.1, ::1)
+#: does not hold.
+OTHER_NAME = "127.1"
 
 
 # -- 1. a refused connection ----------------------------------------------------------
@@ -157,3 +178,109 @@ def test_item_7_device_login_waits_only_once_there_is_a_code(oauth: FakeOAuthSer
     assert "waiting for the code" not in proc.stdout
     assert "HTTP 404 Not Found" in proc.stderr and "the URL looks wrong" in proc.stderr
     assert "refused the grant" not in proc.stderr
+
+
+# -- 8. a certificate for other names ----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_item_8_a_name_mismatch_is_named_even_with_an_ssl_context(
+    sandbox: MailSandbox,
+) -> None:
+    user = sandbox.user("mismatch@example.test")
+    client = ImapClient(
+        OTHER_NAME, sandbox.imap.tls_port, user.username, user.access_token(),
+        ssl_context=sandbox.ca.client_context(), timeout=5,
+    )  # fmt: skip
+    with pytest.raises(TLSError) as info:
+        async with client:
+            pass
+    message = str(info.value)
+    assert "not issued for the host name" in message and repr(OTHER_NAME) in message
+    assert "pass ssl_context=" not in message
+
+
+def test_item_8_check_names_what_the_certificate_holds(sandbox: MailSandbox) -> None:
+    user = sandbox.user("mismatch-cli@example.test")
+    proc = mailoauth(
+        "check", "imap", OTHER_NAME, "--port", str(sandbox.imap.tls_port), "--security", "ssl",
+        "--cafile", str(sandbox.ca.files.ca), "--user", user.username,
+        "--token", user.access_token(), "--timeout", "5",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "✗ TLS" in proc.stdout
+    assert f"issued for localhost, 127.0.0.1, 0:0:0:0:0:0:0:1, not for {OTHER_NAME}" in proc.stdout
+    assert "pass ssl_context=" not in proc.stdout
+
+
+# -- 10. used before connect() -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_item_10_every_client_says_connect_first_and_async_with_works(
+    sandbox: MailSandbox,
+) -> None:
+    user = sandbox.user("early@example.test")
+    ctx = sandbox.ca.client_context()
+    imap = ImapClient(
+        "127.0.0.1", sandbox.imap.tls_port, user.username, user.access_token(), ssl_context=ctx
+    )
+    pop = Pop3Client(
+        "127.0.0.1", sandbox.pop3.tls_port, user.username, user.access_token(), ssl_context=ctx
+    )
+    smtp = SmtpClient(
+        "127.0.0.1", sandbox.smtp.tls_port, user.username, user.access_token(),
+        SecurityOptions.SSL_IMPLICIT, ssl_context=ctx,
+    )  # fmt: skip
+    for call in (imap.select("INBOX"), pop.stat(), smtp.noop()):
+        with pytest.raises(UsageError, match=r"connect\(\) first"):
+            await call
+    # SMTP's old habit of connecting by itself still works, with a DeprecationWarning.
+    with pytest.warns(DeprecationWarning, match="will raise UsageError"):
+        await smtp.sendmail(user.username, [user.username], b"Subject: early\r\n\r\nx\r\n")
+    await smtp.aclose()
+    async with imap, pop, smtp:
+        assert (await imap.select("INBOX")).exists == 1
+        assert (await pop.stat()).count == 1
+        await smtp.noop()
+    for call in (imap.select("INBOX"), pop.stat(), smtp.noop()):
+        with pytest.raises(UsageError):
+            await call
+
+
+# -- 3. username and token swapped ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_item_3_a_token_in_the_username_slot_is_never_printed(sandbox: MailSandbox) -> None:
+    user = sandbox.user("swapped@example.test")
+    token = user.access_token()
+    # Swapped: refused before anything is sent, naming neither.
+    with pytest.raises(ConfigurationError, match="seem swapped") as swapped:
+        ImapClient("127.0.0.1", sandbox.imap.tls_port, token, user.username)
+    assert token not in str(swapped.value)
+    # A token as the username, another as the token: the server's refusal hides it.
+    other = sandbox.user("other@example.test").access_token()
+    client = ImapClient(
+        "127.0.0.1", sandbox.imap.tls_port, token, other,
+        ssl_context=sandbox.ca.client_context(), timeout=5,
+    )  # fmt: skip
+    assert token not in repr(client)
+    with pytest.raises(AuthenticationError) as info:
+        async with client:
+            pass
+    assert token not in str(info.value) and "username, not shown" in str(info.value)
+
+
+def test_item_3_the_command_prints_no_token_from_any_slot(sandbox: MailSandbox) -> None:
+    user = sandbox.user("swapped-cli@example.test")
+    token = user.access_token()
+    for user_arg, token_arg in ((token, user.username), (token, user.access_token())):
+        proc = mailoauth(
+            "check", "imap", "127.0.0.1", "--port", str(sandbox.imap.tls_port),
+            "--security", "ssl", "--cafile", str(sandbox.ca.files.ca),
+            "--user", user_arg, "--token", token_arg, "--timeout", "5",
+        )  # fmt: skip
+        assert proc.returncode == 1
+        assert token not in proc.stdout + proc.stderr
+    assert "username, not shown" in proc.stdout  # the refusal (✗ AUTH) of the last one

@@ -37,7 +37,9 @@ def test_item_9_scope_is_one_spelling_and_scopes_is_deprecated() -> None:
         ]
     for provider in providers:
         assert provider.store_key.endswith("|a b")
-    with pytest.warns(DeprecationWarning, match=r"refresh_token\(scopes=...\) is deprecated") as rec:
+    with pytest.warns(
+        DeprecationWarning, match=r"refresh_token\(scopes=...\) is deprecated"
+    ) as rec:
         old = MicrosoftTokenProvider.refresh_token("app", "rt", scopes=["a", "b"])
     assert rec[0].filename == __file__  # points at the caller's line
     assert old.store_key == providers[2].store_key
@@ -46,3 +48,48 @@ def test_item_9_scope_is_one_spelling_and_scopes_is_deprecated() -> None:
     assert google.store_key.endswith("|a b")
     with pytest.raises(TypeError, match="both scope= and"):
         MicrosoftTokenProvider.ropc("app", "u", "pw", scope="a", scopes="b")
+
+
+# -- 3. nothing that looks like a token is printed, whatever slot it came in -----------------
+
+TOKENS = (
+    "ya29.a0AfH6SMBx3kq-Jz_8vV0nTq2Lw9YpR4cE",  # Google's shape
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2ln",  # a JWT
+    "1//0gLr4bG9x7Yq2Wk8Zt-Lp3Qm5Nv6Rs1Ju0Ih9Gf",  # a Google refresh token's shape
+    "at-8BqdcM1jfgG_f_I8yyz1Xj0E82XWtZes",  # the sandbox's
+)
+NOT_TOKENS = (
+    "outlook.office365.com",
+    "Outlook.Office365.com",
+    "user1@gmail.com",
+    "9e5f94bc-e8a4-4e73-b8be-63364c29d753",  # a client or tenant id
+    "deadbeefdeadbeefdeadbeefdeadbeef",
+    "IMAP.AccessAsUser.All",
+    "test_item_6_debug_works_wherever_it_0",
+    "support\\shared",
+)
+
+
+def test_item_3_one_token_test_hides_tokens_in_any_slot() -> None:
+    from mailoauth._core.settings import ConnectionSettings
+    from mailoauth._util.text import hide_tokens, looks_like_token, shown
+    from mailoauth.errors import ConfigurationError
+    from mailoauth.imap.client import ImapClient
+
+    assert all(looks_like_token(t) for t in TOKENS)
+    assert not any(looks_like_token(v) for v in NOT_TOKENS)
+    for token in TOKENS:
+        assert token not in shown(token, "username")
+        line = hide_tokens(f"logged in as {token} (at {token}): fine")
+        assert token not in line and "…" in line
+        # Swapped username and token: refused, neither echoed.
+        with pytest.raises(ConfigurationError, match="seem swapped") as info:
+            ImapClient("imap.gmail.com", 993, token, "me@gmail.com")
+        assert token not in str(info.value) and "me@gmail.com" not in str(info.value)
+        with pytest.raises(ConfigurationError, match="host looks like an access token") as info:
+            ConnectionSettings(token, 993)
+        assert token not in str(info.value)
+    for value in NOT_TOKENS:
+        assert shown(value, "username") == value
+    url = "https://h.example/auth?code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert hide_tokens(f"open {url}") == f"open {url}"  # a URL to open stays whole
