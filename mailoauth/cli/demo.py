@@ -217,8 +217,8 @@ async def _story(sb: MailSandbox, out: Printer) -> None:
             timer,
         )
         out.detail(
-            f"one token served all three sessions: {sb.oauth.stats.token_requests} token "
-            f"requests so far (one for alice, one for bob)"
+            f"one token per user, shared by that user's sessions (alice's: SMTP; bob's: "
+            f"IMAP and POP3): {sb.oauth.stats.token_requests} token requests so far"
         )
         await _expiry(sb, out, bob)
         await _revoke(sb, out, bob, bob_tokens)

@@ -284,3 +284,18 @@ def test_item_3_the_command_prints_no_token_from_any_slot(sandbox: MailSandbox) 
         assert proc.returncode == 1
         assert token not in proc.stdout + proc.stderr
     assert "username, not shown" in proc.stdout  # the refusal (✗ AUTH) of the last one
+
+
+# -- 13. the demo says what happened ----------------------------------------------------------
+
+
+def test_item_13_the_demo_says_which_token_served_which_session() -> None:
+    proc = mailoauth("demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "all three sessions" not in proc.stdout
+    # SMTP logged in as alice, IMAP and POP3 as bob: one token request each.
+    assert "alice@example.test → bob@example.test" in proc.stdout
+    assert (
+        "one token per user, shared by that user's sessions (alice's: SMTP; bob's: IMAP "
+        "and POP3): 2 token requests so far"
+    ) in proc.stdout
