@@ -21,6 +21,11 @@ Fixtures:
 - ``mailoauth_provider``: an :class:`~mailoauth.OAuth2TokenProvider` for that user.
 - ``mailoauth_smtp`` / ``mailoauth_imap`` / ``mailoauth_pop3``: connected clients.
 
+pytest-asyncio's ``asyncio_default_fixture_loop_scope`` is set to ``function`` (what
+these fixtures need) unless your configuration sets it, so a new project gets no
+warning about it; to choose yourself, put it in your ``pytest.ini``
+(``asyncio_default_fixture_loop_scope = function``).
+
 Choose the provider the servers imitate with a marker::
 
     @pytest.mark.mailoauth(personality="office365")
@@ -32,7 +37,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import httpx
 import pytest
@@ -70,7 +75,20 @@ DEFAULT_USER = "alice@example.test"
 _Client = TypeVar("_Client", SmtpClient, ImapClient, Pop3Client)
 
 
+#: The pytest-asyncio setting the plugin's fixtures need (each runs in its test's loop),
+#: and the value it takes unless the project's own configuration sets one.
+LOOP_SCOPE_OPTION: Final = "asyncio_default_fixture_loop_scope"
+LOOP_SCOPE_DEFAULT: Final = "function"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # Before pytest-asyncio reads it: unset, it warns (PytestDeprecationWarning) in every
+    # new project that installs the plugin. A value the project sets is kept.
+    if not config.getini(LOOP_SCOPE_OPTION):
+        inicache = getattr(config, "_inicache", None)
+        if isinstance(inicache, dict):
+            inicache[LOOP_SCOPE_OPTION] = LOOP_SCOPE_DEFAULT
     config.addinivalue_line(
         "markers",
         "mailoauth(personality='gmail'|'office365'|'rfc', access_token_lifetime=3600, "
