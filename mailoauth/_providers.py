@@ -37,6 +37,7 @@ __all__ = [
     "AADSTS_REFRESH_TOKEN_EXPIRED",
     "APP_ONLY_ROLES",
     "AUTH_FAILURE_HINTS",
+    "CHECK_NAMES_THE_FIX",
     "DELEGATED_PERMISSIONS",
     "DIAGNOSES",
     "EXCHANGE_BARE_REFUSAL",
@@ -679,6 +680,10 @@ EXCHANGE_BARE_REFUSAL: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
+#: Where a library hint sends its reader for the fixes (the command shows them below).
+CHECK_NAMES_THE_FIX: Final = " (mailoauth check names the fix for each)"
+
+
 def auth_failure_hint(protocol: str, reply: str, host: str = "") -> str:
     """What to check when a mail server rejected a token with ``reply``: the table's
     entries named by the reply (5.7.139, LogonDenied, ...), else the general hint for
@@ -694,6 +699,6 @@ def auth_failure_hint(protocol: str, reply: str, host: str = "") -> str:
             hint += (
                 ". Exchange Online gives the same answer when "
                 + "; or when ".join(causes)
-                + " (mailoauth check names the fix for each)"
+                + CHECK_NAMES_THE_FIX
             )
     return hint

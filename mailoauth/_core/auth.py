@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Final
 
 from mailoauth._core.scrub import Scrubber
 from mailoauth._providers import AUTH_FAILURE_HINTS, auth_failure_hint
@@ -21,9 +22,12 @@ from mailoauth.sasl import MECHANISMS, ErrorChallenge, Mechanism, create_mechani
 from mailoauth.tokens.access_token import AccessToken
 from mailoauth.tokens.manager import TokenManager
 
-__all__ = ["SaslExchange", "SaslOutcome", "authenticate", "choose_mechanism"]
+__all__ = ["BARE_TOKEN_FIX", "SaslExchange", "SaslOutcome", "authenticate", "choose_mechanism"]
 
 log = logging.getLogger("mailoauth.auth")
+
+#: The fix for a rejected bare token, in the library's words (the command has its own).
+BARE_TOKEN_FIX: Final = "pass a TokenProvider (e.g. GoogleTokenProvider) instead"
 
 
 @dataclass(frozen=True)
@@ -161,8 +165,7 @@ async def authenticate(
                 raise AuthenticationError(
                     f"the {protocol.upper()} server {host}:{port} rejected the access token "
                     f"for {shown(username, 'username')} ({outcome.reply!r}{detail}) and a bare "
-                    f"token cannot be refreshed; pass a TokenProvider (e.g. "
-                    f"GoogleTokenProvider) instead",
+                    f"token cannot be refreshed; {BARE_TOKEN_FIX}",
                     server_reply=outcome.reply,
                     challenge=outcome.challenge,
                     mechanism=mechanism,

@@ -104,6 +104,8 @@ def map_io_errors(what: str, host: str, port: int) -> Iterator[None]:
         raise MailConnectionError(_os_error_text(exc, what, host, port)) from exc
 
 
+#: The fix for an unverified certificate, in the library's words (the command has its own).
+PRIVATE_CA_FIX: Final = "if the server uses a private CA, pass ssl_context= trusting it"
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in it.
 _HOSTNAME_MISMATCH: Final = 62
 
@@ -118,10 +120,7 @@ def _certificate_text(exc: ValueError, where: str) -> str:
             f"asked for ({reason}): connect with a name the certificate holds; trusting "
             f"another CA (ssl_context=, --cafile) does not fix a name mismatch"
         )
-    return (
-        f"the certificate of {where} could not be verified ({reason}); if the server "
-        f"uses a private CA, pass ssl_context= trusting it"
-    )
+    return f"the certificate of {where} could not be verified ({reason}); {PRIVATE_CA_FIX}"
 
 
 def _os_error_text(exc: OSError, what: str, host: str, port: int) -> str:

@@ -66,7 +66,9 @@ def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def render_error(exc: BaseException) -> str:
     """One paragraph for ``exc``, wrapped for a terminal."""
-    text = str(exc).strip() or type(exc).__name__
+    from mailoauth.cli.diagnose import for_the_command
+
+    text = for_the_command(str(exc).strip()) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, MailOAuthError):
         text = f"{exc.strerror or text}" + (f": {exc.filename}" if exc.filename else "")
     # The message may quote server text: show its control characters, never obey them;

@@ -259,7 +259,11 @@ async def check(args: argparse.Namespace, out: Printer) -> int:
         # delegate's token; SMTP logs in as the delegate and sends as the shared address.
         username = mailbox if mailbox and protocol != "smtp" else account
         if not username:
-            raise ConfigurationError("give --user: the profile does not name the mailbox")
+            raise ConfigurationError(
+                f"give --user: the stored credential {args.store_key!r} does not name the mailbox"
+                if args.store_key
+                else "give --user: the account to log in as (a token does not say whose it is)"
+            )
         situation = replace(
             situation,
             username=username,
@@ -395,7 +399,7 @@ def _report_token(
 
 
 def _report_failure(out: Printer, step: str, exc: BaseException, s: diagnose.Situation) -> None:
-    out.fail(step, str(exc))
+    out.fail(step, diagnose.for_the_command(str(exc)))
     if isinstance(exc, AuthenticationError):
         if exc.server_reply:
             out.detail(f"server reply: {exc.server_reply}")

@@ -19,9 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from mailoauth._core.auth import BARE_TOKEN_FIX
+from mailoauth._core.connection import PRIVATE_CA_FIX
 from mailoauth._providers import (
     AADSTS_NO_OFFLINE_ACCESS,
     APP_ONLY_ROLES,
+    CHECK_NAMES_THE_FIX,
     DELEGATED_PERMISSIONS,
     EXCHANGE_BARE_REFUSAL,
     GOOGLE_DOMAINS,
@@ -49,6 +52,7 @@ from mailoauth.errors import (
     TokenError,
     TokenExpiredError,
 )
+from mailoauth.tokens.static import PASS_A_PROVIDER
 
 __all__ = [
     "APP_ONLY_ROLES",
@@ -57,6 +61,7 @@ __all__ = [
     "OUTLOOK_AUDIENCES",
     "Situation",
     "diagnose",
+    "for_the_command",
     "is_google",
     "is_microsoft",
     "preflight",
@@ -421,8 +426,10 @@ def _generic_auth(s: Situation) -> str | None:
             f"({_outlook_scope(s.protocol)}), that it belongs to this mailbox, and that "
             f"{s.protocol.upper()} is enabled for the mailbox (Set-CASMailbox)"
         )
+    # Only a stored credential was refreshed and retried; a bare --token never is.
+    refreshed = " even after a refresh" if s.has_refresh_token else ""
     return (
-        "the server rejected the token even after a refresh: check that it belongs to "
+        f"the server rejected the token{refreshed}: check that it belongs to "
         "this user, that its scope is one the server accepts, and that the grant has "
         "not been revoked"
     )
@@ -461,6 +468,31 @@ FALLBACKS: Final[tuple[Rule, ...]] = (
     _generic_token,
     _unreachable,
 )
+
+
+#: The library's words for a fix (its callers pass arguments) and the command's for the
+#: same fix (its users pass options): errors shown by the command are reworded.
+FOR_THE_COMMAND: Final[tuple[tuple[str, str], ...]] = (
+    (
+        BARE_TOKEN_FIX,
+        "use --store-key with a credential saved by mailoauth login (it refreshes) "
+        "instead of --token",
+    ),
+    (
+        PASS_A_PROVIDER,
+        "use --store-key with a credential saved by mailoauth login, which refreshes, "
+        "instead of --token",
+    ),
+    (PRIVATE_CA_FIX, "if the server uses a private CA, pass --cafile with its certificate"),
+    (CHECK_NAMES_THE_FIX, " (the diagnosis below names the fix for each)"),
+)
+
+
+def for_the_command(message: str) -> str:
+    """``message`` (a library error's) with each fix in the command's words."""
+    for library, command in FOR_THE_COMMAND:
+        message = message.replace(library, command)
+    return message
 
 
 def _filled(d: Diagnosis, s: Situation) -> str:

@@ -241,7 +241,7 @@ async def refresh(
         try:
             token = await provider.get_access_token()
         except MailOAuthError as exc:
-            out.fail("TOKEN", str(exc), timer)
+            out.fail("TOKEN", diagnose.for_the_command(str(exc)), timer)
             situation = diagnose.situation_from_error(
                 exc,
                 diagnose.Situation(

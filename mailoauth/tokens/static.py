@@ -8,9 +8,10 @@ from collections.abc import Callable
 from mailoauth.errors import ConfigurationError, TokenExpiredError
 from mailoauth.tokens.access_token import AccessToken, utcnow
 
-__all__ = ["StaticTokenProvider"]
+__all__ = ["PASS_A_PROVIDER", "StaticTokenProvider"]
 
-_PASS_A_PROVIDER = (
+#: The fix for an expired bare token, in the library's words (the command has its own).
+PASS_A_PROVIDER = (
     "pass a token provider instead of a bare token (e.g. GoogleTokenProvider, "
     "MicrosoftTokenProvider or OAuth2TokenProvider) so that it can be refreshed"
 )
@@ -42,11 +43,11 @@ class StaticTokenProvider:
         if force_refresh:
             raise TokenExpiredError(
                 "the access token was rejected and a static token cannot be refreshed; "
-                + _PASS_A_PROVIDER
+                + PASS_A_PROVIDER
             )
         if self._token.is_expired(now=self._clock()):
             expired = self._token.expires_at.isoformat() if self._token.expires_at else "?"
-            raise TokenExpiredError(f"the access token expired at {expired}; " + _PASS_A_PROVIDER)
+            raise TokenExpiredError(f"the access token expired at {expired}; " + PASS_A_PROVIDER)
         return self._token
 
     def __repr__(self) -> str:

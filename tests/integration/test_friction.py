@@ -318,8 +318,32 @@ def test_item_12_a_fresh_project_gets_no_loop_scope_warning(pytester: pytest.Pyt
 
 
 def test_item_12_a_project_setting_of_its_own_is_kept(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = class\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = class\n"
+    )
     pytester.makepyfile(test_plain="def test_nothing():\n    assert True\n")
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
     assert "asyncio_default_fixture_loop_scope=class" in result.stdout.str()
+
+
+# -- 5. the command's hints speak to its user --------------------------------------------------
+
+
+def test_item_5_check_with_a_bare_token_speaks_of_options(
+    sandbox: MailSandbox, tmp_path: Path
+) -> None:
+    user, other = sandbox.user("hint-a@example.test"), sandbox.user("hint-b@example.test")
+    base = [
+        "check", "imap", "127.0.0.1", "--port", str(sandbox.imap.tls_port), "--security", "ssl",
+        "--cafile", str(sandbox.ca.files.ca), "--timeout", "5",
+    ]  # fmt: skip
+    proc = mailoauth(*base, "--user", user.username, "--token", other.access_token())
+    assert proc.returncode == 1
+    assert "pass a TokenProvider" not in proc.stdout and "even after a refresh" not in proc.stdout
+    assert "use --store-key with a credential saved by mailoauth login" in proc.stdout
+    # No --user and no profile: the hint does not speak of a profile.
+    proc = mailoauth(*base, "--token", other.access_token())
+    assert proc.returncode == 1
+    assert "profile" not in proc.stdout
+    assert "give --user: the account to log in as" in proc.stdout

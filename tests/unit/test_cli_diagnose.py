@@ -281,7 +281,7 @@ def test_challenge_scope_is_named() -> None:
     [
         ("imap.gmail.com", "https://mail.google.com/"),
         ("outlook.office365.com", "Set-CASMailbox"),
-        ("mail.example.com", "even after a refresh"),
+        ("mail.example.com", "the server rejected the token: check"),
     ],
 )
 def test_generic_authentication_failure(host: str, needle: str) -> None:

@@ -93,3 +93,32 @@ def test_item_3_one_token_test_hides_tokens_in_any_slot() -> None:
         assert shown(value, "username") == value
     url = "https://h.example/auth?code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
     assert hide_tokens(f"open {url}") == f"open {url}"  # a URL to open stays whole
+
+
+# -- 5. every hint fits where it is shown ----------------------------------------------------
+
+
+def test_item_5_hints_fit_the_command_and_what_happened() -> None:
+    from mailoauth._core.auth import BARE_TOKEN_FIX
+    from mailoauth._core.connection import PRIVATE_CA_FIX
+    from mailoauth._providers import CHECK_NAMES_THE_FIX, auth_failure_hint
+    from mailoauth.cli.diagnose import Situation, diagnose, for_the_command
+    from mailoauth.tokens.static import PASS_A_PROVIDER
+
+    # "even after a refresh" only when a stored credential was refreshed.
+    bare = Situation("imap", host="mail.example.test", username="me", kind="auth")
+    [text] = diagnose(bare)
+    assert text.startswith("the server rejected the token:") and "refresh" not in text
+    [text] = diagnose(
+        Situation("imap", host="h", username="me", kind="auth", has_refresh_token=True)
+    )
+    assert "even after a refresh" in text
+    # The library's fixes name arguments; the command's name options.
+    exchange = auth_failure_hint("imap", "NO AUTHENTICATE failed.", "outlook.office365.com")
+    assert CHECK_NAMES_THE_FIX in exchange
+    for library in (BARE_TOKEN_FIX, PASS_A_PROVIDER, PRIVATE_CA_FIX, exchange):
+        reworded = for_the_command(f"it failed; {library}")
+        for word in ("TokenProvider", "token provider", "ssl_context=", "mailoauth check names"):
+            assert word not in reworded
+    assert "--store-key" in for_the_command(BARE_TOKEN_FIX)
+    assert "--cafile" in for_the_command(PRIVATE_CA_FIX)
