@@ -12,18 +12,30 @@ Library code can use the same store and key::
     provider = OAuth2TokenProvider(token_url, RefreshTokenGrant(refresh_token),
                                    client_id=..., store=FileTokenStore(path),
                                    store_key="google")
+
+One view of the store: a credential that a library provider saved under its own key
+(``{token_url}|{client_id}|{who}|{scope}``, see :mod:`mailoauth.tokens.oauth2`) has no
+profile, yet every command that ``token show`` lists it for takes its key: the profile
+is read from the key (:func:`profile_from_key`; no client secret: ``token import``
+adds one), and :class:`LibraryKeyView` keeps the provider's shared refresh-token entry
+and its lock in step, so that the command and the library never spend one rotating
+refresh token twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from mailoauth._providers import vendor_of
 from mailoauth._util.files import write_atomically
 from mailoauth._util.jsonfile import json_object_member, read_json_file
 from mailoauth.errors import ConfigurationError
@@ -31,22 +43,31 @@ from mailoauth.tokens.endpoint import AssertionFactory, ClientAuth
 from mailoauth.tokens.grants import RefreshTokenGrant
 from mailoauth.tokens.jwt import load_rsa_private_key, make_client_assertion
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
-from mailoauth.tokens.stores import FileTokenStore, StoredCredential, TokenStore
+from mailoauth.tokens.stores import (
+    FileTokenStore,
+    LockingTokenStore,
+    StoredCredential,
+    TokenStore,
+)
 
 __all__ = [
     "DEFAULT_STORE",
     "KEYRING_STORE",
     "ClientOptions",
+    "LibraryKeyView",
     "Profile",
     "add_proxy_argument",
     "add_store_argument",
     "client_options",
+    "library_view",
     "load_profiles",
     "private_key_assertion",
     "profile_client_options",
+    "profile_from_key",
     "profiles_path",
     "provider_for",
     "save_profile",
+    "stored_keys",
     "token_store",
 ]
 
@@ -184,20 +205,125 @@ def save_profile(store: Path, profile: Profile) -> None:
     write_atomically(path, data)
 
 
+def stored_keys(store: Path, tokens: TokenStore | None = None) -> list[str]:
+    """Every key the store holds: the file's entries, or for a store that cannot list
+    its entries (the keyring) the profiles' keys."""
+    if tokens is not None and not isinstance(tokens, FileTokenStore):
+        return sorted(load_profiles(store))
+    creds = json_object_member(read_json_file(store, "token store"), "credentials")
+    return sorted(creds) if creds is not None else []
+
+
+#: A library provider's store key: ``{token_url}|{client_id}|{who}`` (its refresh-token
+#: chain, shared by its providers of every scope) or that plus ``|{scope}``.
+_LIBRARY_KEY_PARTS = (3, 4)
+
+
+def _library_key(key: str) -> tuple[str, str, str | None] | None:
+    """(token URL, client id, scope or None) of a library provider's key, else None."""
+    parts = key.split("|")
+    if len(parts) not in _LIBRARY_KEY_PARTS or "://" not in parts[0] or not parts[1]:
+        return None
+    scope = parts[3] if len(parts) == 4 else None
+    return parts[0], parts[1], scope or None
+
+
+def profile_from_key(key: str, credential: StoredCredential) -> Profile | None:
+    """The profile of a credential a library provider saved under ``key`` (read from
+    the key itself: token URL, client id, scope; no client secret), or None when the key
+    is not a library provider's."""
+    parsed = _library_key(key)
+    if parsed is None:
+        return None
+    token_url, client_id, scope = parsed
+    return Profile(
+        key=key,
+        kind=vendor_of(token_url) or "oauth2",
+        token_url=token_url,
+        client_id=client_id,
+        scope=scope,
+        granted_scope=credential.scope,
+    )
+
+
+class LibraryKeyView:
+    """The store as a library provider sees its key ``key`` (with a scope): the newest
+    refresh token is the one of the grant's shared entry (``key`` less the scope), every
+    save updates that entry too, keeping the chain's ``origin``, and the lock is the
+    grant's. Other keys pass through unchanged."""
+
+    def __init__(self, inner: TokenStore, key: str) -> None:
+        self.inner = inner
+        self.key = key
+        self.grant_key = key.rsplit("|", 1)[0]
+        self._origin: str | None = None
+
+    async def load(self, key: str) -> StoredCredential | None:
+        stored = await self.inner.load(key)
+        if key != self.key:
+            return stored
+        shared = await self.inner.load(self.grant_key)
+        self._origin = (shared.origin if shared else None) or (stored.origin if stored else None)
+        if shared is None or not shared.refresh_token:
+            return stored
+        if stored is None:
+            return shared
+        return dataclasses.replace(stored, refresh_token=shared.refresh_token, origin=self._origin)
+
+    async def save(self, key: str, credential: StoredCredential) -> None:
+        if key == self.key:
+            credential = dataclasses.replace(credential, origin=self._origin or credential.origin)
+            if credential.refresh_token:
+                shared = StoredCredential(
+                    refresh_token=credential.refresh_token, origin=credential.origin
+                )
+                await self.inner.save(self.grant_key, shared)
+        await self.inner.save(key, credential)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """The lock a library provider of this grant takes (its grant key's)."""
+        if not isinstance(self.inner, LockingTokenStore):
+            yield
+            return
+        async with self.inner.lock(self.grant_key if key == self.key else key):
+            yield
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+def library_view(tokens: TokenStore, key: str) -> TokenStore:
+    """``tokens`` as a library provider of ``key`` sees it (:class:`LibraryKeyView`) when
+    ``key`` is a library provider's key with a scope, else ``tokens`` itself."""
+    if len(key.split("|")) == 4 and _library_key(key) is not None:
+        return LibraryKeyView(tokens, key)
+    return tokens
+
+
 async def load_credential(
     store: Path, key: str, *, tokens: TokenStore | None = None
 ) -> tuple[Profile, StoredCredential]:
     """The profile and stored tokens named ``key`` (read from ``tokens``, by default the
-    file ``store``); ConfigurationError naming the keys there are when it is missing."""
+    file ``store``); for a credential a library provider saved, the profile its key
+    tells (:func:`profile_from_key`). ConfigurationError naming the keys there are when
+    it is missing."""
     profiles = load_profiles(store)
-    credential = await (tokens or FileTokenStore(store)).load(key)
-    if key not in profiles or credential is None:
-        known = ", ".join(sorted(profiles)) or "none"
+    tokens = tokens or FileTokenStore(store)
+    credential = await library_view(tokens, key).load(key)
+    profile = profiles.get(key)
+    if profile is None and credential is not None:
+        profile = profile_from_key(key, credential)
+    if profile is None or credential is None:
+        known = ", ".join(stored_keys(store, tokens)) or "none"
         raise ConfigurationError(
             f"no stored credential {key!r} in {str(store)!r} (stored: {known}); run "
-            f"mailoauth login first, or pass --store"
+            f"mailoauth login first (or mailoauth token import), or pass --store"
         )
-    return profiles[key], credential
+    return profile, credential
 
 
 class ClientOptions(TypedDict):
@@ -288,7 +414,7 @@ def provider_for(
         scope=profile.scope,
         granted_scope=profile.granted_scope,
         revocation_url=profile.revocation_url,
-        store=tokens or FileTokenStore(store),
+        store=library_view(tokens or FileTokenStore(store), profile.key),
         store_key=profile.key,
         proxy=proxy,
         **profile_client_options(profile),

@@ -1,10 +1,17 @@
-"""``mailoauth token show|refresh``: what the token store holds, and refresh now.
+"""``mailoauth token show|refresh|import``: what the token store holds, refresh now,
+and bring in a refresh token obtained elsewhere.
 
 ``show`` prints each credential with every secret redacted (six characters and an
 ellipsis): token URL, client id, user, scopes, expiry, and for a JWT access token its
 header and claims, decoded without verification (the signature is never shown).
 ``refresh`` refreshes through the provider machinery and saves the rotated refresh
-token.
+token. ``import`` saves a refresh token (read from standard input or an environment
+variable, never from the command line, where other users see it) with the profile that
+``refresh`` and ``check --store-key`` need; given the key of a credential a library
+provider saved, it adds what the key cannot tell (a client secret, the user).
+
+Every key ``show`` lists works with ``refresh`` and ``check --store-key``, those of
+library providers included (see :mod:`mailoauth.cli.profiles`).
 """
 
 from __future__ import annotations
@@ -13,13 +20,21 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+import os
+import sys
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
-from mailoauth._util.jsonfile import json_object_member, read_json_file
+from mailoauth._providers import (
+    GOOGLE_MAIL_SCOPE,
+    GOOGLE_TOKEN_URL,
+    MS_AUTHORITY,
+    MS_DELEGATED_SCOPES,
+    MS_OFFLINE_ACCESS,
+)
 from mailoauth.cli import diagnose
 from mailoauth.cli.claims import decode_jwt
 from mailoauth.cli.output import Printer, Timer, print_diagnosis, redact, relative_time
@@ -27,15 +42,20 @@ from mailoauth.cli.profiles import (
     Profile,
     add_proxy_argument,
     add_store_argument,
+    library_view,
     load_credential,
     load_profiles,
     profile_client_options,
+    profile_from_key,
+    save_profile,
     store_path,
+    stored_keys,
     token_store,
 )
 from mailoauth.errors import ConfigurationError, MailOAuthError
 from mailoauth.tokens.access_token import utcnow
 from mailoauth.tokens.grants import RefreshTokenGrant
+from mailoauth.tokens.microsoft import microsoft_endpoint
 from mailoauth.tokens.oauth2 import OAuth2TokenProvider
 from mailoauth.tokens.stores import (
     FileTokenStore,
@@ -44,7 +64,7 @@ from mailoauth.tokens.stores import (
     TokenStore,
 )
 
-__all__ = ["add_parser", "run_refresh", "run_show"]
+__all__ = ["add_parser", "import_credential", "run_import", "run_refresh", "run_show"]
 
 #: Claims printed first, in this order; the others follow.
 _CLAIM_ORDER = (
@@ -80,11 +100,48 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_store_argument(refresh)
     add_proxy_argument(refresh)
     refresh.set_defaults(handler=run_refresh)
+    _add_import_parser(actions)
 
 
-def _stored_keys(store: Path) -> list[str]:
-    creds = json_object_member(read_json_file(store, "token store"), "credentials")
-    return sorted(creds) if creds is not None else []
+def _add_import_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = actions.add_parser(
+        "import",
+        help="save a refresh token obtained elsewhere, for refresh and check --store-key",
+        description="Save a refresh token under KEY with what is needed to use it (token "
+        "URL, client id, scope, user). The refresh token is read from standard input "
+        "(one line) or from the environment variable --refresh-token-env names, never "
+        "from the command line. For a KEY that a library provider saved (token show "
+        "lists it), the token URL, client id and scope come from the key and the stored "
+        "refresh token is kept unless a new one is given.",
+        epilog="example: mailoauth token import work --provider google --client-id ID "
+        "--client-secret-env GOOGLE_SECRET --username me@gmail.com < refresh-token.txt",
+    )
+    parser.add_argument("key", metavar="KEY", help="the name to save it under")
+    parser.add_argument(
+        "--provider",
+        choices=("google", "microsoft", "oauth2"),
+        help="google and microsoft know their token URL and mail scopes (default: "
+        "oauth2, which needs --token-url and --scope)",
+    )
+    parser.add_argument("--client-id", help="the OAuth client (app) the token was issued to")
+    parser.add_argument(
+        "--client-secret-env",
+        metavar="VAR",
+        help="the environment variable holding the client secret (confidential clients)",
+    )
+    parser.add_argument(
+        "--refresh-token-env",
+        metavar="VAR",
+        help="the environment variable holding the refresh token (default: standard input)",
+    )
+    parser.add_argument("--token-url", help="the token endpoint (default: the provider's)")
+    parser.add_argument(
+        "--tenant", default="organizations", help="Microsoft tenant (default: organizations)"
+    )
+    parser.add_argument("--scope", help="space-separated scopes (default: the mail scopes)")
+    parser.add_argument("--username", help="the mailbox address, remembered for 'check'")
+    add_store_argument(parser)
+    parser.set_defaults(handler=run_import)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -110,10 +167,8 @@ async def show(
     """Print the credentials in ``store`` (or only ``only``; read from ``tokens`` when
     given, e.g. the keyring, whose keys are the profiles'), secrets redacted."""
     profiles = load_profiles(store)
-    if tokens is None or isinstance(tokens, FileTokenStore):
-        keys = await anyio.to_thread.run_sync(_stored_keys, store)
-    else:  # a keyring cannot list its entries: the profiles name them
-        keys = sorted(profiles)
+    # A keyring cannot list its entries: the profiles name them.
+    keys = await anyio.to_thread.run_sync(stored_keys, store, tokens)
     if only is not None:
         if only not in keys:
             raise ConfigurationError(
@@ -126,7 +181,7 @@ async def show(
         )
         return 0
     file_backed = tokens is None or isinstance(tokens, FileTokenStore)
-    out.line(f"token store {store if file_backed else tokens!r}")
+    out.line(f"token store {store}" if file_backed else f"token store {tokens!r}")
     file_store = tokens or FileTokenStore(store)
     for key in keys:
         credential = await file_store.load(key)
@@ -158,6 +213,11 @@ def _show_one(
         _field(out, "client secret", "stored (not shown)" if profile.client_secret else "none")
         _field(out, "client auth", profile.client_auth)
         _field(out, "user", profile.username or "unknown")
+    elif (derived := profile_from_key(key, credential)) is not None:
+        _field(out, "profile", "none: saved by a library provider, read from its key")
+        _field(out, "token URL", derived.token_url)
+        _field(out, "client id", derived.client_id)
+        _field(out, "client secret", "none stored (add one: mailoauth token import)")
     else:
         _field(out, "profile", "none (saved by a library provider, not by login)")
     _field(out, "refresh token", redact(credential.refresh_token))
@@ -206,13 +266,16 @@ async def refresh(
     (default: the file ``store``); the token endpoint is reached through ``proxy`` when
     given."""
     if key is None:
-        keys = sorted(load_profiles(store))
+        keys = sorted(load_profiles(store)) or await anyio.to_thread.run_sync(
+            stored_keys, store, tokens
+        )
         if len(keys) != 1:
             raise ConfigurationError(
                 f"name the credential to refresh (stored: {', '.join(keys) or 'none'})"
             )
         key = keys[0]
-    file_store = tokens or FileTokenStore(store)
+    # A library provider's key: its shared refresh-token entry and lock kept in step.
+    file_store = library_view(tokens or FileTokenStore(store), key)
     lock: AbstractAsyncContextManager[object] = (
         file_store.lock(key) if isinstance(file_store, LockingTokenStore) else nullcontext()
     )
@@ -268,4 +331,112 @@ async def refresh(
         )
     else:
         out.detail("refresh token unchanged")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    refresh_token = _secret_input(args.refresh_token_env, "refresh token")
+    client_secret = _secret_input(args.client_secret_env, "client secret", stdin=False)
+    return asyncio.run(
+        import_credential(
+            store_path(args.store),
+            args.key,
+            Printer(),
+            tokens=token_store(args.store),
+            refresh_token=refresh_token,
+            client_secret=client_secret,
+            provider=args.provider,
+            client_id=args.client_id,
+            token_url=args.token_url,
+            tenant=args.tenant,
+            scope=args.scope,
+            username=args.username,
+        )
+    )
+
+
+def _secret_input(variable: str | None, what: str, *, stdin: bool = True) -> str | None:
+    """A secret from the environment variable ``variable``, else (``stdin``) the first
+    line of standard input when it is not a terminal; None when neither gives one."""
+    if variable:
+        value = os.environ.get(variable, "").strip()
+        if not value:
+            raise ConfigurationError(
+                f"the environment variable {variable} holding the {what} is unset or empty"
+            )
+        return value
+    if stdin and not sys.stdin.isatty():
+        return sys.stdin.readline().strip() or None
+    return None
+
+
+def _provider_defaults(provider: str, tenant: str) -> tuple[str | None, str | None]:
+    """(token URL, scope) a provider knows."""
+    if provider == "google":
+        return GOOGLE_TOKEN_URL, GOOGLE_MAIL_SCOPE
+    if provider == "microsoft":
+        return (
+            microsoft_endpoint(MS_AUTHORITY, tenant),
+            " ".join((*MS_DELEGATED_SCOPES, MS_OFFLINE_ACCESS)),
+        )
+    return None, None
+
+
+async def import_credential(
+    store: Path,
+    key: str,
+    out: Printer,
+    *,
+    tokens: TokenStore | None = None,
+    refresh_token: str | None,
+    client_secret: str | None = None,
+    provider: str | None = None,
+    client_id: str | None = None,
+    token_url: str | None = None,
+    tenant: str = "organizations",
+    scope: str | None = None,
+    username: str | None = None,
+) -> int:
+    """Save ``refresh_token`` (or keep the one stored under ``key``) with its profile.
+
+    Options not given come from an existing profile of ``key``, then from ``key`` itself
+    when a library provider saved it, then from ``provider``'s defaults. Raises
+    ConfigurationError for a missing refresh token, client id or token URL."""
+    tokens = tokens or FileTokenStore(store)
+    existing = await library_view(tokens, key).load(key)
+    known = load_profiles(store).get(key)
+    if known is None and existing is not None:
+        known = profile_from_key(key, existing)
+    kind = provider or (known.kind if known else "oauth2")
+    default_url, default_scope = _provider_defaults(kind, tenant)
+    token_url = token_url or (known.token_url if known else None) or default_url
+    client_id = client_id or (known.client_id if known else None)
+    if refresh_token is None and (existing is None or not existing.refresh_token):
+        raise ConfigurationError(
+            f"no refresh token to import as {key!r}: give it on standard input (one line) "
+            "or name the environment variable that holds it with --refresh-token-env"
+        )
+    if not client_id:
+        raise ConfigurationError("give --client-id: the OAuth client the token was issued to")
+    if not token_url:
+        raise ConfigurationError("give --token-url (or --provider google|microsoft)")
+    profile = Profile(
+        key=key,
+        kind=kind,
+        token_url=token_url,
+        client_id=client_id,
+        client_secret=client_secret or (known.client_secret if known else None),
+        scope=scope or (known.scope if known else None) or default_scope,
+        username=username or (known.username if known else None),
+        granted_scope=known.granted_scope if known else None,
+    )
+    if refresh_token is not None:
+        saved = StoredCredential(refresh_token=refresh_token)
+        await library_view(tokens, key).save(key, saved)
+        what = f"refresh token {redact(refresh_token)}"
+    else:
+        what = "the stored refresh token"
+    save_profile(store, profile)
+    out.ok("SAVED", f"{what} as {key!r} in {store}, with its profile (mode 0600)")
+    out.detail(f"next: mailoauth token refresh {key!r} (checks it now)")
     return 0

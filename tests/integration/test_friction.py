@@ -6,6 +6,7 @@ against loopback servers: the sandbox, a fake OAuth server, or a port nobody lis
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from mailoauth.errors import (
 )
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.sandbox import MailSandbox
-from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant
+from mailoauth.tokens import FileTokenStore, OAuth2TokenProvider, RefreshTokenGrant
 
 #: Seconds any one command may take.
 COMMAND_TIMEOUT = 60
@@ -347,3 +348,75 @@ def test_item_5_check_with_a_bare_token_speaks_of_options(
     assert proc.returncode == 1
     assert "profile" not in proc.stdout
     assert "give --user: the account to log in as" in proc.stdout
+
+
+# -- 4. one view of the store; importing a refresh token -------------------------------------
+
+
+async def _library_provider(
+    box: MailSandbox, refresh_token: str, store: Path, *, force_refresh: bool = False
+) -> str:
+    """What a library user's program does: get a token through a provider with a file
+    store. Returns the access token."""
+    provider = OAuth2TokenProvider(
+        box.oauth.token_url, RefreshTokenGrant(refresh_token), client_id="lib-app",
+        scope="mail", store=FileTokenStore(store), allow_insecure_http=True,
+    )  # fmt: skip
+    async with provider:
+        return (await provider.get_access_token(force_refresh=force_refresh)).value
+
+
+@pytest.mark.asyncio
+async def test_item_4_every_key_token_show_lists_works_for_refresh_and_check(
+    tmp_path: Path,
+) -> None:
+    oauth = FakeOAuthServer(rotate_refresh_tokens=True, reuse_detection=True)
+    with oauth, MailSandbox(oauth=oauth) as box:
+        user = box.user("library@example.test")
+        store = tmp_path / "tokens.json"
+        await _library_provider(box, user.refresh_token, store)
+        shown = mailoauth("token", "show", "--store", str(store))
+        assert shown.returncode == 0, shown.stderr
+        key = next(k for k in json.loads(store.read_text())["credentials"] if k.endswith("|mail"))
+        assert key in shown.stdout and "saved by a library provider" in shown.stdout
+        refreshed = mailoauth("token", "refresh", key, "--store", str(store))
+        assert refreshed.returncode == 0, refreshed.stdout + refreshed.stderr
+        assert "rotated the refresh token" in refreshed.stdout
+        checked = mailoauth(
+            "check", "imap", "127.0.0.1", "--port", str(box.imap.tls_port), "--security", "ssl",
+            "--cafile", str(box.ca.files.ca), "--store", str(store), "--store-key", key,
+            "--user", user.username, "--timeout", "5",
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "no stored credential" not in checked.stdout + checked.stderr
+        # The library, started again with the refresh token it was first given, refreshes
+        # with the newest one the command saved: no rotated-away token is sent again.
+        await _library_provider(box, user.refresh_token, store, force_refresh=True)
+        assert oauth.stats.reuse_detected == 0
+
+
+def test_item_4_token_import_reads_the_secret_from_stdin_or_the_environment(
+    tmp_path: Path, oauth: FakeOAuthServer
+) -> None:
+    store = tmp_path / "tokens.json"
+    refresh_token = oauth.issue_refresh_token("imported@example.test")
+    argv = [
+        "token", "import", "work", "--client-id", "app", "--token-url", oauth.token_url,
+        "--scope", "mail", "--username", "imported@example.test", "--store", str(store),
+    ]  # fmt: skip
+    proc = mailoauth(*argv, stdin=refresh_token + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert refresh_token not in proc.stdout + proc.stderr and "✓ SAVED" in proc.stdout
+    proc = mailoauth("token", "refresh", "work", "--store", str(store))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # From an environment variable, with the client secret from another.
+    second = oauth.issue_refresh_token("imported@example.test")
+    proc = mailoauth(
+        *argv, "--refresh-token-env", "MY_RT", "--client-secret-env", "MY_SECRET",
+        env={"MY_RT": second, "MY_SECRET": "s3cret-value"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(store.read_text())["credentials"]["work"]["refresh_token"] == second
+    # Nothing to import: said so, nothing saved.
+    proc = mailoauth("token", "import", "other", "--client-id", "app", "--store", str(store))
+    assert proc.returncode == 1 and "no refresh token to import" in proc.stderr
