@@ -6,11 +6,14 @@ against loopback servers: the sandbox, a fake OAuth server, or a port nobody lis
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from mailoauth.errors import (
     UsageError,
 )
 from mailoauth.testing.oauth_server import FakeOAuthServer
+from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import FileTokenStore, OAuth2TokenProvider, RefreshTokenGrant
 
@@ -420,3 +424,44 @@ def test_item_4_token_import_reads_the_secret_from_stdin_or_the_environment(
     # Nothing to import: said so, nothing saved.
     proc = mailoauth("token", "import", "other", "--client-id", "app", "--store", str(store))
     assert proc.returncode == 1 and "no refresh token to import" in proc.stderr
+
+
+# -- 11. the README's polling section ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_item_11_the_readme_says_how_polling_behaves_and_shows_its_controls() -> None:
+    readme = (ROOT / "README.md").read_text()
+    polling = readme.split("Polling many mailboxes:")[1].split("## The `mailoauth` command")[0]
+    for fact in (
+        "More mailboxes than connection slots are served in turn",
+        "the first report from the mailboxes served later comes one or more",
+        "A revoked grant is seen when the mailbox next needs a token",
+        "poller.add(mailbox)",
+        "poller.remove(key)",
+        "poller.stop()",
+        "[`examples/`](examples/)",
+    ):
+        assert fact in " ".join(polling.split()), fact
+    body = (ROOT / "examples" / "poll_control.py").read_text().split("\n\n\n")[1]
+    assert body.strip() in polling  # the example shown is the file that runs below
+
+
+@pytest.mark.asyncio
+async def test_item_11_the_poll_control_example_adds_removes_and_stops() -> None:
+    spec = importlib.util.spec_from_file_location("poll_control", ROOT / "examples/poll_control.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    async with MailSandbox(personality=Personality.GMAIL) as box:
+        users = {name: box.user(name) for name in ("c1@gmail.com", "c2@gmail.com")}
+        for name in users:
+            box.store.deliver(name, f"Subject: for {name}\r\n\r\nhi\r\n".encode())
+        accounts = {name: user.refresh_token for name, user in users.items()}
+        with warnings.catch_warnings():
+            # The README's scenarios take no dialer: the deprecated process-wide routes.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with box.routes():
+                subjects = await asyncio.wait_for(example.main(accounts, "id", "secret"), 30)
+    assert sorted(subjects) == [f"for {name}" for name in sorted(users)]
