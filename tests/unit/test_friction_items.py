@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import warnings
 
 import pytest
@@ -122,3 +124,51 @@ def test_item_5_hints_fit_the_command_and_what_happened() -> None:
             assert word not in reworded
     assert "--store-key" in for_the_command(BARE_TOKEN_FIX)
     assert "--cafile" in for_the_command(PRIVATE_CA_FIX)
+
+
+# -- 1. why a connection failed, in words ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+            "mail.test:993 refused the connection",
+        ),
+        (
+            OSError(errno.ENETUNREACH, "Network is unreachable"),
+            "the network or host is unreachable",
+        ),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "the network or host is unreachable"),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "'mail.test' does not resolve",
+        ),
+    ],
+)
+def test_item_1_connect_failures_say_what_happened(raised: OSError, expected: str) -> None:
+    from mailoauth._core.connection import map_io_errors
+    from mailoauth.errors import MailConnectionError
+
+    with (
+        pytest.raises(MailConnectionError) as info,
+        map_io_errors("connecting to", "mail.test", 993),
+    ):
+        raise raised
+    message = str(info.value)
+    assert expected in message and "to:" not in message and "lost" not in message
+
+
+def test_item_1_a_connection_lost_later_says_lost_and_while_doing_what() -> None:
+    from mailoauth._core.connection import map_io_errors
+    from mailoauth.errors import ConnectionLostError
+
+    with (
+        pytest.raises(ConnectionLostError) as info,
+        map_io_errors("reading from", "mail.test", 993),
+    ):
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    assert str(info.value) == (
+        "the connection to mail.test:993 was lost while reading from it: Connection reset by peer"
+    )
