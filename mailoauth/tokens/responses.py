@@ -196,9 +196,12 @@ def decode_json_response(
     detail = f": {error}" if error else ""
     detail += f" ({description})" if description else ""
     if status_code in WRONG_URL_STATUS:
+        shape = detail or (
+            "" if isinstance(doc, dict) else f" with {_describe_body(body, content_type)}"
+        )
         raise PermanentTokenError(
             f"{endpoint} answered HTTP {status_code} {WRONG_URL_STATUS[status_code]}"
-            f"{detail}: the URL looks wrong{_base_url_note(url)}. Give the endpoint's own "
+            f"{shape}: the URL looks wrong{_base_url_note(url)}. Give the endpoint's own "
             "URL, as the server's metadata (/.well-known/openid-configuration) lists it",
             error_description=description,
             status_code=status_code,
