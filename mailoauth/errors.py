@@ -17,7 +17,7 @@ onto this tree at the I/O boundaries, explicitly and with ``raise ... from exc``
     ├── TransportError                         the network failed us (retryable)
     │   ├── MailConnectionError (ConnectionError)  connecting or talking failed
     │   │   ├── TLSError                       handshake, certificate, STARTTLS refused
-    │   │   └── ConnectionLostError            the server closed the connection
+    │   │   └── ConnectionLostError            closed, reset or refused by the server
     │   └── MailTimeoutError (TimeoutError)    a network wait ran out; connection closed
     ├── ProtocolError                          the server said something unexpected
     │   └── LimitExceededError                 a line or response over a named limit
@@ -214,7 +214,8 @@ class TLSError(MailConnectionError):
 
 
 class ConnectionLostError(MailConnectionError):
-    """The server closed the connection, or it was reset."""
+    """The server closed the connection, or it was reset; or, while connecting, refused
+    it (the message says which, with the host and port)."""
 
 
 class MailTimeoutError(TransportError, TimeoutError):

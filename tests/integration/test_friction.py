@@ -32,6 +32,7 @@ from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 from mailoauth.tokens import FileTokenStore, OAuth2TokenProvider, RefreshTokenGrant
+from tests.integration.cli_device import login_with_device_code
 
 #: Seconds any one command may take.
 COMMAND_TIMEOUT = 60
@@ -465,3 +466,16 @@ async def test_item_11_the_poll_control_example_adds_removes_and_stops() -> None
             with box.routes():
                 subjects = await asyncio.wait_for(example.main(accounts, "id", "secret"), 30)
     assert sorted(subjects) == [f"for {name}" for name in sorted(users)]
+
+
+def test_item_7_device_login_waits_after_showing_the_code(
+    oauth: FakeOAuthServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "login", "microsoft", "--device", "--client-id", "public-client",
+        "--authority", oauth.base_url, "--tenant", "contoso",
+        "--store", str(tmp_path / "tokens.json"), "--timeout", "10",
+    ]  # fmt: skip
+    user_code = login_with_device_code(oauth, argv, "me@contoso.test")
+    out = capsys.readouterr().out
+    assert out.index(user_code) < out.index("waiting for the code to be entered")
