@@ -84,11 +84,16 @@ LOOP_SCOPE_DEFAULT: Final = "function"
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     # Before pytest-asyncio reads it: unset, it warns (PytestDeprecationWarning) in every
-    # new project that installs the plugin. A value the project sets is kept.
-    if not config.getini(LOOP_SCOPE_OPTION):
-        inicache = getattr(config, "_inicache", None)
-        if isinstance(inicache, dict):
-            inicache[LOOP_SCOPE_OPTION] = LOOP_SCOPE_DEFAULT
+    # new project that installs the plugin. A value the project sets is kept. pytest has
+    # no public setter for an ini value; its cache of read values (pytest 8 and 9) is
+    # where one goes, and without it the warning is all that is lost.
+    try:
+        unset = not config.getini(LOOP_SCOPE_OPTION)
+    except ValueError:  # pytest-asyncio disabled (-p no:asyncio): nothing to set
+        unset = False
+    inicache = getattr(config, "_inicache", None)
+    if unset and isinstance(inicache, dict):
+        inicache[LOOP_SCOPE_OPTION] = LOOP_SCOPE_DEFAULT
     config.addinivalue_line(
         "markers",
         "mailoauth(personality='gmail'|'office365'|'rfc', access_token_lifetime=3600, "

@@ -46,7 +46,7 @@ def mailoauth(
         [sys.executable, "-m", "mailoauth", *argv],
         capture_output=True,
         text=True,
-        input=stdin,
+        input=stdin or "",  # never the test run's own standard input
         timeout=COMMAND_TIMEOUT,
         env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
     )
