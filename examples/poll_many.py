@@ -21,8 +21,7 @@ async def main(accounts: dict[str, str], client_id: str, secret: str, state: str
         mailboxes.append(Mailbox("pop3", "pop.gmail.com", 995, user, provider))
 
     # IDLE where offered, POP3 by UIDL every `interval`; at most 15 connections per
-    # host, more mailboxes than that served in turn; where each mailbox got to is
-    # saved, so a restart repeats and misses nothing.
+    # host; where each mailbox got to is saved, so a restart repeats and misses nothing.
     async with Poller(
         mailboxes, state_store=FilePollStateStore(state), start="all", max_per_host=15, interval=60
     ) as poller:
