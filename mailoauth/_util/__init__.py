@@ -1,7 +1,10 @@
 """The bottom layer: small utilities that every other layer may use.
 
 - :mod:`~mailoauth._util.text`: control characters, refused in what is sent and escaped
-  in what is shown (the one injection guard);
+  in what is shown (the one injection guard); and the one "looks like a token" test,
+  so that a token given in the wrong slot is never echoed;
+- :mod:`~mailoauth._util.deprecated`: old keyword spellings kept working with a
+  DeprecationWarning;
 - :mod:`~mailoauth._util.files`: private directories and atomic writes of small files;
 - :mod:`~mailoauth._util.jsonfile`: reading the library's JSON files (token store, poll
   state, CLI profiles, service-account keys) with one set of errors;
