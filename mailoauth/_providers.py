@@ -37,7 +37,6 @@ __all__ = [
     "AADSTS_REFRESH_TOKEN_EXPIRED",
     "APP_ONLY_ROLES",
     "AUTH_FAILURE_HINTS",
-    "CHECK_NAMES_THE_FIX",
     "DELEGATED_PERMISSIONS",
     "DIAGNOSES",
     "EXCHANGE_BARE_REFUSAL",
@@ -46,6 +45,7 @@ __all__ = [
     "GOOGLE_MAIL_SCOPE",
     "GOOGLE_TOKEN_URL",
     "GRAPH_AUDIENCES",
+    "HINT_FIXES_IN_CHECK",
     "MAIL_HOSTS",
     "MICROSOFT_DOMAINS",
     "MICROSOFT_ISSUERS",
@@ -681,7 +681,7 @@ EXCHANGE_BARE_REFUSAL: Final[Mapping[str, tuple[str, ...]]] = {
 
 
 #: Where a library hint sends its reader for the fixes (the command shows them below).
-CHECK_NAMES_THE_FIX: Final = " (mailoauth check names the fix for each)"
+HINT_FIXES_IN_CHECK: Final = " (mailoauth check names the fix for each)"
 
 
 def auth_failure_hint(protocol: str, reply: str, host: str = "") -> str:
@@ -699,6 +699,6 @@ def auth_failure_hint(protocol: str, reply: str, host: str = "") -> str:
             hint += (
                 ". Exchange Online gives the same answer when "
                 + "; or when ".join(causes)
-                + CHECK_NAMES_THE_FIX
+                + HINT_FIXES_IN_CHECK
             )
     return hint

@@ -24,12 +24,12 @@ from mailoauth._core.connection import PRIVATE_CA_FIX
 from mailoauth._providers import (
     AADSTS_NO_OFFLINE_ACCESS,
     APP_ONLY_ROLES,
-    CHECK_NAMES_THE_FIX,
     DELEGATED_PERMISSIONS,
     EXCHANGE_BARE_REFUSAL,
     GOOGLE_DOMAINS,
     GOOGLE_MAIL_SCOPE,
     GRAPH_AUDIENCES,
+    HINT_FIXES_IN_CHECK,
     MICROSOFT_DOMAINS,
     MICROSOFT_ISSUERS,
     MS_APP_ONLY_SCOPE,
@@ -484,7 +484,7 @@ FOR_THE_COMMAND: Final[tuple[tuple[str, str], ...]] = (
         "instead of --token",
     ),
     (PRIVATE_CA_FIX, "if the server uses a private CA, pass --cafile with its certificate"),
-    (CHECK_NAMES_THE_FIX, " (the diagnosis below names the fix for each)"),
+    (HINT_FIXES_IN_CHECK, " (the diagnosis below names the fix for each)"),
 )
 
 

@@ -103,7 +103,7 @@ def test_item_3_one_token_test_hides_tokens_in_any_slot() -> None:
 def test_item_5_hints_fit_the_command_and_what_happened() -> None:
     from mailoauth._core.auth import BARE_TOKEN_FIX
     from mailoauth._core.connection import PRIVATE_CA_FIX
-    from mailoauth._providers import CHECK_NAMES_THE_FIX, auth_failure_hint
+    from mailoauth._providers import HINT_FIXES_IN_CHECK, auth_failure_hint
     from mailoauth.cli.diagnose import Situation, diagnose, for_the_command
     from mailoauth.tokens.static import PASS_A_PROVIDER
 
@@ -117,7 +117,7 @@ def test_item_5_hints_fit_the_command_and_what_happened() -> None:
     assert "even after a refresh" in text
     # The library's fixes name arguments; the command's name options.
     exchange = auth_failure_hint("imap", "NO AUTHENTICATE failed.", "outlook.office365.com")
-    assert CHECK_NAMES_THE_FIX in exchange
+    assert HINT_FIXES_IN_CHECK in exchange
     for library in (BARE_TOKEN_FIX, PASS_A_PROVIDER, PRIVATE_CA_FIX, exchange):
         reworded = for_the_command(f"it failed; {library}")
         for word in ("TokenProvider", "token provider", "ssl_context=", "mailoauth check names"):
