@@ -39,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_parser(subparsers)
     token.add_parser(subparsers)
     check.add_parser(subparsers)
-    _add_debug_everywhere(parser)
     return parser
 
 
@@ -87,6 +86,7 @@ class _EscapingFormatter(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     parser = build_parser()
+    _add_debug_everywhere(parser)
     args = parser.parse_args(argv)
     debug: bool = args.debug
     if debug:
