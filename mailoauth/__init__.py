@@ -55,7 +55,7 @@ _LAZY = {
     ],
     "mailoauth.pop3.client": ["MailboxStat", "Pop3Client"],
     "mailoauth.security": ["SecurityOptions"],
-    "mailoauth.smtp": ["SendResult", "SmtpClient"],
+    "mailoauth.smtp": ["SendResult", "SmtpClient", "SmtpPool"],
     "mailoauth.tokens": [
         "AccessToken",
         "FileTokenStore",
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     )
     from mailoauth.pop3.client import MailboxStat, Pop3Client
     from mailoauth.security import SecurityOptions
-    from mailoauth.smtp import SendResult, SmtpClient
+    from mailoauth.smtp import SendResult, SmtpClient, SmtpPool
     from mailoauth.tokens import (
         AccessToken,
         FileTokenStore,
@@ -150,6 +150,7 @@ __all__ = [
     "SecurityOptions",
     "SendResult",
     "SmtpClient",
+    "SmtpPool",
     "StaticTokenProvider",
     "TLSError",
     "TokenError",

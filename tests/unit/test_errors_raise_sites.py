@@ -20,7 +20,7 @@ from mailoauth.errors import (
     UsageError,
 )
 from mailoauth.sasl import Mechanism
-from mailoauth.smtp import _map_smtp_errors
+from mailoauth.smtp.client import _map_smtp_errors
 from mailoauth.tokens.manager import wrap_provider
 
 pytestmark = pytest.mark.asyncio

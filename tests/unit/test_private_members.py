@@ -71,27 +71,35 @@ IMAP_COMMAND = "aioimaplib.aioimaplib:Command"
 
 MEMBERS: tuple[Member, ...] = (
     # -- aiosmtplib: the connection core supplies the socket ------------------------
-    Member(SMTP, "_create_connection", "coroutine", "smtp.py _CoreSMTP (override)", ("timeout",)),
     Member(
-        SMTP, "_on_connection_lost", "method", "smtp.py _CoreSMTP._create_connection", ("protocol",)
+        SMTP, "_create_connection", "coroutine", "smtp/client.py _CoreSMTP (override)", ("timeout",)
     ),
-    Member(SMTP, "_ehlo_or_helo_if_needed", "coroutine", "smtp.py _CoreSMTP.mo_starttls"),
-    Member(SMTP, "_reset_server_state", "method", "smtp.py _CoreSMTP.mo_starttls"),
+    Member(
+        SMTP,
+        "_on_connection_lost",
+        "method",
+        "smtp/client.py _CoreSMTP._create_connection",
+        ("protocol",),
+    ),
+    Member(SMTP, "_ehlo_or_helo_if_needed", "coroutine", "smtp/client.py _CoreSMTP.mo_starttls"),
+    Member(SMTP, "_reset_server_state", "method", "smtp/client.py _CoreSMTP.mo_starttls"),
     Member(
         SMTP_PROTOCOL,
         "__init__",
         "method",
-        "smtp.py _CoreSMTP._create_connection",
+        "smtp/client.py _CoreSMTP._create_connection",
         ("loop", "connection_lost_callback"),
     ),
     Member(
         SMTP_PROTOCOL,
         "_buffer",
         "attribute",
-        "smtp.py mo_starttls (cleared after STARTTLS)",
+        "smtp/client.py mo_starttls (cleared after STARTTLS)",
         value_type=bytearray,
     ),
-    Member(SMTP_PROTOCOL, "_over_ssl", "attribute", "smtp.py mo_starttls (set)", value_type=bool),
+    Member(
+        SMTP_PROTOCOL, "_over_ssl", "attribute", "smtp/client.py mo_starttls (set)", value_type=bool
+    ),
     # -- aioimaplib: the protocol is fed by the connection core ---------------------
     Member(
         IMAP_PROTOCOL,
@@ -167,7 +175,7 @@ MEMBERS: tuple[Member, ...] = (
 
 #: The modules that import aiosmtplib or aioimaplib: the only places that may touch
 #: their internals (relative to the package).
-USERS = ("smtp.py", "imap/_aioimaplib.py", "imap/client.py")
+USERS = ("smtp/client.py", "smtp/pool.py", "imap/_aioimaplib.py", "imap/client.py")
 
 
 def owner_class(member: Member) -> type:

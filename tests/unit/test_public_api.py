@@ -54,6 +54,7 @@ EXPECTED = {
     "SecurityOptions",
     "SendResult",
     "SmtpClient",
+    "SmtpPool",
     "StaticTokenProvider",
     "TLSError",
     "TokenError",
@@ -100,6 +101,7 @@ LAZY_PACKAGES = [
     "mailoauth.tokens",
     "mailoauth.pop3",
     "mailoauth.poll",
+    "mailoauth.smtp",
     "mailoauth.testing",
 ]
 
