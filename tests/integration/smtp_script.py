@@ -142,9 +142,9 @@ class ScriptedSmtp:
                 in_mail = False
             elif verb == "BDAT":
                 size, *last = arg.split()
-                body = await reader.readexactly(int(size))
-                session.bodies.append(body)
-                reply(self._end(body, in_mail and accepted > 0), flush=True)
+                chunk = await reader.readexactly(int(size))
+                session.bodies.append(chunk)
+                reply(self._end(chunk, in_mail and accepted > 0), flush=True)
                 in_mail = False
                 assert last == ["LAST"]
             elif verb == "RSET":
