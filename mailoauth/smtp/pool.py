@@ -123,18 +123,16 @@ class SmtpPool:
             nonlocal next_index
             while next_index < len(items):
                 start = next_index
-                next_index = min(start + self.window, len(items))
+                end = next_index = min(start + self.window, len(items))
                 if not client.connected:
                     try:
                         await client.connect()
                     except MailOAuthError as exc:
                         log.info("SMTP pool connection to %s failed: %s", client.host, exc)
-                        for k in range(start, next_index):
-                            results[k] = exc
+                        results[start:end] = [exc] * (end - start)
                         failures.append(exc)
                         return
-                out = await client.send_many(items[start:next_index], window=self.window)
-                results[start:next_index] = out
+                results[start:end] = await client.send_many(items[start:end], window=self.window)
 
         needed = min(self.size, -(-len(items) // self.window))
         async with asyncio.TaskGroup() as group:

@@ -28,8 +28,10 @@ class Script:
     rcpt: Callable[[str], Reply] = lambda arg: None
     data_start: Callable[[int], Reply] = lambda accepted: None
     data_end: Callable[[bytes], Reply] = lambda body: None
-    #: Close the connection when this command (its verb) arrives, without replying.
+    #: Close the connection when this command (its verb) arrives, without replying...
     close_on: str | None = None
+    #: ... in this many sessions (the first ones).
+    close_sessions: int = 1_000_000
     #: Never answer this verb (the client must time out).
     silent_on: str | None = None
     hold_replies: bool = False
@@ -105,7 +107,9 @@ class ScriptedSmtp:
             verb, _, arg = command.partition(" ")
             verb = verb.upper()
             session.commands.append(command)
-            if verb == (script.close_on or "").upper():
+            if verb == (script.close_on or "").upper() and (
+                len(self.sessions) <= script.close_sessions
+            ):
                 writer.close()
                 return
             if verb == (script.silent_on or "").upper():
