@@ -241,8 +241,9 @@ async def test_pop3_reset_mid_retr_after_dele_deletes_nothing(
     assert after.count == 3  # DELE never took effect: no QUIT was sent
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["BDAT", "DATA"])
 async def test_smtp_reset_mid_data_is_never_reported_sent(
-    mail_servers: MailServers, proxy_for: Any
+    mail_servers: MailServers, proxy_for: Any, pipelining: bool
 ) -> None:
     user = new_user()
     token = mail_servers.token(user)
@@ -253,11 +254,17 @@ async def test_smtp_reset_mid_data_is_never_reported_sent(
     proxy.script(Fault(reset_on_client=b"MIDDLE"))
     result: SendResult | None = None
     async with smtp(mail_servers, proxy.port, user, token, SecurityOptions.NONE) as client:
+        client.pipelining = pipelining  # Postfix offers PIPELINING and CHUNKING: BDAT
         with pytest.raises(ConnectionLostError):
             result = await guarded(client.sendmail(user, [user], body))
     assert result is None
     assert proxy.connections[0].was_reset
-    assert b"354" in proxy.connections[0].server_bytes  # the cut came inside DATA
+    # The cut came inside the message: after DATA's 354, or after the envelope's
+    # replies (a large message waits for them before its BDAT).
+    server_bytes = bytes(proxy.connections[0].server_bytes)
+    assert server_bytes.endswith(
+        b"354 End data with <CR><LF>.<CR><LF>\r\n" if not pipelining else b"250 2.1.5 Ok\r\n"
+    )
     # The server never saw the final dot: nothing may arrive.
     await asyncio.sleep(1.0)
     async with ImapClient(
@@ -272,14 +279,17 @@ async def test_smtp_reset_mid_data_is_never_reported_sent(
         assert await reader.uid_search("SUBJECT", marker) == []
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["BDAT", "DATA"])
 async def test_smtp_stall_after_final_dot_times_out_without_success(
-    mail_servers: MailServers, proxy_for: Any
+    mail_servers: MailServers, proxy_for: Any, pipelining: bool
 ) -> None:
     user = new_user()
     token = mail_servers.token(user)
     proxy: FaultProxy = await proxy_for(mail_servers.postfix.no_starttls_port)
-    proxy.script(Fault(stall_on_client=b"\r\n.\r\n"))
+    # The end of the message: the final dot (DATA), or its last bytes (BDAT n LAST).
+    proxy.script(Fault(stall_on_client=b"body\r\n" if pipelining else b"\r\n.\r\n"))
     async with smtp(mail_servers, proxy.port, user, token, SecurityOptions.NONE) as client:
+        client.pipelining = pipelining
         with pytest.raises(MailTimeoutError):
             await guarded(client.sendmail(user, [user], b"Subject: s\r\n\r\nbody\r\n"))
     await guarded(proxy.connections[0].closed.wait())
