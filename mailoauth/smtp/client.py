@@ -72,14 +72,17 @@ log = logging.getLogger("mailoauth.smtp")
 #: A connection idle longer than this is checked with NOOP before the next message, so
 #: a server-side idle timeout costs a reconnect instead of a failed send.
 IDLE_CHECK_AFTER = 30.0
-#: The most bytes written as one pipelined group: one TLS record's plaintext (RFC 8446
-#: §5.1). Postfix answers a group that spans several records in several TCP segments,
-#: and the later ones then wait for the client's delayed ACK (40 ms on Linux).
-#: A larger message waits for the replies to its envelope before its BDAT, as RFC 3030
-#: §2 describes it (no upload to refused recipients either).
-ONE_RECORD: Final = 16384
+#: The most bytes written as one pipelined group with its message. A server answers the
+#: replies it has when it runs out of buffered input: Postfix reads 4 KiB at a time
+#: (VSTREAM_BUFSIZE), so a longer group gets its replies in two TCP segments, and the
+#: second waits for the client's delayed ACK (Nagle): 40 ms more per message, measured
+#: for 6 and 12 KB messages. A larger message waits for the replies to its envelope
+#: before its BDAT, as RFC 3030 §2 describes it (nor is it uploaded to refused
+#: recipients).
+GROUP_LIMIT: Final = 4096
 #: How many small messages :meth:`SmtpClient.send_many` writes at once (PIPELINING and
-#: CHUNKING): measured against Postfix, 4 gave the most messages/s (benchmarks/smtp.py).
+#: CHUNKING), within :data:`GROUP_LIMIT` bytes: against Postfix, 4 small messages per
+#: write halve the client's CPU per message.
 DEFAULT_WINDOW: Final = 4
 #: The RCPT replies that accept a recipient (aiosmtplib's rule: 250, and 251 "will
 #: forward").
@@ -719,8 +722,8 @@ class SmtpClient(BaseClient):
                 if txs:
                     break  # sent with the next window, in order
                 return [exc]
-            size += len(tx.envelope) + len(tx.body) + len(tx.rcpts) * 16 + 32
-            if size > ONE_RECORD:
+            size += len(tx.envelope) + len(tx.body) + 32  # and RSET, BDAT n LAST
+            if size > GROUP_LIMIT:
                 if txs:
                     break
                 return [await self._send_one(item)]
@@ -838,7 +841,7 @@ class SmtpClient(BaseClient):
                 else:
                     last = await self._round_trip(smtp, 1, transfer, dot_stuffed(body))
                     result, error = tx.outcome([*replies[:-1], last[0]])
-        elif len(tx.envelope) + len(bdat) + len(body) <= ONE_RECORD:
+        elif len(tx.envelope) + len(bdat) + len(body) <= GROUP_LIMIT:
             replies = await self._round_trip(smtp, count, transfer, tx.envelope + bdat + body)
             result, error = tx.outcome(replies)
         else:

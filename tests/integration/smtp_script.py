@@ -43,6 +43,8 @@ class Session:
     bodies: list[bytes] = field(default_factory=list)
     #: Whether any command arrived while the one before it was still unanswered.
     pipelined: bool = False
+    #: For each command: whether more bytes had already arrived behind it.
+    followed: list[bool] = field(default_factory=list)
 
 
 class ScriptedSmtp:
@@ -101,7 +103,9 @@ class ScriptedSmtp:
             line = await reader.readline()
             if not line:
                 return
-            if not held and reader._buffer:  # type: ignore[attr-defined]
+            followed = bool(reader._buffer)  # type: ignore[attr-defined]
+            session.followed.append(followed)
+            if not held and followed:
                 session.pipelined = True
             command = line.decode("utf-8", "replace").rstrip("\r\n")
             verb, _, arg = command.partition(" ")

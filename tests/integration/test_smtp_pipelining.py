@@ -23,6 +23,7 @@ from mailoauth.errors import (
 from mailoauth.imap.client import ImapClient
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp import SendResult, SmtpClient
+from mailoauth.smtp.client import GROUP_LIMIT
 from mailoauth.smtp.replies import MAX_REPLY_LENGTH
 from tests.integration.conftest import MailServers
 from tests.integration.smtp_script import Script, ScriptedSmtp
@@ -79,6 +80,20 @@ async def test_lf_only_message_goes_out_with_crlf_and_its_size() -> None:
     mail = next(c for c in session.commands if c.startswith("MAIL"))
     assert mail == "MAIL FROM:<from@example.test> SIZE=20"
     assert "BDAT 20 LAST" in session.commands
+
+
+async def test_a_large_message_waits_for_its_envelope_replies() -> None:
+    # Over GROUP_LIMIT the message goes after the envelope's replies: a server that
+    # answers a long group in parts would otherwise leave its last reply waiting for a
+    # delayed ACK. A small one goes in the same write as its envelope.
+    large = b"Subject: large\r\n\r\n" + b"x" * GROUP_LIMIT + b"\r\n"
+    async with ScriptedSmtp(Script()) as server, client(server) as smtp:
+        for message in (BODY, large):
+            await asyncio.wait_for(smtp.sendmail(SENDER, ["a@x.test"], message), GUARD)
+    session = server.sessions[-1]
+    rcpts = [n for n, c in enumerate(session.commands) if c.startswith("RCPT")]
+    assert [session.followed[n] for n in rcpts] == [True, False]
+    assert session.bodies == [BODY, large]
 
 
 @pytest.mark.parametrize("chunking", [True, False], ids=["BDAT", "DATA"])
