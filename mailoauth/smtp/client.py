@@ -457,7 +457,10 @@ class SmtpClient(BaseClient):
 
     ``token`` is an access token string, an :class:`~mailoauth.AccessToken`, or a
     :class:`~mailoauth.TokenProvider` (refreshed when needed). Use as
-    ``async with SmtpClient(...) as smtp: await smtp.send_message(msg)``.
+    ``async with SmtpClient(...) as smtp: await smtp.send_message(msg)``. Many
+    messages: :meth:`send_many`, or :class:`~mailoauth.SmtpPool` for several
+    connections. ``pipelining=False`` keeps to one command per round trip even where
+    the server offers PIPELINING and CHUNKING (for a middlebox that mishandles them).
 
     Errors: :class:`~mailoauth.errors.AuthenticationError` (token rejected twice),
     :class:`~mailoauth.errors.TLSError` (STARTTLS missing, bad certificate),
@@ -597,8 +600,10 @@ class SmtpClient(BaseClient):
         mailbox, log in as the delegate (its own username and token) and give the
         shared address as ``sender``: Exchange Online refuses it without the Send As
         right (``554 5.2.252 SendAsDenied``), and the CommandError names the
-        ``Add-RecipientPermission`` command that grants it. Reconnects when the
-        server dropped the connection. Called before :meth:`connect` (or after
+        ``Add-RecipientPermission`` command that grants it. When the server offers
+        PIPELINING (and CHUNKING), the message takes one round trip instead of three
+        or more; the results are the same. Reconnects when the server dropped the
+        connection. Called before :meth:`connect` (or after
         :meth:`aclose`) it connects by itself, with a DeprecationWarning: open the
         client with ``async with`` instead.
         """
@@ -670,9 +675,10 @@ class SmtpClient(BaseClient):
         refused message cannot affect the next) and their replies are read in order;
         otherwise they are sent one after the other. A message whose replies did not all
         come when the connection failed may or may not have been accepted: its result
-        is the transport error, and the next message reconnects. Raises only what
-        reaching the server raises (see :meth:`connect`) and
-        :class:`~mailoauth.errors.ConfigurationError` for ``window`` < 1.
+        is the transport error, and the next message reconnects. When reconnecting
+        fails (a token rejected twice, a server gone), that error is the result of every
+        message left. Raises only :class:`~mailoauth.errors.ConfigurationError` for
+        ``window`` < 1.
         """
         if window < 1:
             raise ConfigurationError(f"window must be at least 1, not {window}")
