@@ -71,6 +71,35 @@ async def test_pipelined_send_reports_each_refused_recipient(chunking: bool) -> 
     assert session.bodies == [BODY]  # dot-stuffing undone by the server, or none at all
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_send_message_options_match_the_unpipelined_path(pipelining: bool) -> None:
+    script = Script(extensions=("PIPELINING", "CHUNKING", "8BITMIME", "SMTPUTF8", "SIZE 99999"))
+    msg = email.message.EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = SENDER, "jörg@x.test", "grüße"
+    msg["Bcc"] = "hidden@x.test"
+    msg.set_content("grüße\n")
+    async with ScriptedSmtp(script) as server, client(server, pipelining=pipelining) as smtp:
+        await asyncio.wait_for(smtp.send_message(msg), GUARD)
+    session = server.sessions[-1]
+    mail = next(c for c in session.commands if c.startswith("MAIL"))
+    assert mail.upper().endswith("SMTPUTF8 BODY=8BITMIME")
+    assert mail.upper().startswith(f"MAIL FROM:<{SENDER.upper()}> SIZE=")
+    rcpts = [c for c in session.commands if c.startswith("RCPT")]
+    assert rcpts == ["RCPT TO:<jörg@x.test>", "RCPT TO:<hidden@x.test>"]
+    assert b"hidden@x.test" not in session.bodies[0]
+
+
+async def test_non_ascii_address_without_smtputf8_is_refused_before_sending() -> None:
+    msg = email.message.EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = SENDER, "jörg@x.test", "x"
+    msg.set_content("x\n")
+    async with ScriptedSmtp(Script()) as server, client(server) as smtp:
+        with pytest.raises(ProtocolError, match="SMTPUTF8"):
+            await asyncio.wait_for(smtp.send_message(msg), GUARD)
+        assert not any(c.startswith("MAIL") for c in server.sessions[-1].commands)
+        assert smtp.connected
+
+
 async def test_lf_only_message_goes_out_with_crlf_and_its_size() -> None:
     script = Script(hold_replies=True)
     async with ScriptedSmtp(script) as server, client(server) as smtp:
