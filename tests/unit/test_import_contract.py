@@ -33,7 +33,14 @@ def _imported(module: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["mailoauth.pop3.protocol", "mailoauth.sasl", "mailoauth", "mailoauth.errors"]
+    "module",
+    [
+        "mailoauth.pop3.protocol",
+        "mailoauth.smtp.replies",
+        "mailoauth.sasl",
+        "mailoauth",
+        "mailoauth.errors",
+    ],
 )
 def test_sans_io_modules_import_without_network_libraries(module: str) -> None:
     assert _imported(module) == [], f"importing {module} loads the network libraries"
