@@ -10,6 +10,8 @@ import random
 
 import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailoauth.errors import LimitExceededError, ProtocolError
 from mailoauth.smtp.replies import (
@@ -121,3 +123,28 @@ def test_canonical_lines_returns_a_canonical_message_as_it_is() -> None:
 def test_dot_stuffing_agrees_with_aiosmtplib(message: bytes) -> None:
     canonical = canonical_lines(message)
     assert dot_stuffed(canonical) == PERIOD_REGEX.sub(b"..", canonical) + b".\r\n"
+
+
+REPLY_PIECES = st.sampled_from(
+    [b"250", b"550", b"354", b"-", b" ", b"ok", b"2.1.0", b"\r\n", b"\n", b"\r", b"\x00", b"x"]
+)
+reply_bytes = st.one_of(st.binary(max_size=256), st.lists(REPLY_PIECES, max_size=80).map(b"".join))
+
+
+def parse_all(pieces: list[bytes]) -> list[Reply] | type[Exception]:
+    parser = ReplyParser()
+    out: list[Reply] = []
+    try:
+        for piece in pieces:
+            out += parser.feed(piece)
+    except (ProtocolError, LimitExceededError) as exc:  # the only errors it may raise
+        return type(exc)
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(reply_bytes, st.lists(st.integers(0, 256), max_size=6))
+def test_any_bytes_in_any_pieces_parse_the_same(data: bytes, cuts: list[int]) -> None:
+    points = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert parse_all(pieces) == parse_all([data])
