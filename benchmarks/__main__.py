@@ -17,7 +17,7 @@ BENCHMARKS = {
     "pop3": "POP3 retrieval vs poplib and a bare TLS socket reader; streaming memory",
     "token_single_flight": "1,000 concurrent callers with an expired token",
     "imap_polling": "N mailboxes: connect, auth, select, UID SEARCH UNSEEN",
-    "smtp": "500 messages over one STARTTLS connection to Postfix",
+    "smtp": "500 messages to Postfix: one STARTTLS connection, and SmtpPool",
     "idle_memory": "RSS per idle IMAP IDLE connection",
     "pop3_parser": "the sans-IO POP3 parser alone vs a bare terminator scan (no sockets)",
 }
