@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+import anyio
+
 from mailoauth.errors import ConfigurationError, MailOAuthError, UsageError
 from mailoauth.security import SecurityOptions
 from mailoauth.smtp.client import DEFAULT_WINDOW, Outgoing, SendResult, SmtpClient
@@ -95,6 +97,8 @@ class SmtpPool:
             for _ in range(size)
         ]
         self._closed = False
+        # One send_many at a time: a client serves one task at a time.
+        self._sending = asyncio.Lock()
 
     @property
     def clients(self) -> tuple[SmtpClient, ...]:
@@ -107,12 +111,16 @@ class SmtpPool:
         A message is an :class:`email.message.Message` (its envelope from its headers)
         or a ``(sender, recipients, data)`` tuple. At most ``size`` connections work at
         once, each on ``window`` messages at a time, so memory beyond the messages
-        themselves stays bounded. Raises :class:`~mailoauth.errors.UsageError` after
-        :meth:`aclose`; a cancellation closes the connections in the middle of a batch.
+        themselves stays bounded; concurrent calls run one after the other. Raises
+        :class:`~mailoauth.errors.UsageError` after :meth:`aclose`; a cancellation
+        closes the connections in the middle of a batch.
         """
-        if self._closed:
-            raise UsageError("this SmtpPool is closed: make a new one")
-        items = list(messages)
+        async with self._sending:
+            if self._closed:
+                raise UsageError("this SmtpPool is closed: make a new one")
+            return await self._send_many(list(messages))
+
+    async def _send_many(self, items: list[Outgoing]) -> list[SendResult | MailOAuthError]:
         results: list[SendResult | MailOAuthError | None] = [None] * len(items)
         next_index = 0
         # A connection that could not open stops taking messages; the last error is
@@ -135,9 +143,9 @@ class SmtpPool:
                 results[start:end] = await client.send_many(items[start:end], window=self.window)
 
         needed = min(self.size, -(-len(items) // self.window))
-        async with asyncio.TaskGroup() as group:
+        async with anyio.create_task_group() as group:
             for client in self._clients[:needed]:
-                group.create_task(work(client))
+                group.start_soon(work, client)
         if next_index < len(items):  # every connection failed to open
             for k in range(next_index, len(items)):
                 results[k] = failures[-1]

@@ -48,7 +48,7 @@ class CountingProvider:
         await asyncio.sleep(0.01)  # a network round trip, so that callers pile up
         value = self.oauth.issue_access_token(self.username)
         self.issued.append(value)
-        return AccessToken(value, dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        return AccessToken(value, dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
 
 
 def new_user() -> str:
