@@ -22,7 +22,7 @@ from mailoauth.errors import (
 )
 from mailoauth.imap.client import ImapClient
 from mailoauth.security import SecurityOptions
-from mailoauth.smtp import SendResult, SmtpClient
+from mailoauth.smtp import SendResult, SmtpClient, SmtpPool
 from mailoauth.smtp.client import GROUP_LIMIT
 from mailoauth.smtp.replies import MAX_REPLY_LENGTH
 from tests.integration.conftest import MailServers
@@ -357,3 +357,57 @@ async def test_postfix_takes_a_large_message_by_bdat(mail_servers: MailServers) 
             smtp.sendmail(user, ["sink@discard.test"], b"Subject: large\r\n\r\n" + body), GUARD
         )
     assert result.refused == {} and "queued" in result.data_reply
+
+
+SCENARIOS: dict[str, Script] = {
+    "mixed": Script(rcpt=refuse("b@x.test", reply=b"550 5.1.1 no such user")),
+    "all refused": Script(rcpt=refuse("@x.test", reply=b"451 4.3.0 try later")),
+    "sender refused": Script(mail=lambda arg: b"553 5.7.1 not yours"),
+    "message refused": Script(data_end=lambda body: b"552 5.3.4 too big"),
+    "send as denied": Script(
+        data_end=lambda body: b"554 5.2.252 SendAsDenied; a@x not allowed to send as b@x"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+async def test_pipelined_results_and_errors_equal_the_unpipelined_ones(name: str) -> None:
+    outcomes = []
+    async with ScriptedSmtp(SCENARIOS[name]) as server:
+        for pipelining in (True, False):
+            async with client(server, pipelining=pipelining) as smtp:
+                try:
+                    result: object = await asyncio.wait_for(
+                        smtp.sendmail(SENDER, ["a@x.test", "b@x.test"], BODY), GUARD
+                    )
+                except CommandError as exc:
+                    result = (str(exc), exc.command, exc.code, exc.enhanced_code, exc.retryable)
+                outcomes.append(result)
+            assert server.sessions[-1].pipelined is pipelining
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_concurrent_pool_calls_run_one_after_the_other() -> None:
+    async with (
+        ScriptedSmtp(Script()) as server,
+        SmtpPool(
+            "127.0.0.1",
+            server.port,
+            SENDER,
+            "at-scripted",
+            SecurityOptions.NONE,
+            size=2,
+            allow_insecure_auth=True,
+            timeout=5.0,
+        ) as pool,
+    ):
+        batches: list[Any] = [
+            [(SENDER, ["a@x.test"], b"Subject: %d-%d\r\n\r\nx\r\n" % (b, n)) for n in range(9)]
+            for b in range(3)
+        ]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(pool.send_many(batch) for batch in batches)), GUARD
+        )
+    assert all(isinstance(r, SendResult) for out in results for r in out)
+    bodies = sorted(b for s in server.sessions for b in s.bodies)
+    assert bodies == sorted(m[2] for batch in batches for m in batch)
