@@ -411,3 +411,18 @@ async def test_concurrent_pool_calls_run_one_after_the_other() -> None:
     assert all(isinstance(r, SendResult) for out in results for r in out)
     bodies = sorted(b for s in server.sessions for b in s.bodies)
     assert bodies == sorted(m[2] for batch in batches for m in batch)
+
+
+@pytest.mark.parametrize("extensions", [("PIPELINING",), ()], ids=["DATA", "unpipelined"])
+async def test_send_many_without_chunking_sends_one_at_a_time(extensions: tuple[str, ...]) -> None:
+    script = Script(extensions=extensions, rcpt=refuse("bad@x.test"))
+    items: list[Any] = [
+        (SENDER, ["a@x.test"], b"Subject: 1\r\n\r\n1\r\n"),
+        (SENDER, ["bad@x.test"], b"Subject: 2\r\n\r\n2\r\n"),
+        (SENDER, ["a@x.test"], b"Subject: 3\r\n\r\n3\r\n"),
+    ]
+    async with ScriptedSmtp(script) as server, client(server) as smtp:
+        results = await asyncio.wait_for(smtp.send_many(items), GUARD)
+    assert [type(r).__name__ for r in results] == ["SendResult", "CommandError", "SendResult"]
+    assert server.sessions[-1].bodies == [items[0][2], items[2][2]]
+    assert "BDAT" not in " ".join(server.sessions[-1].commands)
