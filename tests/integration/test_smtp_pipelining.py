@@ -228,7 +228,7 @@ async def test_server_closing_mid_pipeline_raises_and_reconnects(verb: str) -> N
 
 async def test_silent_server_times_out_and_the_connection_is_closed() -> None:
     script = Script(silent_on="BDAT")
-    async with ScriptedSmtp(script) as server, client(server, timeout=1.0) as smtp:
+    async with ScriptedSmtp(script) as server, client(server, timeout=2.0) as smtp:
         with pytest.raises(MailTimeoutError):
             await asyncio.wait_for(smtp.sendmail(SENDER, ["a@x.test"], BODY), GUARD)
         assert not smtp.connected
