@@ -104,7 +104,7 @@ class RecipientReply:
 @dataclass(frozen=True)
 class SendResult:
     """What the server said about a message: one reply per refused recipient (the
-    others were accepted) and the final reply to DATA."""
+    others were accepted) and the final reply to DATA (or to ``BDAT ... LAST``)."""
 
     refused: dict[str, RecipientReply]
     data_reply: str
