@@ -17,10 +17,11 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mailoauth.errors import ConfigurationError, MailOAuthError, PermanentTokenError
-from mailoauth.poll._common import Commit, Limits, Progress, Settings, WatchContext
+from mailoauth.poll._common import Commit, Progress, Settings, WatchContext
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
 from mailoauth.poll.backoff import backoff_delay, is_permanent
+from mailoauth.poll.budgets import ConnectionBudgets, LocalBudgets
 from mailoauth.poll.reconsent import (
     ReconsentHook,
     ReconsentRequest,
@@ -29,6 +30,7 @@ from mailoauth.poll.reconsent import (
 )
 from mailoauth.poll.spec import Backoff, Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
+from mailoauth.poll.throttle import classify_throttle
 from mailoauth.tokens.manager import TokenManager, wrap_provider
 
 if TYPE_CHECKING:
@@ -99,8 +101,12 @@ class Poller:
     true, else polled every ``interval`` seconds (give or take 10 %); POP3 maildrops are
     polled every ``interval`` seconds by UIDL and never changed. Connections are bounded
     by ``limits`` (:class:`~mailoauth.poll.PollLimits`: ``max_connections`` overall,
-    ``max_per_host`` per server host and ``max_per_account`` per (host, username); the
-    three are also accepted as keywords of their own). A watcher holding a connection gives it up
+    ``max_per_host`` per server host and ``max_per_account`` per (host, username), with
+    Gmail's and Exchange Online's per-account presets; the three are also accepted as
+    keywords of their own), enforced in this process, or by ``budgets`` (a
+    :class:`~mailoauth.poll.ConnectionBudgets`, such as
+    :class:`~mailoauth.poll.RedisBudgets` for caps shared by a fleet of processes;
+    give the limits to it then). A watcher holding a connection gives it up
     when another mailbox waits for its slot (an IDLE watcher at the end of its IDLE
     round of ``idle_timeout`` seconds), so more mailboxes than slots are served in turn.
 
@@ -121,7 +127,11 @@ class Poller:
     exponential backoff (``backoff``: a :class:`~mailoauth.poll.Backoff`, or the keywords
     ``backoff_base=`` and ``backoff_max=``); permanent ones (a revoked grant, a rejected
     token, a missing folder) set the mailbox aside in :attr:`failed` while the others
-    go on.
+    go on. A throttled answer (Gmail's ``Too many simultaneous connections``,
+    ``[UNAVAILABLE]``, ``[THROTTLED]``, the token endpoint's 429; see
+    :func:`~mailoauth.poll.classify_throttle`) holds back every mailbox of its account
+    (or, for the token endpoint, of its credential) for ``max(Retry-After, backoff)``
+    through the budgets, fleet-wide with Redis ones.
 
     **Dying grants.** With ``on_reconsent`` (an async callback), a mailbox whose grant
     died (``invalid_grant``) is reported as failed, then the hook is called with a
@@ -140,7 +150,7 @@ class Poller:
     of the jitter (tests pass a seeded one). Asyncio only. Raises
     :class:`~mailoauth.errors.ConfigurationError` for limits or intervals out of range,
     for a group given both as its object and as keywords, and for two mailboxes with one
-    key.
+    key, and for ``budgets`` given with ``limits`` (or their keywords).
     """
 
     def __init__(
@@ -160,9 +170,17 @@ class Poller:
         rng: random.Random | None = None,
         on_reconsent: ReconsentHook | None = None,
         reconsent_interval: float = 5.0,
+        budgets: ConnectionBudgets | None = None,
         **grouped: Unpack[_GroupedOptions],
     ) -> None:
+        if budgets is not None and (limits is not None or set(grouped) & set(_LIMIT_FIELDS)):
+            raise ConfigurationError(
+                "give the limits to the budgets (e.g. RedisBudgets(redis, limits=...)), "
+                "not to the Poller as well"
+            )
         limits = _group(PollLimits, "limits", limits, grouped, _LIMIT_FIELDS)
+        if budgets is not None:
+            limits = budgets.limits
         backoff = _group(Backoff, "backoff", backoff, grouped, _BACKOFF_FIELDS)
         if grouped:
             raise TypeError(f"Poller() got unexpected keyword arguments: {', '.join(grouped)}")
@@ -193,9 +211,7 @@ class Poller:
         self._settings = Settings(interval, use_idle, idle_timeout, start, fetch_batch)
         self._rng = rng or random.Random()
         self._progress = Progress(self.state_store)
-        self._overall = anyio.CapacityLimiter(limits.max_connections)
-        self._per_host: dict[str, anyio.CapacityLimiter] = {}
-        self._per_account: dict[tuple[str, str], anyio.CapacityLimiter] = {}
+        self.budgets: ConnectionBudgets = budgets or LocalBudgets(limits)
         self._mailboxes: dict[str, Mailbox] = {}
         self._tokens: dict[str, TokenManager] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
@@ -340,18 +356,6 @@ class Poller:
         send = self._send.clone()
         self._tg.start_soon(self._watch, mailbox, scope, send, name=f"poll {mailbox.key}")
 
-    def _limits(self, mailbox: Mailbox) -> Limits:
-        limiters = []
-        if self.max_per_account is not None:
-            account = self._per_account.setdefault(
-                mailbox.account, anyio.CapacityLimiter(self.max_per_account)
-            )
-            limiters.append(account)
-        host = self._per_host.setdefault(
-            mailbox.host.lower(), anyio.CapacityLimiter(self.max_per_host)
-        )
-        return Limits(*limiters, host, self._overall)
-
     async def _watch(
         self, mailbox: Mailbox, scope: anyio.CancelScope, send: MemoryObjectSendStream[_Item]
     ) -> None:
@@ -370,7 +374,7 @@ class Poller:
         ctx = WatchContext(
             mailbox=mailbox,
             tokens=self._tokens[key],
-            limits=self._limits(mailbox),
+            limits=self.budgets.slots(mailbox),
             progress=self._progress,
             settings=self._settings,
             rng=self._rng,
@@ -394,6 +398,26 @@ class Poller:
                         log.debug("%s: a new grant is in the store; resuming", key)
                         self._failed.pop(key, None)
                         attempts = 0
+                        continue
+                    throttled = classify_throttle(exc)
+                    if throttled is not None:
+                        delay = max(
+                            throttled.retry_after or 0.0,
+                            backoff_delay(attempts, self.backoff_base, self.backoff_max, self._rng),
+                        )
+                        attempts += 1
+                        log.info(
+                            "%s: throttled (%s); holding its %s back for %.1f s",
+                            key,
+                            throttled.reason,
+                            throttled.scope,
+                            delay,
+                        )
+                        await self.budgets.hold_back(mailbox, throttled.scope, delay)
+                        await emit(
+                            MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
+                        )
+                        await anyio.sleep(delay)
                         continue
                     if is_permanent(exc):
                         self._failed[key] = exc
