@@ -100,6 +100,10 @@ class ConnectionBudgets(Protocol):
         (a longer hold-back already in place stays)."""
         ...
 
+    async def held_back(self, mailbox: Mailbox) -> float:
+        """Seconds until ``mailbox`` may connect again (0: now)."""
+        ...
+
 
 def account_key(mailbox: Mailbox) -> str:
     """``"account:{host}|{username}"``, lower case: what a provider's per-account
@@ -227,7 +231,7 @@ class LocalBudgets:
     async def hold_back(self, mailbox: Mailbox, scope: ThrottleScope, seconds: float) -> None:
         self._backs.add(_scope_key(mailbox, scope), _check_seconds(seconds))
 
-    def held_back(self, mailbox: Mailbox) -> float:
+    async def held_back(self, mailbox: Mailbox) -> float:
         """Seconds until ``mailbox`` may connect again (0: now)."""
         return max(0.0, self._backs.left((account_key(mailbox), credential_key(mailbox))))
 
@@ -243,19 +247,28 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# All or none. KEYS: n semaphores, then their n waiter sets. ARGV: holder, lease ms,
-# waiter ttl ms, then the n caps. Returns 0 when taken, else the index of a full one
-# (the holder is then listed as a waiter of every full semaphore).
+# All or none. KEYS: n semaphores, their n waiter sets, then the hold-back keys of the
+# holder's scopes. ARGV: holder, lease ms, waiter ttl ms, n, then the n caps. Returns
+# minus the milliseconds left when a scope is held back (nothing taken), 0 when taken,
+# else the index of a full semaphore (the holder is then listed as a waiter of each
+# full one).
 _ACQUIRE: Final = (
     _NOW
     + """
-local n = #KEYS / 2
 local holder, lease, wttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local held = 0
+for i = 2 * n + 1, #KEYS do
+  held = math.max(held, redis.call('PTTL', KEYS[i]))
+end
+if held > 0 then
+  return -held
+end
 local full = 0
 for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if not redis.call('ZSCORE', KEYS[i], holder)
-      and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then
+      and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[4 + i]) then
     full = i
     redis.call('ZADD', KEYS[n + i], now + wttl, holder)
     redis.call('PEXPIRE', KEYS[n + i], wttl * 2)
@@ -481,11 +494,6 @@ class RedisBudgets:
             fleet = [await self._redis.pttl(self._key("hold", k)) for k in keys]
         return max([self._backs.left(keys), *(ms / 1000 for ms in fleet)], default=0.0)
 
-    async def _fleet_hold_back(self, keys: tuple[str, ...]) -> float:
-        with anyio.fail_after(self.timeout):
-            left = [await self._redis.pttl(self._key("hold", k)) for k in keys]
-        return max(left, default=0) / 1000
-
     # -- slots ----------------------------------------------------------------------
 
     async def _acquire(self, sems: list[tuple[str, int]], backs: tuple[str, ...]) -> _Lease:
@@ -495,24 +503,22 @@ class RedisBudgets:
             keys=[self._key("sem", k) for k, _ in sems] + [self._key("wait", k) for k, _ in sems],
         )
         caps = [cap for _, cap in sems]
+        holds = [self._key("hold", k) for k in backs]
         tries = 0
         outage = 0
         try:
             while True:
                 await _wait_out(lambda: self._backs.left(backs))
                 try:
-                    left = await self._fleet_hold_back(backs)
-                    if left > 0:
-                        await anyio.sleep(min(left, _MAX_HOLD_BACK_STEP))
-                        continue
                     started = anyio.current_time()
                     with anyio.fail_after(self.timeout):
-                        full = await self._acquire_script(
-                            keys=lease.keys,
+                        answer = await self._acquire_script(
+                            keys=[*lease.keys, *holds],
                             args=[
                                 lease.holder,
                                 self._ms(self.lease),
                                 self._ms(self._wait_ttl()),
+                                len(sems),
                                 *caps,
                             ],
                         )
@@ -524,7 +530,10 @@ class RedisBudgets:
                     continue
                 outage = 0
                 self._note_recovery()
-                if int(full) == 0:
+                if int(answer) < 0:  # held back, fleet-wide
+                    await anyio.sleep(min(-int(answer) / 1000, _MAX_HOLD_BACK_STEP))
+                    continue
+                if int(answer) == 0:
                     lease.scope = anyio.CancelScope(deadline=self._cut_at(started))
                     self._leases.add(lease)
                     self._start_renewer()

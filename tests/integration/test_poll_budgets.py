@@ -175,8 +175,8 @@ async def test_throttled_account_is_held_back_and_others_go_on(
         assert not failure.permanent and failure.retry_in == 60
         await fake.more_noops(20)  # the calm account is served meanwhile
         tries = sum(fake.logins.values()) if where == "login" else sum(fake.examined.values())
-        assert budgets.held_back(boxes[0]) > 30 and budgets.held_back(boxes[1]) > 30
-        assert budgets.held_back(boxes[2]) == 0
+        assert await budgets.held_back(boxes[0]) > 30 and await budgets.held_back(boxes[1]) > 30
+        assert await budgets.held_back(boxes[2]) == 0
     # One try for the whole account: its other mailbox never went in while held back.
     if where == "login":
         assert fake.logins[busy] == 1 and tries == fake.logins[busy] + fake.logins[calm]
@@ -215,8 +215,8 @@ async def test_token_endpoint_429_holds_back_its_credential_for_retry_after(
             await fake.more_noops(20)
             budgets = p.budgets
             assert isinstance(budgets, LocalBudgets)
-            assert all(budgets.held_back(b) > 20 for b in shared)
-            assert budgets.held_back(other) == 0
+            assert all([await budgets.held_back(b) > 20 for b in shared])
+            assert await budgets.held_back(other) == 0
             c1_requests = [f for f in oauth.token_forms if f.get("client_id") == "c1"]
         # One request for the credential (its two mailboxes shared it), none again while
         # held back; neither account logged in.

@@ -58,9 +58,9 @@ def test_presets_cap_each_account_below_the_provider_limit_and_leave_hosts_uncap
     assert connection_preset("pop.gmail.com") is GMAIL_CONNECTIONS
     assert connection_preset("imap.example.test") is None
     for cloud in MS_CLOUDS.values():
-        for host in (cloud.imap_host, cloud.pop3_host):
-            if host is not None:
-                assert connection_preset(host) is EXCHANGE_ONLINE_CONNECTIONS, host
+        for name in (cloud.imap_host, cloud.pop3_host):
+            if name is not None:
+                assert connection_preset(name) is EXCHANGE_ONLINE_CONNECTIONS, name
 
 
 def test_poll_limits_default_no_longer_caps_a_host() -> None:
@@ -195,7 +195,7 @@ async def test_local_hold_back_keeps_the_account_out_and_not_others() -> None:
     budgets = LocalBudgets()
     held, other_folder, stranger = box(), box(folder="Sent"), box(user="v@example.test")
     await budgets.hold_back(held, "account", 60)
-    assert budgets.held_back(other_folder) > 50 and budgets.held_back(stranger) == 0
+    assert await budgets.held_back(other_folder) > 50 and await budgets.held_back(stranger) == 0
     entered = False
     with anyio.move_on_after(0.2):
         async with budgets.slots(other_folder).hold():
@@ -204,7 +204,7 @@ async def test_local_hold_back_keeps_the_account_out_and_not_others() -> None:
     async with budgets.slots(stranger).hold():
         pass
     await budgets.hold_back(held, "account", 1)  # a shorter one never shortens it
-    assert budgets.held_back(held) > 50
+    assert await budgets.held_back(held) > 50
     with pytest.raises(ConfigurationError):
         await budgets.hold_back(held, "account", -1)
 
