@@ -39,7 +39,7 @@ from mailoauth.security import SecurityOptions
 from mailoauth.testing._process import free_ports
 from mailoauth.testing.faultproxy import Reply, ScriptedServer
 from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
-from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant, TokenProvider
+from mailoauth.tokens import AccessToken, OAuth2TokenProvider, RefreshTokenGrant, TokenProvider
 from tests.integration.test_redis_store import redis_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.asyncio
@@ -183,6 +183,43 @@ async def test_throttled_account_is_held_back_and_others_go_on(
     else:
         assert fake.examined["Busy1"] + fake.examined["Busy2"] == 1
     assert p.failed == {}
+
+
+class CountingProvider:
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    async def get_access_token(self, *, force_refresh: bool = False) -> AccessToken:
+        self.calls.append(force_refresh)
+        return AccessToken(f"at-{len(self.calls)}")
+
+
+@pytest.mark.parametrize(
+    "refusal", [GMAIL_ALERT, b"NO [THROTTLED] slow down", b"NO [UNAVAILABLE] try later"]
+)
+async def test_a_busy_login_is_not_retried_with_a_refreshed_token(
+    imap: tuple[FakeImap, int], refusal: bytes
+) -> None:
+    """A login refused for being busy says nothing about the token: no refresh, no
+    second AUTHENTICATE (which would only add to the load), a retryable error."""
+    fake, port = imap
+    fake.refuse_login["busy@example.test"] = refusal
+    provider = CountingProvider()
+    client = ImapClient(
+        "127.0.0.1",
+        port,
+        "busy@example.test",
+        provider,
+        SecurityOptions.NONE,
+        allow_insecure_auth=True,
+        timeout=10,
+    )
+    with pytest.raises(AuthenticationError) as caught:
+        async with client:
+            pass
+    assert caught.value.temporary and caught.value.retryable
+    assert fake.logins["busy@example.test"] == 1
+    assert provider.calls == [False]
 
 
 async def test_token_endpoint_429_holds_back_its_credential_for_retry_after(
