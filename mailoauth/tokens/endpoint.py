@@ -2,7 +2,10 @@
 
 Transient failures (5xx, 408, 429, timeouts, network errors) are retried with
 exponential backoff and jitter, at most ``max_attempts`` times in all, then raised as
-:class:`~mailoauth.errors.TransientTokenError`; permanent ones are raised at once.
+:class:`~mailoauth.errors.TransientTokenError`; permanent ones are raised at once. A
+``Retry-After`` is honoured: up to :data:`MAX_BACKOFF` it lengthens the wait before the
+next attempt; beyond it, the error is raised at once with the wait in its
+``retry_after``, for the caller to honour (the poller holds the credential back).
 Each attempt (connect, send and the whole response) is bounded by one deadline, so a
 server dripping its answer byte by byte cannot hold a caller longer than ``timeout``.
 
@@ -427,12 +430,22 @@ class TokenEndpoint:
                 retry_after = raw.retry_after
                 result = parse(raw)
             except TransientTokenError as exc:
+                wait = parse_retry_after(retry_after, self.clock())
+                if wait is not None and wait > MAX_BACKOFF:
+                    # Retrying sooner than asked would only be refused again (and may
+                    # prolong the throttling): the caller waits, holding others back.
+                    log.debug("POST %s (%s) throttled for %.0f s: %s", url, grant, wait, exc)
+                    raise TransientTokenError(
+                        f"{exc}; it asked to retry after {wait:g} s",
+                        status_code=exc.status_code,
+                        retry_after=wait,
+                    ) from exc
                 if attempt >= self.max_attempts:
                     log.debug("POST %s (%s) failed for good: %s", url, grant, exc)
                     raise TransientTokenError(
                         f"{exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})",
                         status_code=exc.status_code,
-                        retry_after=parse_retry_after(retry_after, self.clock()),
+                        retry_after=wait,
                     ) from exc
                 delay = self._delay(attempt, retry_after)
                 log.debug("POST %s (%s) failed (%s); retrying in %.2fs", url, grant, exc, delay)

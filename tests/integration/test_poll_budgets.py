@@ -235,7 +235,6 @@ async def test_token_endpoint_429_holds_back_its_credential_for_retry_after(
                 RefreshTokenGrant(oauth.issue_refresh_token(f"{client}@example.test")),
                 client_id=client,
                 client_secret=f"secret-{client}",
-                max_attempts=1,
             )
         # Two accounts sharing credential c1; the endpoint answers its request with 429.
         shared = [mailbox(port, f"{u}@example.test", token=providers["c1"]) for u in "ab"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import anyio
+import httpx
 import pytest
 
 from mailoauth._providers import (
@@ -250,3 +251,36 @@ def test_redis_budgets_check_their_arguments() -> None:
     assert "w1" in repr(budgets) and budgets.limits == PollLimits()
     slots = budgets.slots(box("imap.gmail.com", "me@gmail.com"))
     assert not slots.contended()
+
+
+@pytest.mark.asyncio
+async def test_token_endpoint_hands_a_long_retry_after_to_the_caller() -> None:
+    """A 429 asking for more than the endpoint's own longest wait is not retried (it
+    would only be refused again): the error carries the wait. A short one is waited."""
+    answers = [
+        httpx.Response(429, json={"error": "slow_down"}, headers={"Retry-After": "2"}),
+        httpx.Response(200, json={"access_token": "at-ok", "expires_in": 60}),
+        httpx.Response(429, json={"error": "slow_down"}, headers={"Retry-After": "120"}),
+        httpx.Response(200, json={"access_token": "at-never", "expires_in": 60}),
+    ]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: answers.pop(0))
+    ) as http:
+        provider = OAuth2TokenProvider(
+            "https://login.example.test/token",
+            RefreshTokenGrant("rt-x"),
+            client_id="cid",
+            http_client=http,
+            sleep=sleep,
+        )
+        assert (await provider.get_access_token()).value == "at-ok"
+        assert slept == [2.0]
+        with pytest.raises(TransientTokenError) as caught:
+            await provider.get_access_token(force_refresh=True)
+    assert caught.value.status_code == 429 and caught.value.retry_after == 120
+    assert slept == [2.0] and len(answers) == 1  # not retried
