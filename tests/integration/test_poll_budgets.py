@@ -389,6 +389,22 @@ async def test_a_killed_holder_frees_its_slot_within_one_lease(
             await proc.wait()
 
 
+async def test_a_slot_is_renewed_while_held_and_freed_on_release(
+    fleet: Callable[..., RedisBudgets], caplog: pytest.LogCaptureFixture
+) -> None:
+    budgets = fleet(lease=0.6, limits=PollLimits(max_per_account=1))
+    box = Mailbox("imap", "imap.example.test", 993, "long@example.test", "at-l")
+    account = "imap.example.test|long@example.test"
+    finished = False
+    async with asyncio.timeout(WAIT), budgets.slots(box).hold():
+        for _ in range(4):  # five leases in all: each renewal must move the cut
+            await asyncio.sleep(0.6)
+            assert await budgets.holders("account", account) == 1
+        finished = True
+    assert finished and "could not be renewed" not in caplog.text
+    assert await budgets.holders("account", account) == 0
+
+
 async def test_a_slot_lost_in_redis_cuts_the_connection(
     redis_url: str,  # noqa: F811
     fleet: Callable[..., RedisBudgets],
