@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENTION_CHECK",
     "DEFAULT_LEASE",
+    "MAX_REDIS_CALLS",
     "ConnectionBudgets",
     "LocalBudgets",
     "RedisBudgets",
@@ -59,6 +60,8 @@ log = logging.getLogger("mailoauth.poll")
 CONTENTION_CHECK: Final = 1.0
 #: Seconds a Redis slot lives without renewal: how long a dead holder keeps it.
 DEFAULT_LEASE: Final = 15.0
+#: Calls to Redis one RedisBudgets makes at once (redis-py's pool holds 100 by default).
+MAX_REDIS_CALLS: Final = 16
 #: Longest wait between two tries at a full Redis semaphore (seconds).
 _MAX_POLL: Final = 1.0
 #: Longest wait between two tries while Redis cannot be reached (seconds).
@@ -447,6 +450,7 @@ class RedisBudgets:
         self._renew_script = self._redis.register_script(_RENEW)
         self._release_script = self._redis.register_script(_RELEASE)
         self._hold_back_script = self._redis.register_script(_HOLD_BACK)
+        self._calls = anyio.Semaphore(MAX_REDIS_CALLS)
         self._leases: set[_Lease] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._backs = _HoldBacks()
@@ -455,6 +459,15 @@ class RedisBudgets:
     @property
     def limits(self) -> PollLimits:
         return self._limits
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """Around every call to Redis: at most :data:`MAX_REDIS_CALLS` at once (a
+        thousand waiting mailboxes would otherwise exhaust the client's connection
+        pool), each bounded by ``timeout`` once it is sent."""
+        async with self._calls:
+            with anyio.fail_after(self.timeout):
+                yield
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -481,7 +494,7 @@ class RedisBudgets:
         if ms <= 0:
             return
         try:
-            with anyio.fail_after(self.timeout):
+            async with self._call():
                 await self._hold_back_script(keys=[self._key("hold", key)], args=[ms, scope])
         except self._errors as exc:
             log.warning("could not record a hold-back of %s in Redis: %r", key, exc)
@@ -490,7 +503,7 @@ class RedisBudgets:
         """Seconds until ``mailbox`` may connect again (0: now), fleet-wide. Raises
         what redis-py raises when Redis cannot be reached."""
         keys = (account_key(mailbox), credential_key(mailbox))
-        with anyio.fail_after(self.timeout):
+        async with self._call():
             fleet = [await self._redis.pttl(self._key("hold", k)) for k in keys]
         return max([self._backs.left(keys), *(ms / 1000 for ms in fleet)], default=0.0)
 
@@ -511,7 +524,7 @@ class RedisBudgets:
                 await _wait_out(lambda: self._backs.left(backs))
                 try:
                     started = anyio.current_time()
-                    with anyio.fail_after(self.timeout):
+                    async with self._call():
                         answer = await self._acquire_script(
                             keys=[*lease.keys, *holds],
                             args=[
@@ -561,8 +574,9 @@ class RedisBudgets:
     async def _release(self, lease: _Lease, *, quiet: bool = False) -> None:
         self._leases.discard(lease)
         try:
-            with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout):
-                await self._release_script(keys=lease.keys, args=[lease.holder])
+            with anyio.CancelScope(shield=True):
+                async with self._call():
+                    await self._release_script(keys=lease.keys, args=[lease.holder])
         except self._errors as exc:
             if not quiet:  # the slots expire by themselves within one lease
                 log.warning("could not release connection budget slots in Redis: %r", exc)
@@ -586,7 +600,7 @@ class RedisBudgets:
             return
         started = anyio.current_time()
         try:
-            with anyio.fail_after(self.timeout):
+            async with self._call():
                 pipe = self._redis.pipeline(transaction=False)
                 for lease in leases:
                     await self._renew_script(
@@ -624,7 +638,7 @@ class RedisBudgets:
         """How many live slots of the semaphore ``kind:name`` are held fleet-wide
         (``"account"``, ``"host:imap.gmail.com"``...; for status pages and tests)."""
         key = self._key("sem", f"{kind}:{name}")
-        with anyio.fail_after(self.timeout):
+        async with self._call():
             now_s, now_us = await self._redis.time()
             now = int(now_s) * 1000 + int(now_us) // 1000
             return int(await self._redis.zcount(key, now, "+inf"))
