@@ -14,6 +14,18 @@ a watcher between polls can give its connection up.
   one lease. A holder that cannot renew (Redis down, the process stalled) cuts its own
   connection before the lease can run out, and nobody takes a slot without Redis: it
   waits and retries. Hold-backs are keys with a PX expiry, seen by the whole fleet.
+
+Redis keys (``prefix`` first, ``mailoauth:budget:`` by default), by scope name
+(``account:{host}|{username}``, ``host:{host}``, ``worker:{worker_id}``,
+``credential:{digest}``):
+
+- ``sem:{scope}``: sorted set of holders, scored by expiry (ms, Redis clock);
+- ``wait:{scope}``: sorted set of waiters for a full ``sem:``, scored the same way;
+  a holder seeing one gives its slot up between polls;
+- ``hold:{scope}``: present while the scope is held back (PX expiry; the value says
+  which scope kind it was set for).
+
+Each key expires by itself once nobody renews it.
 """
 
 from __future__ import annotations
