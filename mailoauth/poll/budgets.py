@@ -39,7 +39,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -197,20 +197,20 @@ class _LocalSlots:
         return await _sleep_unless(self.contended, seconds, CONTENTION_CHECK)
 
 
-async def _wait_out(left: Any) -> None:
+async def _wait_out(left: Callable[[], float]) -> None:
     """Sleep while ``left()`` (seconds) is positive: a deadline that may be moved (a
     longer hold-back), not an event, so it is read again after each step."""
     while (seconds := left()) > 0:  # noqa: ASYNC110
         await anyio.sleep(min(seconds, _MAX_HOLD_BACK_STEP))
 
 
-async def _sleep_unless(contended: Any, seconds: float, step: float) -> bool:
+async def _sleep_unless(contended: Callable[[], bool], seconds: float, step: float) -> bool:
     deadline = anyio.current_time() + seconds
     while (left := deadline - anyio.current_time()) > 0:
         if contended():
             return True
         await anyio.sleep(min(left, step))
-    return bool(contended())
+    return contended()
 
 
 class LocalBudgets:

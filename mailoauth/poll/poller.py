@@ -8,7 +8,8 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, TypedDict, TypeVar
 
@@ -21,7 +22,7 @@ from mailoauth.poll._common import Commit, Progress, Settings, WatchContext
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
 from mailoauth.poll.backoff import backoff_delay, is_permanent
-from mailoauth.poll.budgets import ConnectionBudgets, LocalBudgets
+from mailoauth.poll.budgets import ConnectionBudgets, LocalBudgets, Slots
 from mailoauth.poll.reconsent import (
     ReconsentHook,
     ReconsentRequest,
@@ -30,7 +31,7 @@ from mailoauth.poll.reconsent import (
 )
 from mailoauth.poll.spec import Backoff, Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
-from mailoauth.poll.throttle import classify_throttle
+from mailoauth.poll.throttle import Throttled, classify_throttle
 from mailoauth.tokens.manager import TokenManager, wrap_provider
 
 if TYPE_CHECKING:
@@ -83,6 +84,33 @@ def _group(
         old = ", ".join(k for k in fields if fields[k] in loose)
         raise ConfigurationError(f"give either {name}= or {old}, not both")
     return given
+
+
+class _HoldingBack:
+    """A mailbox's slots, calling ``on_error`` with what the connection raised before
+    the slots are released."""
+
+    def __init__(self, slots: Slots, on_error: Callable[[Exception], Awaitable[None]]) -> None:
+        self._slots = slots
+        self._on_error = on_error
+
+    @contextlib.asynccontextmanager
+    async def _hold(self) -> AsyncIterator[None]:
+        async with self._slots.hold():
+            try:
+                yield
+            except Exception as exc:
+                await self._on_error(exc)
+                raise
+
+    def hold(self) -> AbstractAsyncContextManager[None]:
+        return self._hold()
+
+    def contended(self) -> bool:
+        return self._slots.contended()
+
+    async def sleep_unless_contended(self, seconds: float) -> bool:
+        return await self._slots.sleep_unless_contended(seconds)
 
 
 class Poller:
@@ -371,10 +399,23 @@ class Poller:
         async def emit(event: PollEvent, commit: Commit | None) -> None:
             await send.send((event, commit))
 
+        # A throttled answer is held back while its slots are still held, so that no
+        # other mailbox of the scope (in any worker) takes the freed slot and knocks
+        # again before the hold-back is in place.
+        held_back: tuple[BaseException, float] | None = None
+
+        async def throttled(exc: Exception) -> None:
+            nonlocal held_back
+            found = classify_throttle(exc)
+            if found is not None:
+                delay = self._throttle_delay(found, attempts)
+                await self.budgets.hold_back(mailbox, found.scope, delay)
+                held_back = (exc, delay)
+
         ctx = WatchContext(
             mailbox=mailbox,
             tokens=self._tokens[key],
-            limits=self.budgets.slots(mailbox),
+            limits=_HoldingBack(self.budgets.slots(mailbox), throttled),
             progress=self._progress,
             settings=self._settings,
             rng=self._rng,
@@ -399,21 +440,22 @@ class Poller:
                         self._failed.pop(key, None)
                         attempts = 0
                         continue
-                    throttled = classify_throttle(exc)
-                    if throttled is not None:
-                        delay = max(
-                            throttled.retry_after or 0.0,
-                            backoff_delay(attempts, self.backoff_base, self.backoff_max, self._rng),
-                        )
+                    found = classify_throttle(exc)
+                    if found is not None:
+                        if held_back is not None and held_back[0] is exc:
+                            delay = held_back[1]  # held back already, before the release
+                        else:
+                            delay = self._throttle_delay(found, attempts)
+                            await self.budgets.hold_back(mailbox, found.scope, delay)
+                        held_back = None
                         attempts += 1
                         log.info(
                             "%s: throttled (%s); holding its %s back for %.1f s",
                             key,
-                            throttled.reason,
-                            throttled.scope,
+                            found.reason,
+                            found.scope,
                             delay,
                         )
-                        await self.budgets.hold_back(mailbox, throttled.scope, delay)
                         await emit(
                             MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
                         )
@@ -441,6 +483,12 @@ class Poller:
                         MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
                     )
                     await anyio.sleep(delay)
+
+    def _throttle_delay(self, found: Throttled, attempts: int) -> float:
+        """How long a throttled answer holds its scope back: what the server asked
+        for, or the backoff if longer."""
+        backoff = backoff_delay(attempts, self.backoff_base, self.backoff_max, self._rng)
+        return max(found.retry_after or 0.0, backoff)
 
     async def _reconsent(self, mailbox: Mailbox, exc: Exception, hook: ReconsentHook) -> bool:
         """Call ``hook`` and wait for a new grant; True to resume the mailbox."""

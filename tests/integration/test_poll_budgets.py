@@ -345,6 +345,27 @@ async def test_a_fleet_wide_hold_back_reaches_another_poller(
     assert fake.logins[busy] == 1 and fake.logins[calm] >= 1
 
 
+async def test_workers_racing_for_a_throttled_account_knock_once(
+    imap: tuple[FakeImap, int], fleet: Callable[..., RedisBudgets]
+) -> None:
+    """Two workers, one slot per account between them: whichever logs in first and is
+    refused holds the account back before it frees the slot, so the other never
+    knocks."""
+    fake, port = imap
+    busy, calm = "busy@example.test", "calm@example.test"
+    fake.refuse_login[busy] = GMAIL_ALERT
+    limits = PollLimits(max_per_account=1)
+    budgets = [fleet(limits=limits), fleet(limits=limits)]
+    inbox, sent = mailbox(port, busy), mailbox(port, busy, "Sent")
+    a = poller([inbox], budgets=budgets[0])
+    b = poller([sent, mailbox(port, calm)], budgets=budgets[1])
+    async with a, b:
+        await fake.more_noops(20)
+        assert await budgets[0].held_back(sent) > 30
+        assert await budgets[1].held_back(inbox) > 30
+    assert fake.logins[busy] == 1 and fake.logins[calm] >= 1
+
+
 HOLDER = """
 import asyncio, sys
 from mailoauth.poll import Mailbox, PollLimits, RedisBudgets
