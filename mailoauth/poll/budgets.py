@@ -412,13 +412,16 @@ class RedisBudgets:
 
     Per account and per host the caps are fleet-wide; ``max_connections`` is per
     worker (``worker_id``, default: host name, process id and a random tag). Keys
-    begin with ``prefix``; give the fleet's workers the same one. ``lease`` is how long
+    begin with ``prefix``; give the fleet's workers the same one, and the same
+    ``limits`` (each worker admits up to its own cap). ``lease`` is how long
     a slot lives without renewal (renewed every third of it while held): a worker that
     dies frees its slots within one lease, and a worker that cannot renew closes its
     connection after four fifths of one. ``timeout`` bounds each call to Redis.
 
     Fails safe: while Redis cannot be reached, no slot is taken (callers wait and
-    retry, with a warning) and hold-backs are kept in this process too. Raises
+    retry, with a warning) and hold-backs are kept in this process too; connections
+    already open are closed once their slots can no longer be renewed (an outage
+    longer than four fifths of a lease), and opened again when Redis answers. Raises
     :class:`~mailoauth.errors.ConfigurationError` without redis-py or for a bad value.
     Asyncio only.
     """
