@@ -236,26 +236,27 @@ async def test_token_endpoint_429_holds_back_its_credential_for_retry_after(
                 client_id=client,
                 client_secret=f"secret-{client}",
             )
-        # Two accounts sharing credential c1; the endpoint answers its request with 429.
-        shared = [mailbox(port, f"{u}@example.test", token=providers["c1"]) for u in "ab"]
+        # The endpoint answers credential c1's first request with 429, Retry-After 30.
+        first, second = (mailbox(port, f"{u}@example.test", token=providers["c1"]) for u in "ab")
         oauth.script(
             ScriptedResponse(429, {"error": "rate_limited"}, headers={"Retry-After": "30"})
         )
-        async with poller(shared, backoff=Backoff(0.01, 0.01)) as p:
+        async with poller([first], backoff=Backoff(0.01, 0.01)) as p:
             failure = await next_failure(p)
             assert isinstance(failure.error, TransientTokenError)
             assert failure.error.status_code == 429 and failure.error.retry_after == 30
             assert failure.retry_in == 30  # max(Retry-After, backoff)
+            # Another account of the same credential, and one of another credential.
             other = mailbox(port, "c@example.test", token=providers["c2"])
+            p.add(second)
             p.add(other)
             await fake.more_noops(20)
-            budgets = p.budgets
-            assert isinstance(budgets, LocalBudgets)
-            assert all([await budgets.held_back(b) > 20 for b in shared])
-            assert await budgets.held_back(other) == 0
+            assert await p.budgets.held_back(first) > 20
+            assert await p.budgets.held_back(second) > 20
+            assert await p.budgets.held_back(other) == 0
             c1_requests = [f for f in oauth.token_forms if f.get("client_id") == "c1"]
-        # One request for the credential (its two mailboxes shared it), none again while
-        # held back; neither account logged in.
+        # One request for the credential, none again while it is held back: neither of
+        # its accounts logged in; the other credential's did.
         assert len(c1_requests) == 1
         assert fake.logins["a@example.test"] == fake.logins["b@example.test"] == 0
         assert fake.logins["c@example.test"] >= 1
@@ -413,13 +414,13 @@ async def test_a_killed_holder_frees_its_slot_within_one_lease(
 async def test_a_slot_is_renewed_while_held_and_freed_on_release(
     fleet: Callable[..., RedisBudgets], caplog: pytest.LogCaptureFixture
 ) -> None:
-    budgets = fleet(lease=0.6, limits=PollLimits(max_per_account=1))
+    budgets = fleet(lease=1.5, limits=PollLimits(max_per_account=1))
     box = Mailbox("imap", "imap.example.test", 993, "long@example.test", "at-l")
     account = "imap.example.test|long@example.test"
     finished = False
     async with asyncio.timeout(WAIT), budgets.slots(box).hold():
-        for _ in range(4):  # five leases in all: each renewal must move the cut
-            await asyncio.sleep(0.6)
+        for _ in range(3):  # three leases: each renewal (every 0.5 s) must move the cut
+            await asyncio.sleep(1.5)
             assert await budgets.holders("account", account) == 1
         finished = True
     assert finished and "could not be renewed" not in caplog.text
