@@ -239,7 +239,8 @@ class Poller:
         self._settings = Settings(interval, use_idle, idle_timeout, start, fetch_batch)
         self._rng = rng or random.Random()
         self._progress = Progress(self.state_store)
-        self.budgets: ConnectionBudgets = budgets or LocalBudgets(limits)
+        #: The connection budgets in use: ``budgets``, or in-process ones from ``limits``.
+        self.budgets: ConnectionBudgets = budgets if budgets is not None else LocalBudgets(limits)
         self._mailboxes: dict[str, Mailbox] = {}
         self._tokens: dict[str, TokenManager] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
