@@ -416,7 +416,9 @@ class RedisBudgets:
     ``limits`` (each worker admits up to its own cap). ``lease`` is how long
     a slot lives without renewal (renewed every third of it while held): a worker that
     dies frees its slots within one lease, and a worker that cannot renew closes its
-    connection after four fifths of one. ``timeout`` bounds each call to Redis.
+    connection after four fifths of one. ``timeout`` bounds each call to Redis;
+    ``poll_interval`` is the first wait between tries at a full semaphore (growing,
+    with jitter, to a second).
 
     Fails safe: while Redis cannot be reached, no slot is taken (callers wait and
     retry, with a warning) and hold-backs are kept in this process too; connections
@@ -438,7 +440,11 @@ class RedisBudgets:
         poll_interval: float = 0.1,
     ) -> None:
         module = _import_redis()
-        for name, value in (("lease", lease), ("timeout", timeout), ("poll", poll_interval)):
+        for name, value in (
+            ("lease", lease),
+            ("timeout", timeout),
+            ("poll_interval", poll_interval),
+        ):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         if isinstance(redis, str):
