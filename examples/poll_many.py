@@ -20,10 +20,11 @@ async def main(accounts: dict[str, str], client_id: str, secret: str, state: str
         mailboxes.append(Mailbox("imap", "imap.gmail.com", 993, user, provider))
         mailboxes.append(Mailbox("pop3", "pop.gmail.com", 995, user, provider))
 
-    # IDLE where offered, POP3 by UIDL every `interval`; at most 15 connections per
-    # host; where each mailbox got to is saved, so a restart repeats and misses nothing.
+    # IDLE where offered, POP3 by UIDL every `interval`; each account kept below Gmail's
+    # connection limit (a preset of PollLimits); where each mailbox got to is saved, so a
+    # restart repeats and misses nothing.
     async with Poller(
-        mailboxes, state_store=FilePollStateStore(state), start="all", max_per_host=15, interval=60
+        mailboxes, state_store=FilePollStateStore(state), start="all", interval=60
     ) as poller:
         async for event in poller:
             if isinstance(event, NewMessage):

@@ -37,9 +37,13 @@ __all__ = [
     "AADSTS_REFRESH_TOKEN_EXPIRED",
     "APP_ONLY_ROLES",
     "AUTH_FAILURE_HINTS",
+    "CONNECTION_PRESETS",
     "DELEGATED_PERMISSIONS",
     "DIAGNOSES",
     "EXCHANGE_BARE_REFUSAL",
+    "EXCHANGE_ONLINE_CONNECTIONS",
+    "EXCHANGE_ONLINE_SMTP_CONNECTIONS",
+    "GMAIL_CONNECTIONS",
     "GOOGLE_AUTHORIZATION_URL",
     "GOOGLE_DOMAINS",
     "GOOGLE_MAIL_SCOPE",
@@ -62,12 +66,15 @@ __all__ = [
     "OUTLOOK_RESOURCE",
     "SEND_AS_DENIED_CODE",
     "SEND_AS_DENIED_HINT",
+    "THROTTLING_REPLIES",
     "TOKEN_ENDPOINT_DOMAINS",
     "VENDOR_HINTS",
+    "ConnectionPreset",
     "Diagnosis",
     "MicrosoftCloud",
     "Vendor",
     "auth_failure_hint",
+    "connection_preset",
     "diagnoses_in",
     "diagnosis",
     "host_in",
@@ -284,6 +291,93 @@ TOKEN_ENDPOINT_DOMAINS: Final[Mapping[Vendor, tuple[str, ...]]] = {
         "login.partner.microsoftonline.cn",
     ),
 }
+
+# -- connection limits ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionPreset:
+    """How many connections a poller may hold to one provider's mail hosts.
+
+    ``provider_limit`` is the provider's own limit of simultaneous IMAP (or POP)
+    connections per account (mailbox); ``max_per_account`` is the cap mailoauth applies,
+    below it, so that the account's owner can still open their own mail client.
+    ``max_per_host`` is None: these limits count connections per *account*, so a poller
+    watching many accounts on one host needs no per-host cap. ``source`` is the page the
+    limit comes from.
+    """
+
+    provider: str
+    provider_limit: int
+    max_per_account: int
+    source: str
+    max_per_host: int | None = None
+
+
+# Gmail counts simultaneous IMAP connections per account and refuses the one over its
+# limit at login with "NO [ALERT] Too many simultaneous connections. (Failure)". Google's
+# own Gmail Help page for that error (answer 97150, 2008) gave 10 connections per
+# account: http://mail.google.com/support/bin/answer.py?hl=en&answer=97150 ; the limit
+# has been 15 for years, as the help for the same error in mail clients states
+# (https://support.getmailbird.com/hc/en-us/articles/16298148976279-Too-many-simultaneous-connections,
+# https://github.com/zone-eu/wildduck/issues/35 quoting Gmail's reply). Google's current
+# IMAP page states no number, only session lengths and per-user bandwidth limits shared
+# by every client of the account: https://developers.google.com/workspace/gmail/imap/imap-smtp
+# (a Workspace account may download 2,500 MB/day over IMAP, 1,250 MB/day over POP; a
+# poller fetches only new mail, far below). The preset keeps 10 of the 15 (a mail
+# client such as Thunderbird opens up to 5), which also stays within the old 10. Gmail
+# documents no separate POP connection limit; pop.gmail.com gets the same preset.
+GMAIL_CONNECTIONS: Final = ConnectionPreset(
+    "gmail",
+    provider_limit=15,
+    max_per_account=10,
+    source="http://mail.google.com/support/bin/answer.py?hl=en&answer=97150",
+)
+
+# Exchange Online allows 20 concurrent IMAP4 and 20 concurrent POP3 connections per
+# user (mailbox), not configurable by tenants: "Exchange Online Throttling and Limits
+# FAQ", https://blogs.msdn.microsoft.com/exchangedev/2011/06/23/exchange-online-throttling-and-limits-faq/
+# (the on-premises default, MaxConnectionsPerUser, is 16:
+# https://learn.microsoft.com/en-us/previous-versions/office/exchange-server-2007/aa998252(v=exchg.80)).
+# Microsoft documents no per-app or per-tenant IMAP/POP connection limit; SMTP AUTH
+# submission is limited to 3 concurrent connections per mailbox (432 4.3.2 beyond):
+# https://techcommunity.microsoft.com/t5/exchange-team-blog/changes-coming-to-the-smtp-authenticated-submission-client/ba-p/607825
+# The preset keeps 15 of the 20 for other IMAP/POP clients of the mailbox.
+EXCHANGE_ONLINE_CONNECTIONS: Final = ConnectionPreset(
+    "exchange_online",
+    provider_limit=20,
+    max_per_account=15,
+    source=(
+        "https://blogs.msdn.microsoft.com/exchangedev/2011/06/23/"
+        "exchange-online-throttling-and-limits-faq/"
+    ),
+)
+#: Exchange Online SMTP AUTH: concurrent submission connections per mailbox (above).
+EXCHANGE_ONLINE_SMTP_CONNECTIONS: Final = 3
+
+#: The connection preset of each IMAP/POP host of Gmail and Exchange Online (the
+#: national clouds' hosts from :data:`MS_CLOUDS` included), by lower-case host name.
+CONNECTION_PRESETS: Final[Mapping[str, ConnectionPreset]] = {
+    "imap.gmail.com": GMAIL_CONNECTIONS,
+    "pop.gmail.com": GMAIL_CONNECTIONS,
+    **{
+        host: EXCHANGE_ONLINE_CONNECTIONS
+        for cloud in MS_CLOUDS.values()
+        for host in (cloud.imap_host, cloud.pop3_host)
+        if host is not None
+    },
+}
+
+
+def connection_preset(host: str) -> ConnectionPreset | None:
+    """The preset for ``host`` (case-insensitive, a trailing dot ignored), or None."""
+    return CONNECTION_PRESETS.get(host.lower().rstrip("."))
+
+
+#: What Gmail says when an account has too many connections open (at login, as
+#: ``NO [ALERT] Too many simultaneous connections. (Failure)``; see GMAIL_CONNECTIONS):
+#: a server reply containing it is throttling, not a rejected token.
+THROTTLING_REPLIES: Final = ("too many simultaneous connections",)
 
 # -- the table of known failures ------------------------------------------------------
 

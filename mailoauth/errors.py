@@ -143,13 +143,21 @@ class PermanentTokenError(TokenError):
 
 
 class TransientTokenError(TokenError):
-    """The token endpoint failed in a way that may pass (5xx, timeout, network)."""
+    """The token endpoint failed in a way that may pass (5xx, timeout, network).
+
+    ``status_code`` is the HTTP status when there was one; ``retry_after`` the seconds
+    the endpoint asked to wait (its ``Retry-After`` header, with a 429 or 503), else
+    None: a caller retrying the same credential should wait at least that long.
+    """
 
     _retryable = True
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class LockLostError(TokenError):

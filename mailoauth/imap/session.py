@@ -24,6 +24,7 @@ from mailoauth._core.auth import SaslOutcome, authenticate, choose_mechanism
 from mailoauth._core.client_base import BaseClient
 from mailoauth._core.connection import ProtocolTransport
 from mailoauth._core.settings import ConnectionOptions
+from mailoauth._providers import THROTTLING_REPLIES
 from mailoauth.errors import (
     CommandError,
     ConfigurationError,
@@ -201,7 +202,7 @@ class ImapSession(BaseClient):
                 nonlocal ok_lines
                 ok_lines = list(response.lines)
                 return SaslOutcome(ok=True, reply=reply)
-            temporary = b"[UNAVAILABLE]" in _last_bytes(response.lines)
+            temporary = _busy(_last_bytes(response.lines))
             return SaslOutcome(
                 ok=False, reply=reply, challenge=command.challenge, temporary=temporary
             )
@@ -427,6 +428,17 @@ def _capabilities_sent(lines: list[bytes | bytearray]) -> set[str] | None:
         if raw[:11].upper() == b"CAPABILITY ":
             return set(raw[11:].decode("ascii", "replace").split())
     return None
+
+
+def _busy(reply: bytes) -> bool:
+    """Whether a refused AUTHENTICATE says "not now" instead of judging the token:
+    ``[UNAVAILABLE]`` (RFC 5530), ``[THROTTLED]``, or Gmail's "Too many simultaneous
+    connections" (:data:`~mailoauth._providers.THROTTLING_REPLIES`). Then no token is
+    refreshed and no second attempt is made: the caller backs off instead."""
+    if b"[UNAVAILABLE]" in reply or b"[THROTTLED]" in reply:
+        return True
+    text = reply.decode("ascii", "replace").lower()
+    return any(phrase in text for phrase in THROTTLING_REPLIES)
 
 
 def _last_bytes(lines: list[bytes | bytearray]) -> bytes:

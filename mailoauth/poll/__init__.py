@@ -14,6 +14,7 @@ from mailoauth._util.lazy import lazy_exports
 #: submodule does not import its siblings.
 _LAZY = {
     "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
+    "mailoauth.poll.budgets": ["ConnectionBudgets", "LocalBudgets", "RedisBudgets", "Slots"],
     "mailoauth.poll.mailbox_spec": ["MailboxSpec"],
     "mailoauth.poll.poller": ["Poller"],
     "mailoauth.poll.reconsent": ["ReconsentHook", "ReconsentRequest", "ReconsentingProvider"],
@@ -35,11 +36,13 @@ _LAZY = {
         "StartPolicy",
         "imap_resume_point",
     ],
+    "mailoauth.poll.throttle": ["ThrottleScope", "Throttled", "classify_throttle"],
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 if TYPE_CHECKING:
     from mailoauth.poll.backoff import backoff_delay, is_permanent
+    from mailoauth.poll.budgets import ConnectionBudgets, LocalBudgets, RedisBudgets, Slots
     from mailoauth.poll.mailbox_spec import MailboxSpec
     from mailoauth.poll.poller import Poller
     from mailoauth.poll.reconsent import ReconsentHook, ReconsentingProvider, ReconsentRequest
@@ -61,11 +64,14 @@ if TYPE_CHECKING:
         StartPolicy,
         imap_resume_point,
     )
+    from mailoauth.poll.throttle import Throttled, ThrottleScope, classify_throttle
 
 __all__ = [
     "Backoff",
+    "ConnectionBudgets",
     "FilePollStateStore",
     "ImapState",
+    "LocalBudgets",
     "Mailbox",
     "MailboxFailed",
     "MailboxSpec",
@@ -80,8 +86,13 @@ __all__ = [
     "ReconsentHook",
     "ReconsentRequest",
     "ReconsentingProvider",
+    "RedisBudgets",
+    "Slots",
     "StartPolicy",
+    "ThrottleScope",
+    "Throttled",
     "backoff_delay",
+    "classify_throttle",
     "imap_resume_point",
     "is_permanent",
 ]

@@ -1,54 +1,21 @@
-"""What the watchers share with the poller: limits, committed progress, settings."""
+"""What the watchers share with the poller: their slots, committed progress, settings."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 
+from mailoauth.poll.budgets import Slots
 from mailoauth.poll.spec import Mailbox, PollEvent
 from mailoauth.poll.state import PollState, PollStateStore, StartPolicy
 from mailoauth.tokens.manager import TokenManager
 
 Commit = Callable[[PollState | None], PollState]
 """How handling one event changes its mailbox's saved state."""
-
-#: How often a watcher holding a connection between polls checks whether another
-#: mailbox is waiting for its slot.
-CONTENTION_CHECK = 1.0
-
-
-class Limits:
-    """The capacity limiters one mailbox's connections count against, in the order they
-    are acquired (narrowest first, so a waiter holds no wider slot than it must)."""
-
-    def __init__(self, *limiters: anyio.CapacityLimiter) -> None:
-        self.limiters = limiters
-
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            for limiter in self.limiters:
-                await stack.enter_async_context(limiter)
-            yield
-
-    def contended(self) -> bool:
-        """Whether some other mailbox is waiting for one of these slots."""
-        return any(limiter.statistics().tasks_waiting for limiter in self.limiters)
-
-    async def sleep_unless_contended(self, seconds: float) -> bool:
-        """Sleep ``seconds`` while holding the slots; return early (True) as soon as
-        another mailbox waits for one."""
-        deadline = anyio.current_time() + seconds
-        while (left := deadline - anyio.current_time()) > 0:
-            if self.contended():
-                return True
-            await anyio.sleep(min(left, CONTENTION_CHECK))
-        return self.contended()
 
 
 class Progress:
@@ -91,7 +58,7 @@ class WatchContext:
 
     mailbox: Mailbox
     tokens: TokenManager
-    limits: Limits
+    limits: Slots
     progress: Progress
     settings: Settings
     rng: random.Random

@@ -8,7 +8,8 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, TypedDict, TypeVar
 
@@ -17,10 +18,11 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mailoauth.errors import ConfigurationError, MailOAuthError, PermanentTokenError
-from mailoauth.poll._common import Commit, Limits, Progress, Settings, WatchContext
+from mailoauth.poll._common import Commit, Progress, Settings, WatchContext
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
 from mailoauth.poll.backoff import backoff_delay, is_permanent
+from mailoauth.poll.budgets import ConnectionBudgets, LocalBudgets, Slots
 from mailoauth.poll.reconsent import (
     ReconsentHook,
     ReconsentRequest,
@@ -29,6 +31,7 @@ from mailoauth.poll.reconsent import (
 )
 from mailoauth.poll.spec import Backoff, Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 from mailoauth.poll.state import MemoryPollStateStore, PollState, PollStateStore, StartPolicy
+from mailoauth.poll.throttle import Throttled, classify_throttle
 from mailoauth.tokens.manager import TokenManager, wrap_provider
 
 if TYPE_CHECKING:
@@ -83,6 +86,33 @@ def _group(
     return given
 
 
+class _HoldingBack:
+    """A mailbox's slots, calling ``on_error`` with what the connection raised before
+    the slots are released."""
+
+    def __init__(self, slots: Slots, on_error: Callable[[Exception], Awaitable[None]]) -> None:
+        self._slots = slots
+        self._on_error = on_error
+
+    @contextlib.asynccontextmanager
+    async def _hold(self) -> AsyncIterator[None]:
+        async with self._slots.hold():
+            try:
+                yield
+            except Exception as exc:
+                await self._on_error(exc)
+                raise
+
+    def hold(self) -> AbstractAsyncContextManager[None]:
+        return self._hold()
+
+    def contended(self) -> bool:
+        return self._slots.contended()
+
+    async def sleep_unless_contended(self, seconds: float) -> bool:
+        return await self._slots.sleep_unless_contended(seconds)
+
+
 class Poller:
     """Watch many mailboxes and iterate over what arrives in them.
 
@@ -99,8 +129,12 @@ class Poller:
     true, else polled every ``interval`` seconds (give or take 10 %); POP3 maildrops are
     polled every ``interval`` seconds by UIDL and never changed. Connections are bounded
     by ``limits`` (:class:`~mailoauth.poll.PollLimits`: ``max_connections`` overall,
-    ``max_per_host`` per server host and ``max_per_account`` per (host, username); the
-    three are also accepted as keywords of their own). A watcher holding a connection gives it up
+    ``max_per_host`` per server host and ``max_per_account`` per (host, username), with
+    Gmail's and Exchange Online's per-account presets; the three are also accepted as
+    keywords of their own), enforced in this process, or by ``budgets`` (a
+    :class:`~mailoauth.poll.ConnectionBudgets`, such as
+    :class:`~mailoauth.poll.RedisBudgets` for caps shared by a fleet of processes;
+    give the limits to it then). A watcher holding a connection gives it up
     when another mailbox waits for its slot (an IDLE watcher at the end of its IDLE
     round of ``idle_timeout`` seconds), so more mailboxes than slots are served in turn.
 
@@ -121,7 +155,11 @@ class Poller:
     exponential backoff (``backoff``: a :class:`~mailoauth.poll.Backoff`, or the keywords
     ``backoff_base=`` and ``backoff_max=``); permanent ones (a revoked grant, a rejected
     token, a missing folder) set the mailbox aside in :attr:`failed` while the others
-    go on.
+    go on. A throttled answer (Gmail's ``Too many simultaneous connections``,
+    ``[UNAVAILABLE]``, ``[THROTTLED]``, the token endpoint's 429; see
+    :func:`~mailoauth.poll.classify_throttle`) holds back every mailbox of its account
+    (or, for the token endpoint, of its credential) for ``max(Retry-After, backoff)``
+    through the budgets, fleet-wide with Redis ones.
 
     **Dying grants.** With ``on_reconsent`` (an async callback), a mailbox whose grant
     died (``invalid_grant``) is reported as failed, then the hook is called with a
@@ -140,7 +178,7 @@ class Poller:
     of the jitter (tests pass a seeded one). Asyncio only. Raises
     :class:`~mailoauth.errors.ConfigurationError` for limits or intervals out of range,
     for a group given both as its object and as keywords, and for two mailboxes with one
-    key.
+    key, and for ``budgets`` given with ``limits`` (or their keywords).
     """
 
     def __init__(
@@ -160,9 +198,17 @@ class Poller:
         rng: random.Random | None = None,
         on_reconsent: ReconsentHook | None = None,
         reconsent_interval: float = 5.0,
+        budgets: ConnectionBudgets | None = None,
         **grouped: Unpack[_GroupedOptions],
     ) -> None:
+        if budgets is not None and (limits is not None or set(grouped) & set(_LIMIT_FIELDS)):
+            raise ConfigurationError(
+                "give the limits to the budgets (e.g. RedisBudgets(redis, limits=...)), "
+                "not to the Poller as well"
+            )
         limits = _group(PollLimits, "limits", limits, grouped, _LIMIT_FIELDS)
+        if budgets is not None:
+            limits = budgets.limits
         backoff = _group(Backoff, "backoff", backoff, grouped, _BACKOFF_FIELDS)
         if grouped:
             raise TypeError(f"Poller() got unexpected keyword arguments: {', '.join(grouped)}")
@@ -193,9 +239,8 @@ class Poller:
         self._settings = Settings(interval, use_idle, idle_timeout, start, fetch_batch)
         self._rng = rng or random.Random()
         self._progress = Progress(self.state_store)
-        self._overall = anyio.CapacityLimiter(limits.max_connections)
-        self._per_host: dict[str, anyio.CapacityLimiter] = {}
-        self._per_account: dict[tuple[str, str], anyio.CapacityLimiter] = {}
+        #: The connection budgets in use: ``budgets``, or in-process ones from ``limits``.
+        self.budgets: ConnectionBudgets = budgets if budgets is not None else LocalBudgets(limits)
         self._mailboxes: dict[str, Mailbox] = {}
         self._tokens: dict[str, TokenManager] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
@@ -340,18 +385,6 @@ class Poller:
         send = self._send.clone()
         self._tg.start_soon(self._watch, mailbox, scope, send, name=f"poll {mailbox.key}")
 
-    def _limits(self, mailbox: Mailbox) -> Limits:
-        limiters = []
-        if self.max_per_account is not None:
-            account = self._per_account.setdefault(
-                mailbox.account, anyio.CapacityLimiter(self.max_per_account)
-            )
-            limiters.append(account)
-        host = self._per_host.setdefault(
-            mailbox.host.lower(), anyio.CapacityLimiter(self.max_per_host)
-        )
-        return Limits(*limiters, host, self._overall)
-
     async def _watch(
         self, mailbox: Mailbox, scope: anyio.CancelScope, send: MemoryObjectSendStream[_Item]
     ) -> None:
@@ -367,10 +400,23 @@ class Poller:
         async def emit(event: PollEvent, commit: Commit | None) -> None:
             await send.send((event, commit))
 
+        # A throttled answer is held back while its slots are still held, so that no
+        # other mailbox of the scope (in any worker) takes the freed slot and knocks
+        # again before the hold-back is in place.
+        held_back: tuple[BaseException, float] | None = None
+
+        async def throttled(exc: Exception) -> None:
+            nonlocal held_back
+            found = classify_throttle(exc)
+            if found is not None:
+                delay = self._throttle_delay(found, attempts)
+                await self.budgets.hold_back(mailbox, found.scope, delay)
+                held_back = (exc, delay)
+
         ctx = WatchContext(
             mailbox=mailbox,
             tokens=self._tokens[key],
-            limits=self._limits(mailbox),
+            limits=_HoldingBack(self.budgets.slots(mailbox), throttled),
             progress=self._progress,
             settings=self._settings,
             rng=self._rng,
@@ -395,6 +441,27 @@ class Poller:
                         self._failed.pop(key, None)
                         attempts = 0
                         continue
+                    found = classify_throttle(exc)
+                    if found is not None:
+                        if held_back is not None and held_back[0] is exc:
+                            delay = held_back[1]  # held back already, before the release
+                        else:
+                            delay = self._throttle_delay(found, attempts)
+                            await self.budgets.hold_back(mailbox, found.scope, delay)
+                        held_back = None
+                        attempts += 1
+                        log.info(
+                            "%s: throttled (%s); holding its %s back for %.1f s",
+                            key,
+                            found.reason,
+                            found.scope,
+                            delay,
+                        )
+                        await emit(
+                            MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
+                        )
+                        await anyio.sleep(delay)
+                        continue
                     if is_permanent(exc):
                         self._failed[key] = exc
                         if isinstance(exc, MailOAuthError):
@@ -417,6 +484,12 @@ class Poller:
                         MailboxFailed(key, exc, False, attempt=attempts, retry_in=delay), None
                     )
                     await anyio.sleep(delay)
+
+    def _throttle_delay(self, found: Throttled, attempts: int) -> float:
+        """How long a throttled answer holds its scope back: what the server asked
+        for, or the backoff if longer."""
+        backoff = backoff_delay(attempts, self.backoff_base, self.backoff_max, self._rng)
+        return max(found.retry_after or 0.0, backoff)
 
     async def _reconsent(self, mailbox: Mailbox, exc: Exception, hook: ReconsentHook) -> bool:
         """Call ``hook`` and wait for a new grant; True to resume the mailbox."""

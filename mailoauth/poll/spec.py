@@ -11,6 +11,7 @@ from email.parser import BytesParser
 from typing import Literal
 
 from mailoauth._core.settings import DEFAULT_TIMEOUT, ConnectionSettings, check_login_name
+from mailoauth._providers import connection_preset
 from mailoauth._util.proxyurl import ProxyURL
 from mailoauth.errors import ConfigurationError
 from mailoauth.security import SecurityOptions
@@ -168,21 +169,44 @@ _FIELD_DEFAULTS = {
 
 @dataclass(frozen=True)
 class PollLimits:
-    """How many connections a :class:`~mailoauth.poll.Poller` holds at once: overall,
-    per server host, and per (host, username) account (None: no per-account cap).
-    Raises :class:`~mailoauth.errors.ConfigurationError` for a limit below 1."""
+    """How many connections a :class:`~mailoauth.poll.Poller` holds at once: overall
+    (``max_connections``), per server host (``max_per_host``) and per (host, username)
+    account (``max_per_account``); None: no cap of that kind.
+
+    With ``presets`` (the default), a mailbox on a host whose provider documents a
+    per-account limit (Gmail, Exchange Online and its national clouds: see
+    :data:`mailoauth._providers.CONNECTION_PRESETS`) gets that provider's per-account
+    cap, below its limit, unless ``max_per_account`` is given. ``max_per_host``
+    defaults to None (it was 15): Gmail's and Exchange's limits count connections per
+    *account*, and a per-host cap only starved services that watch many accounts on one
+    host; ``max_connections`` still bounds the whole. Explicit values always win.
+    Raises :class:`~mailoauth.errors.ConfigurationError` for a limit below 1.
+    """
 
     max_connections: int = 100
-    max_per_host: int = 15
+    max_per_host: int | None = None
     max_per_account: int | None = None
+    presets: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_per_host", "max_per_account"):
             value = getattr(self, name)
-            if name == "max_per_account" and value is None:
+            if name != "max_connections" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")
+        if not isinstance(self.presets, bool):
+            raise ConfigurationError(f"presets must be True or False, not {self.presets!r}")
+
+    def caps_for(self, host: str) -> tuple[int | None, int | None]:
+        """``(per_account, per_host)`` caps of the mailboxes on ``host`` (None: none),
+        the provider preset applied as described above."""
+        per_account = self.max_per_account
+        per_host = self.max_per_host
+        preset = connection_preset(host) if self.presets else None
+        if preset is not None and per_account is None:
+            per_account = preset.max_per_account
+        return per_account, per_host
 
 
 @dataclass(frozen=True)

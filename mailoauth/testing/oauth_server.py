@@ -97,7 +97,8 @@ class ScriptedResponse:
 
     ``status`` and ``body`` (a dict is sent as JSON, a str as text/html) are what the
     client receives after ``delay`` seconds, dripped a byte every ``drip`` seconds if
-    set. A ``status`` of 0 means: answer normally, only late.
+    set. A ``status`` of 0 means: answer normally, only late. ``headers`` are sent
+    too (``{"Retry-After": "30"}`` with a 429).
     """
 
     status: int = 500
@@ -105,6 +106,7 @@ class ScriptedResponse:
     delay: float = 0.0
     drip: float = 0.0
     """Seconds between the body's bytes: the body is sent one byte at a time."""
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
@@ -222,7 +224,13 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length).decode() if length else ""
             return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
 
-        def _send(self, status: int, body: dict[str, Any] | str, drip: float = 0.0) -> None:
+        def _send(
+            self,
+            status: int,
+            body: dict[str, Any] | str,
+            drip: float = 0.0,
+            headers: Mapping[str, str] | None = None,
+        ) -> None:
             if isinstance(body, str):
                 data, ctype = body.encode(), "text/html; charset=utf-8"
             else:
@@ -231,6 +239,8 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             if not drip:
                 self.wfile.write(data)
@@ -259,7 +269,7 @@ def _make_handler(server: FakeOAuthServer) -> type[BaseHTTPRequestHandler]:
                     server.stats.token_requests -= 1
                     server.stats.grants[form.get("grant_type", "")] -= 1
                 return False
-            self._send(scripted.status, scripted.body, drip=scripted.drip)
+            self._send(scripted.status, scripted.body, drip=scripted.drip, headers=scripted.headers)
             return True
 
         def do_POST(self) -> None:

@@ -2,7 +2,10 @@
 
 Transient failures (5xx, 408, 429, timeouts, network errors) are retried with
 exponential backoff and jitter, at most ``max_attempts`` times in all, then raised as
-:class:`~mailoauth.errors.TransientTokenError`; permanent ones are raised at once.
+:class:`~mailoauth.errors.TransientTokenError`; permanent ones are raised at once. A
+``Retry-After`` is honoured: up to :data:`MAX_BACKOFF` it lengthens the wait before the
+next attempt; beyond it, the error is raised at once with the wait in its
+``retry_after``, for the caller to honour (the poller holds the credential back).
 Each attempt (connect, send and the whole response) is bounded by one deadline, so a
 server dripping its answer byte by byte cannot hold a caller longer than ``timeout``.
 
@@ -18,10 +21,11 @@ outcome; server texts are quoted with the secrets that were sent redacted.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+import email.utils
 import ipaddress
 import logging
+import math
 import random
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection
@@ -58,6 +62,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_BACKOFF",
     "MAX_RESPONSE_BYTES",
+    "MAX_RETRY_AFTER",
     "SECRET_FIELDS",
     "AssertionFactory",
     "ClientAuth",
@@ -66,6 +71,7 @@ __all__ = [
     "attempt_deadline",
     "check_transport",
     "is_loopback_host",
+    "parse_retry_after",
 ]
 
 log = logging.getLogger("mailoauth.tokens")
@@ -424,11 +430,22 @@ class TokenEndpoint:
                 retry_after = raw.retry_after
                 result = parse(raw)
             except TransientTokenError as exc:
+                wait = parse_retry_after(retry_after, self.clock())
+                if wait is not None and wait > MAX_BACKOFF:
+                    # Retrying sooner than asked would only be refused again (and may
+                    # prolong the throttling): the caller waits, holding others back.
+                    log.debug("POST %s (%s) throttled for %.0f s: %s", url, grant, wait, exc)
+                    raise TransientTokenError(
+                        f"{exc}; it asked to retry after {wait:g} s",
+                        status_code=exc.status_code,
+                        retry_after=wait,
+                    ) from exc
                 if attempt >= self.max_attempts:
                     log.debug("POST %s (%s) failed for good: %s", url, grant, exc)
                     raise TransientTokenError(
                         f"{exc} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})",
                         status_code=exc.status_code,
+                        retry_after=wait,
                     ) from exc
                 delay = self._delay(attempt, retry_after)
                 log.debug("POST %s (%s) failed (%s); retrying in %.2fs", url, grant, exc, delay)
@@ -443,10 +460,37 @@ class TokenEndpoint:
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         delay = min(MAX_BACKOFF, self.backoff * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         if retry_after is not None:
-            # An HTTP-date does not parse as a float: the exponential delay will do.
-            with contextlib.suppress(ValueError):
-                delay = max(delay, min(float(retry_after), MAX_BACKOFF))
+            seconds = parse_retry_after(retry_after, self.clock())
+            if seconds is not None:
+                delay = max(delay, min(seconds, MAX_BACKOFF))
         return delay
+
+
+#: The longest ``Retry-After`` believed (seconds): a day. Larger values are capped.
+MAX_RETRY_AFTER = 86400.0
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 §10.2.3): a number of
+    seconds or an HTTP-date (counted from ``now``, aware UTC). None when missing or
+    unreadable; negative values give 0, values over :data:`MAX_RETRY_AFTER` are capped.
+    Never raises."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = (when - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def attempt_deadline(timeout: float | httpx.Timeout) -> float:

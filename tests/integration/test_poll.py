@@ -328,17 +328,19 @@ async def test_transient_failures_back_off_with_jitter_and_retry(
 
 
 def count_connections(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Count the clients connected at once, by wrapping the clients' public methods."""
+    """Count the clients open at once, by wrapping the clients' public methods: from
+    the start of ``connect`` (a connection being opened counts against the limit too)
+    to ``aclose``/``abort``."""
     seen: dict[str, Any] = {"open": set(), "max": 0, "clients": []}
 
     def wrap_open(cls: Any) -> None:
         original: Callable[[Any], Awaitable[None]] = cls.connect
 
         async def connect(self: Any) -> None:
-            await original(self)
             seen["open"].add(id(self))
             seen["clients"].append(self)
             seen["max"] = max(seen["max"], len(seen["open"]))
+            await original(self)
 
         monkeypatch.setattr(cls, "connect", connect)
 
@@ -372,6 +374,8 @@ async def test_per_host_limit_is_respected(
             deliver(mail_servers, box.username, "limited")
         got = await collect(poller, len(boxes))
     assert subjects(got) == Counter({(b.key, "limited"): 1 for b in boxes})
+    # Never more than the cap; and the cap is reached: the first three watchers take
+    # their slots and start connecting before any of them can finish a session.
     assert seen["max"] == 3
     assert seen["open"] == set()
 

@@ -25,7 +25,7 @@ from mailoauth import (
 )
 from mailoauth._core import client_base
 from mailoauth._core.settings import CONNECT_TIMEOUT_FACTOR, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
-from mailoauth.poll import Backoff, Poller, PollLimits
+from mailoauth.poll import Backoff, LocalBudgets, Poller, PollLimits
 from mailoauth.poll._common import WatchContext
 from mailoauth.poll._imap import ImapWatcher
 from mailoauth.poll._pop3 import Pop3Watcher
@@ -240,7 +240,7 @@ async def test_poller_takes_grouped_limits_and_backoff_or_the_old_keywords() -> 
         assert poller.limits == PollLimits(7, 3, 2) and poller.backoff == Backoff(0.5, 9)
         assert (poller.max_per_host, poller.max_per_account) == (3, 2)
         assert (poller.backoff_base, poller.backoff_max) == (0.5, 9)
-        assert poller._overall.total_tokens == 7
+        assert isinstance(poller.budgets, LocalBudgets) and poller.budgets.limits == poller.limits
     assert Poller().limits == PollLimits() and Poller().backoff == Backoff()
     with pytest.raises(ConfigurationError, match="either limits= or max_per_host"):
         Poller(limits=PollLimits(), max_per_host=2)
