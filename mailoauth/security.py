@@ -13,6 +13,7 @@ offer STARTTLS is an error.
 from __future__ import annotations
 
 import enum
+import functools
 import ssl
 from dataclasses import dataclass
 from typing import Final
@@ -25,6 +26,7 @@ __all__ = [
     "SecurityOptions",
     "TransportPlan",
     "create_ssl_context",
+    "default_ssl_context",
     "plan_transport",
 ]
 
@@ -109,3 +111,12 @@ def create_ssl_context(*, cafile: str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """The context of every connection given none: :func:`create_ssl_context`, made
+    once per process. Loading the system's CAs costs milliseconds and memory per
+    context, and connections must share a context to resume each other's TLS sessions
+    (see :mod:`mailoauth._core.tls_sessions`). Not to be modified."""
+    return create_ssl_context()

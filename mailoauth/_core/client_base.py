@@ -177,6 +177,13 @@ class BaseClient:
         return self.settings.dialer
 
     @property
+    def tls_resumed(self) -> bool:
+        """Whether the current connection's TLS handshake resumed an earlier session
+        (False without TLS or before :meth:`connect`)."""
+        conn = self._dialled
+        return conn is not None and conn.tls_resumed
+
+    @property
     def connect_timeout(self) -> float:
         """Seconds :meth:`connect` may take in all."""
         return self.settings.effective_connect_timeout
@@ -246,6 +253,7 @@ class BaseClient:
             detect=plan.detect,
             plaintext_hint=PLAINTEXT_HINT,
             dialer=self.settings.effective_dialer,
+            tls_resumption=self.settings.tls_resumption,
         )
         self._dialled = conn
         if plan.detect:

@@ -36,6 +36,7 @@ from typing import Any, Final
 import anyio
 
 from mailoauth._core.dialer import Dialer, DialResult, resolve_dialer
+from mailoauth._core.tls_sessions import SessionKey, session_cache_for
 from mailoauth.errors import (
     ConnectionLostError,
     MailConnectionError,
@@ -43,7 +44,7 @@ from mailoauth.errors import (
     MailTimeoutError,
     TLSError,
 )
-from mailoauth.security import create_ssl_context
+from mailoauth.security import default_ssl_context
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -82,6 +83,10 @@ PLAINTEXT_HINT: Final = "use SecurityOptions.SSL_EXPLICIT (STARTTLS) or AUTO"
 #: included) to a peer that has stopped reading; then the socket is aborted, so that no
 #: close ever hangs on an unresponsive peer or keeps its socket open.
 CLOSE_TIMEOUT: Final = 2.0
+#: TLS 1.3 sends session tickets after the handshake, with (or before) the first
+#: application data: the session to keep is looked for in this many reads at most, so
+#: a server that issues no ticket costs nothing later.
+SESSION_LOOKS: Final = 4
 
 
 @contextmanager
@@ -162,6 +167,7 @@ class Connection(asyncio.Protocol):
         ssl_context: ssl.SSLContext | None,
         timeout: float,
         tls_hostname: str | None = None,
+        tls_resumption: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -176,6 +182,13 @@ class Connection(asyncio.Protocol):
         self.on_progress: Callable[[], None] | None = None
         #: Whether ``AUTO`` found a server speaking TLS first on this connection.
         self.tls_detected = False
+        #: Whether the TLS handshake resumed an earlier connection's session (an
+        #: abbreviated handshake: see :mod:`mailoauth._core.tls_sessions`).
+        self.tls_resumed = False
+        self._tls_resumption = tls_resumption
+        self._route = ""
+        self._session_key: SessionKey | None = None
+        self._session_looks = 0  # reads left in which to look for a TLS 1.3 ticket
         self.plaintext_hint = PLAINTEXT_HINT
         self._handshake_head = b""
         self._loop = asyncio.get_running_loop()
@@ -218,6 +231,7 @@ class Connection(asyncio.Protocol):
         detect: bool = False,
         plaintext_hint: str = PLAINTEXT_HINT,
         dialer: Dialer | None = None,
+        tls_resumption: bool = True,
     ) -> Connection:
         """Connect to ``host:port``, with TLS from the first byte if ``implicit_tls``.
 
@@ -232,13 +246,26 @@ class Connection(asyncio.Protocol):
         handshake with a plaintext greeting is dialled again without TLS, for the
         caller's STARTTLS. Only a TLS ClientHello is ever sent before TLS is up.
 
+        With ``tls_resumption`` the TLS handshakes (here and in :meth:`start_tls`)
+        offer the session of an earlier connection with the same context, host, port,
+        mode and route, and keep this one's for the next (:attr:`tls_resumed` says
+        whether the server resumed).
+
         Raises :class:`MailTimeoutError`, :class:`MailConnectionError`, and
         :class:`TLSError` -- naming ``plaintext_hint`` when the server answered the
         handshake in plaintext (a STARTTLS port dialled with implicit TLS).
         """
         try:
             return await cls._open(
-                host, port, implicit_tls, ssl_context, timeout, detect, plaintext_hint, dialer
+                host,
+                port,
+                implicit_tls,
+                ssl_context,
+                timeout,
+                detect,
+                plaintext_hint,
+                dialer,
+                tls_resumption,
             )
         except TLSError as exc:
             if not (detect and isinstance(exc.__cause__, _PlaintextAnswer)):
@@ -250,7 +277,7 @@ class Connection(asyncio.Protocol):
             port,
         )
         return await cls._open(
-            host, port, False, ssl_context, timeout, False, plaintext_hint, dialer
+            host, port, False, ssl_context, timeout, False, plaintext_hint, dialer, tls_resumption
         )
 
     @classmethod
@@ -264,15 +291,22 @@ class Connection(asyncio.Protocol):
         detect: bool,
         plaintext_hint: str,
         dialer: Dialer | None,
+        tls_resumption: bool,
     ) -> Connection:
-        conn = cls(host=host, port=port, ssl_context=ssl_context, timeout=timeout)
+        conn = cls(
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            timeout=timeout,
+            tls_resumption=tls_resumption,
+        )
         conn.plaintext_hint = plaintext_hint
         what = "connecting to"
         try:
             with anyio.fail_after(timeout):
-                await conn._attach_socket(
-                    await resolve_dialer(dialer).connect(host, port, timeout=timeout)
-                )
+                route = resolve_dialer(dialer)
+                conn._route = repr(route)
+                await conn._attach_socket(await route.connect(host, port, timeout=timeout))
                 if detect and not implicit_tls:
                     wait = min(TLS_DETECT_WAIT, timeout / 2)
                     implicit_tls = conn.tls_detected = not await conn._greeted_within(wait)
@@ -283,7 +317,7 @@ class Connection(asyncio.Protocol):
                 elif detect and conn._chunks:
                     implicit_tls = False  # greeted in plaintext before any TLS byte
                 if implicit_tls:
-                    await conn._handshake()
+                    await conn._handshake("implicit")
         except BaseException:
             conn.close()
             with map_io_errors(what, host, port):
@@ -330,21 +364,26 @@ class Connection(asyncio.Protocol):
                 map_io_errors("starting TLS with", self.host, self.port),
                 anyio.fail_after(self.timeout),
             ):
-                await self._handshake()
+                await self._handshake("starttls")
         except BaseException:
             self.close()
             raise
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, mode: str = "implicit") -> None:
         if self._chunks:
             # Plaintext arrived before the first TLS byte was sent: a server that
             # greets in plaintext (start_tls() discards, so this is implicit TLS).
             self._handshake_head = self._chunks[0][:PLAINTEXT_HEAD]
             self._raise_if_plaintext()
-        context = self._ssl_context or create_ssl_context()
+        context = self._ssl_context or default_ssl_context()
         self._ssl_context = context
+        session = None
+        if self._tls_resumption:
+            key = (self.host.lower(), self.port, self._tls_hostname, mode, self._route)
+            self._session_key = key
+            session = session_cache_for(context).get(key)
         self._ssl = context.wrap_bio(
-            self._incoming, self._outgoing, server_hostname=self._tls_hostname
+            self._incoming, self._outgoing, server_hostname=self._tls_hostname, session=session
         )
         self._handshaking = True
         while True:
@@ -362,8 +401,28 @@ class Connection(asyncio.Protocol):
                 self._raise_if_plaintext()
                 raise
         self._handshaking = False
+        self.tls_resumed = self._ssl.session_reused
+        if self._session_key is not None:
+            if self._ssl.version() == "TLSv1.3":
+                self._session_looks = SESSION_LOOKS  # its tickets come after the handshake
+            else:
+                self._keep_session()
         self._flush_outgoing()
         self._decrypt()  # application data that came in with the handshake's end
+
+    def _keep_session(self) -> bool:
+        """Keep this connection's session for the next one with the same key, if it is
+        one a server can resume (TLS 1.3: once its ticket has arrived)."""
+        assert self._ssl is not None and self._ssl_context is not None
+        session = self._ssl.session
+        key = self._session_key
+        if session is None or key is None:
+            return False
+        if self._ssl.version() == "TLSv1.3" and not session.has_ticket:
+            return False
+        session_cache_for(self._ssl_context).put(key, session)
+        self._session_looks = 0
+        return True
 
     @property
     def plaintext_answer(self) -> bytes | None:
@@ -468,6 +527,9 @@ class Connection(asyncio.Protocol):
             parts.append(chunk)
             if not self._incoming.pending and not self._ssl.pending():
                 break  # all read: skip the read that would only raise SSLWantReadError
+        if self._session_looks:
+            self._session_looks -= 1
+            self._keep_session()
         self._flush_outgoing()  # e.g. a TLS 1.3 KeyUpdate answer
         if parts:
             if self._sink is not None:

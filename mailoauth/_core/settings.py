@@ -56,6 +56,7 @@ class ConnectionOptions(TypedDict, total=False):
     dialer: Dialer | None
     proxy: str | ProxyURL | None
     trust_env: bool
+    tls_resumption: bool
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class ConnectionSettings:
             repr hides the password.
         trust_env: without ``proxy``, use the proxy the environment names
             (``ALL_PROXY``, skipped for hosts in ``NO_PROXY``); off by default.
+        tls_resumption: offer the TLS session of an earlier connection with the same
+            ``ssl_context``, host, port, security and route, for an abbreviated
+            handshake (on by default; see :mod:`mailoauth._core.tls_sessions`).
 
     Raises :class:`~mailoauth.errors.ConfigurationError` naming the argument that is
     wrong: an empty or malformed host, a port outside 1-65535, a non-positive timeout,
@@ -104,6 +108,7 @@ class ConnectionSettings:
     dialer: Dialer | None = field(default=None, compare=False)
     proxy: str | ProxyURL | None = None
     trust_env: bool = False
+    tls_resumption: bool = True
 
     def __post_init__(self) -> None:
         host, port = self.host, self.port
@@ -186,6 +191,7 @@ class ConnectionSettings:
             dialer=self.dialer,
             proxy=self.proxy,
             trust_env=self.trust_env,
+            tls_resumption=self.tls_resumption,
         )
 
 

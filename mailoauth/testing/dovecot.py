@@ -17,6 +17,20 @@ or OAUTHBEARER only; tokens are checked by RFC 7662 introspection on every login
 (no auth cache, no failure delay, no per-IP penalty). The introspection endpoint is the
 project's fake OAuth server by default, or any real authorization server: give its
 introspection URL and the credentials of the client Dovecot introspects as.
+
+TLS session resumption (``tls_resumption=True``, the default). Dovecot's login
+processes (``imap-login``, ``pop3-login``) do the TLS, for the whole session, and by
+default each connection gets a fresh one ("high-security mode", ``service_count = 1``):
+a session id or ticket dies with its process, so no client ever resumes. In
+"high-performance mode" (``service_count = 0``: one process serves many connections,
+https://doc.dovecot.org/2.3/admin_manual/login_processes/#high-performance-mode) the
+process's OpenSSL context keeps its session cache and ticket key, and Dovecot 2.3.19
+with OpenSSL 3.0 then resumes TLS 1.3 tickets and TLS 1.2 sessions with no ``ssl_``
+setting at all. ``process_min_avail = 1`` keeps one such process waiting; it takes
+connections until ``default_client_limit`` is reached, so sequential test connections
+land on the same process and resume. Seen: the second and later implicit-TLS and
+STARTTLS connections resume, TLS 1.2 and 1.3 alike; with ``tls_resumption=False``
+(high-security mode) none does -- a server that never resumes.
 """
 
 from __future__ import annotations
@@ -92,6 +106,7 @@ class DovecotServer(ManagedServer):
         binary: str = "dovecot",
         introspection_client_id: str | None = None,
         introspection_client_secret: str | None = None,
+        tls_resumption: bool = True,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be positive")
@@ -110,6 +125,7 @@ class DovecotServer(ManagedServer):
         self.introspection_client_secret = introspection_client_secret
         self.certs = certs
         self.max_sessions = max_sessions
+        self.tls_resumption = tls_resumption
         self.startup_timeout = startup_timeout
         self.binary = binary
         self.mail_user = MailUser.lookup(mail_user)
@@ -166,6 +182,13 @@ class DovecotServer(ManagedServer):
         """The complete dovecot.conf for this instance."""
         n = self.max_sessions
         u = self.mail_user
+        # One long-lived login process keeps TLS sessions and tickets resumable (see
+        # the module docstring); else a process per connection (Dovecot's default).
+        login_mode = (
+            "  service_count = 0\n  process_min_avail = 1\n"
+            if self.tls_resumption
+            else "  service_count = 1\n"
+        )
         no_tls = ""
         extra_imap = extra_pop3 = ""
         if self.no_starttls_host is not None:
@@ -234,7 +257,7 @@ protocol pop3 {{
 }}
 
 service imap-login {{
-  inet_listener imap {{
+{login_mode}  inet_listener imap {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
@@ -243,7 +266,7 @@ service imap-login {{
   }}
 {extra_imap}}}
 service pop3-login {{
-  inet_listener pop3 {{
+{login_mode}  inet_listener pop3 {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
