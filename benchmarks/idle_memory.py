@@ -1,5 +1,13 @@
 """E. Memory: N idle IMAP IDLE connections in one process, resident memory per connection.
 
+Two servers. Dovecot (N = 100/500/1000: one ``imap`` process per session, so it cannot
+hold 10,000 on this machine), and for N = 10,000 the project's own test IMAP server
+(:class:`~mailoauth.testing.imap_server.TestImapServer`, implicit TLS, any token
+accepted) run in a subprocess of its own, with a control port through which the
+benchmark delivers a message to one user: the latency from that delivery to the
+user's ``ImapClient.idle()`` yielding the ``EXISTS`` event is measured for
+``LATENCY_SAMPLES`` messages, one at a time, while all N sessions are held.
+
 Each variant runs in a fresh interpreter: it opens one connection first (so that
 imports, the TLS context and first-use caches are paid), reads ``VmRSS`` after
 ``gc.collect()``, opens N more (one user each: connect, XOAUTH2, SELECT INBOX, IDLE;
@@ -7,6 +15,8 @@ imports, the TLS context and first-use caches are paid), reads ``VmRSS`` after
 again. Per connection = the difference / N.
 
 - ``mailoauth``: :class:`ImapClient`, iterating :meth:`ImapClient.idle` in a task;
+- ``mo_noresume``: the same with ``tls_resumption=False`` (every handshake full, every
+  connection its own parsed copy of the server's certificate chain);
 - ``aioimaplib``: bare ``IMAP4_SSL`` + ``xoauth2`` + ``select`` + ``idle_start``.
 
 A second pass of the mailoauth variant under tracemalloc shows where the Python-level
@@ -17,10 +27,17 @@ native memory, mostly OpenSSL's per-connection state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import os
+import random
+import ssl
+import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 from aioimaplib import IMAP4_SSL
@@ -42,13 +59,26 @@ from benchmarks._common import (
 from mailoauth import ImapClient, SecurityOptions
 
 MODULE = "benchmarks.idle_memory"
-VARIANTS = ["mailoauth", "aioimaplib"]
+VARIANTS = ["mailoauth", "mo_noresume", "aioimaplib"]
 OPENING_AT_ONCE = 50
 TIMEOUT = 120.0
-TARGET_BYTES = 150_000
+#: Issue 13: at most this much per idle connection at N = 10,000.
+TARGET_BYTES = 32_000
+#: Issue 13: a new message seen within this many seconds at p99, all N held.
+TARGET_LATENCY = 1.0
+LARGE_N = 10_000
+LATENCY_SAMPLES = 200
+#: Most a large-N worker may take (opening 10,000 sessions on 2 shared cores).
+LARGE_TIMEOUT = 1800.0
+MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: new\r\n\r\nhello\r\n"
+
+#: user index -> future set when that user's IDLE reports a change (latency samples).
+_waiting: dict[int, asyncio.Future[float]] = {}
 
 
-async def open_mailoauth(spec: dict[str, Any], ctx: Any, user: str, token: str) -> Any:
+async def open_mailoauth(
+    spec: dict[str, Any], ctx: Any, user: str, token: str, index: int = 0
+) -> Any:
     client = ImapClient(
         HOST,
         spec["port"],
@@ -58,13 +88,16 @@ async def open_mailoauth(spec: dict[str, Any], ctx: Any, user: str, token: str) 
         ssl_context=ctx,
         mechanism="XOAUTH2",
         timeout=TIMEOUT,
+        tls_resumption=spec["variant"] != "mo_noresume",
     )
     await client.connect()
     await client.select("INBOX")
 
     async def idle() -> None:
         async for _ in client.idle():
-            pass
+            waiter = _waiting.pop(index, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(time.perf_counter())
 
     task = asyncio.create_task(idle())
     for _ in range(int(TIMEOUT * 20)):
@@ -75,7 +108,9 @@ async def open_mailoauth(spec: dict[str, Any], ctx: Any, user: str, token: str) 
     return client, task
 
 
-async def open_aioimaplib(spec: dict[str, Any], ctx: Any, user: str, token: str) -> Any:
+async def open_aioimaplib(
+    spec: dict[str, Any], ctx: Any, user: str, token: str, index: int = 0
+) -> Any:
     imap = IMAP4_SSL(HOST, spec["port"], ssl_context=ctx, timeout=TIMEOUT)
     await imap.wait_hello_from_server()
     response = await imap.xoauth2(user, token)
@@ -86,9 +121,46 @@ async def open_aioimaplib(spec: dict[str, Any], ctx: Any, user: str, token: str)
     return imap, idle
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1), nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def measure_latency(spec: dict[str, Any], n: int) -> dict[str, Any]:
+    """Deliver ``LATENCY_SAMPLES`` messages, one at a time, each to a random held user
+    through the server's control port; the time until that user's IDLE yields."""
+    reader, writer = await asyncio.open_connection(HOST, spec["control_port"])
+    rng = random.Random(13)
+    latencies: list[float] = []
+    missed = 0
+    for _ in range(LATENCY_SAMPLES):
+        index = rng.randrange(1, n + 1)
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        _waiting[index] = waiter
+        start = time.perf_counter()
+        writer.write(f"{index}\n".encode())
+        await reader.readline()  # delivered
+        try:
+            seen = await asyncio.wait_for(waiter, 10.0)
+        except TimeoutError:
+            missed += 1
+            _waiting.pop(index, None)
+            continue
+        latencies.append(seen - start)
+    writer.close()
+    return {
+        "latencies": latencies,
+        "missed": missed,
+        "p50": percentile(latencies, 0.5) if latencies else None,
+        "p99": percentile(latencies, 0.99) if latencies else None,
+        "max": max(latencies) if latencies else None,
+    }
+
+
 async def hold(spec: dict[str, Any]) -> dict[str, Any]:
     ctx = client_context(spec["ca_file"])
-    opener = open_mailoauth if spec["variant"] == "mailoauth" else open_aioimaplib
+    opener = open_aioimaplib if spec["variant"] == "aioimaplib" else open_mailoauth
     users = spec["users"]
     held = [await opener(spec, ctx, *users[0])]  # warm-up, not counted
     await asyncio.sleep(0.5)
@@ -98,12 +170,12 @@ async def hold(spec: dict[str, Any]) -> dict[str, Any]:
     before = rss_bytes()
     gate = asyncio.Semaphore(OPENING_AT_ONCE)
 
-    async def one(user: str, token: str) -> Any:
+    async def one(index: int, user: str, token: str) -> Any:
         async with gate:
-            return await opener(spec, ctx, user, token)
+            return await opener(spec, ctx, user, token, index)
 
     start = time.perf_counter()
-    held += await asyncio.gather(*(one(u, t) for u, t in users[1:]))
+    held += await asyncio.gather(*(one(i, u, t) for i, (u, t) in enumerate(users) if i))
     opened = time.perf_counter() - start
     await asyncio.sleep(1.0)  # the last "+ idling" continuations are in
     after = rss_bytes()
@@ -128,21 +200,26 @@ async def hold(spec: dict[str, Any]) -> dict[str, Any]:
             }
             for d in diff[:12]
         ]
+    if spec.get("control_port"):
+        result["latency"] = await measure_latency(spec, n)
+        result["rss_after_latency"] = rss_bytes()
     return result
 
 
 def short_path(filename: str) -> str:
     """``asyncio/sslproto.py`` rather than the interpreter's install path."""
-    for marker in ("site-packages/", "/lib/python3.11/", "/main/"):
+    for marker in ("site-packages/", "/lib/python3.11/", "/main/", "/wt-tlsidle/"):
         if marker in filename:
             return filename.split(marker)[-1]
     return filename
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    raise_nofile(4 * len(spec["users"]) + 256)
-    result = asyncio.run(_hold_and_exit(spec))
-    return result
+def worker(spec: dict[str, Any]) -> None:
+    raise_nofile(2 * len(spec["users"]) + 256)
+    if spec["variant"] == "server":
+        asyncio.run(serve(spec))
+        return
+    asyncio.run(_hold_and_exit(spec))
 
 
 async def _hold_and_exit(spec: dict[str, Any]) -> dict[str, Any]:
@@ -151,11 +228,86 @@ async def _hold_and_exit(spec: dict[str, Any]) -> dict[str, Any]:
     os._exit(0)  # the N sessions just drop; logging out 1,000 of them measures nothing
 
 
+# -- the large-N server: TestImapServer in a process of its own --------------------------
+
+
+async def serve(spec: dict[str, Any]) -> None:
+    """Run the test IMAP server (implicit TLS, every token accepted) and a control port
+    (a line with a user index delivers one message to that user, answered ``ok``);
+    print the ports, serve until stdin closes."""
+    from mailoauth.testing.imap_server import TestImapServer
+
+    logging.getLogger("mailoauth.testing").setLevel(logging.CRITICAL)  # dropped sessions
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(spec["cert"], spec["key"])
+    server = TestImapServer(
+        validator=lambda user, token: True,
+        ssl_context=ctx,
+        starttls=False,
+        timeout=LARGE_TIMEOUT,
+    )
+    users = spec["users"]
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            server.store.append(users[int(line)][0], "INBOX", MESSAGE)
+            writer.write(b"ok\n")
+
+    async with server:
+        control_server = await asyncio.start_server(control, HOST, 0)
+        port = control_server.sockets[0].getsockname()[1]
+        print(json.dumps({"port": server.tls_port, "control_port": port}), flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)  # until the benchmark is done
+        control_server.close()
+
+
+@contextlib.contextmanager
+def test_server(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The large-N server subprocess; yields its ports."""
+    fd_path = _spec_file({**spec, "variant": "server"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", MODULE, "--worker", fd_path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        ports = json.loads(proc.stdout.readline())
+        os.unlink(fd_path)
+        yield ports
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fd_path)
+
+
+def _spec_file(spec: dict[str, Any]) -> str:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="mo-bench-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f)
+    return path
+
+
+# -- the benchmark -----------------------------------------------------------------------
+
+
 def run(quick: bool = False, repeat: int | None = None) -> Report:
     sizes = [50, 100, 200] if quick else [100, 500, 1000]
+    large = 2000 if quick else LARGE_N
     repeat = repeat or 2
     report = Report("idle_memory", quick)
     per: dict[tuple[int, str], Samples] = {}
+    large_runs: list[dict[str, Any]] = []
     with servers() as srv:
         users = [f"idle{i}@example.test" for i in range(max(sizes) + 1)]
         tokens = [(u, srv.token(u)) for u in users]
@@ -176,8 +328,16 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         trace_bare = run_worker(
             MODULE, {**base, "variant": "aioimaplib", "users": tokens[: n_trace + 1], "trace": True}
         )
+        files = srv.ca.files
+        large_users = [(f"big{i}@example.test", "t") for i in range(large + 1)]
+        certs = {"cert": str(files.cert), "key": str(files.key), "users": large_users}
+        for _ in range(repeat):
+            with test_server(certs) as ports:
+                spec = {"ca_file": srv.ca_file, "variant": "mailoauth", "users": large_users}
+                large_runs.append(run_worker(MODULE, {**spec, **ports}, timeout=LARGE_TIMEOUT))
     t = report.table(
-        f"RSS per idle IMAPS connection (median of {repeat} fresh processes per variant)",
+        f"RSS per idle IMAPS connection to Dovecot (median of {repeat} fresh processes per "
+        "variant)",
         "N",
         "variant",
         "KB per connection",
@@ -188,6 +348,28 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         for v in VARIANTS:
             s = per[(n, v)]
             t.add(n, v, s.median / 1000, pct(s.spread), s.median / per[(n, "aioimaplib")].median)
+    big = Samples([r["per_connection"] for r in large_runs])
+    p50 = Samples([r["latency"]["p50"] for r in large_runs])
+    p99 = Samples([r["latency"]["p99"] for r in large_runs])
+    tl = report.table(
+        f"N={large:,} idle IMAPS connections to the test IMAP server in another process "
+        f"(mailoauth; {repeat} fresh processes; {LATENCY_SAMPLES} new messages each, one "
+        "at a time, while all are held)",
+        "figure",
+        "median",
+        "spread",
+        "per run",
+    )
+    tl.add("KB per connection", big.median / 1000, pct(big.spread), _each(big, 1000))
+    tl.add("new message seen, p50 ms", p50.median * 1000, pct(p50.spread), _each(p50, 0.001))
+    tl.add("new message seen, p99 ms", p99.median * 1000, pct(p99.spread), _each(p99, 0.001))
+    tl.add(
+        "messages not seen within 10 s",
+        sum(r["latency"]["missed"] for r in large_runs),
+        "",
+        "",
+    )
+    tl.add("seconds to open all", Samples([r["open_seconds"] for r in large_runs]).median, "", "")
     tm = report.table(
         f"where mailoauth's memory goes (tracemalloc, N={n_trace}; the rest of RSS is "
         "native, mostly OpenSSL)",
@@ -195,11 +377,7 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         "bytes per connection",
         "blocks per connection",
     )
-    tm.add(
-        "RSS, all",
-        trace["per_connection"],
-        "",
-    )
+    tm.add("RSS, all", trace["per_connection"], "")
     tm.add("tracemalloc, all Python allocations", trace["traced_per_connection"], "")
     for entry in trace["top"]:
         tm.add(entry["where"], entry["per_connection"], entry["count_per_connection"])
@@ -213,23 +391,29 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
     tb.add("tracemalloc, all Python allocations", trace_bare["traced_per_connection"], "")
     for entry in trace_bare["top"][:5]:
         tb.add(entry["where"], entry["per_connection"], entry["count_per_connection"])
-    largest = max(sizes)
     report.target(
-        f"N={largest}: KB per mailoauth connection",
-        per[(largest, "mailoauth")].median / 1000,
+        f"N={large:,}: KB per mailoauth connection",
+        big.median / 1000,
         TARGET_BYTES / 1000,
         higher=False,
     )
+    report.target(f"N={large:,}: new message seen, p99 s", p99.median, TARGET_LATENCY, higher=False)
     report.data = {
         "bytes_per_connection": {f"{n}/{v}": s.as_json() for (n, v), s in per.items()},
+        "large": large_runs,
         "tracemalloc_mailoauth": trace,
         "tracemalloc_aioimaplib": trace_bare,
     }
     report.notes.append(
         f"connections opened {OPENING_AT_ONCE} at a time; RSS read from /proc/self/status "
-        "after gc.collect(), before and after opening N (one warm-up connection first)"
+        "after gc.collect(), before and after opening N (one warm-up connection first); "
+        f"N={large:,} runs mailoauth only (aioimaplib's ~310 KB each would be ~3 GB)"
     )
     return report
+
+
+def _each(samples: Samples, unit: float) -> str:
+    return " ".join(f"{v / unit:.3g}" for v in samples.values)
 
 
 if __name__ == "__main__":
