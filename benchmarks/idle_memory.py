@@ -200,6 +200,11 @@ async def hold(spec: dict[str, Any]) -> dict[str, Any]:
             }
             for d in diff[:12]
         ]
+        by_file = after_snap.compare_to(before_snap, "filename")
+        result["by_file"] = [
+            {"where": short_path(d.traceback[0].filename), "per_connection": d.size_diff / n}
+            for d in by_file[:10]
+        ]
     if spec.get("control_port"):
         result["latency"] = await measure_latency(spec, n)
         result["rss_after_latency"] = rss_bytes()

@@ -84,10 +84,12 @@ PLAINTEXT_HINT: Final = "use SecurityOptions.SSL_EXPLICIT (STARTTLS) or AUTO"
 #: included) to a peer that has stopped reading; then the socket is aborted, so that no
 #: close ever hangs on an unresponsive peer or keeps its socket open.
 CLOSE_TIMEOUT: Final = 2.0
-#: TLS 1.3 sends session tickets after the handshake, with (or before) the first
-#: application data: the session to keep is looked for in this many reads at most, so
-#: a server that issues no ticket costs nothing later.
-SESSION_LOOKS: Final = 4
+#: TLS 1.3 sends session tickets after the handshake, before the server's first
+#: application data: the session to keep is looked for when application data arrives,
+#: in this many reads at most, so that a server that issues no ticket costs nothing
+#: later. (Each look copies the session: the ssl module re-encodes and re-parses it,
+#: the server's certificate included.)
+SESSION_LOOKS: Final = 2
 
 
 @contextmanager
@@ -572,7 +574,7 @@ class Connection(asyncio.Protocol):
             parts.append(chunk)
             if not self._incoming.pending and not self._ssl.pending():
                 break  # all read: skip the read that would only raise SSLWantReadError
-        if self._session_looks:
+        if self._session_looks and parts:
             self._session_looks -= 1
             self._keep_session()
         self._flush_outgoing()  # e.g. a TLS 1.3 KeyUpdate answer
