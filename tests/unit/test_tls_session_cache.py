@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ssl
 from dataclasses import dataclass
 from typing import cast
 
 import pytest
+import trustme
 
 from mailoauth._core import tls_sessions
+from mailoauth._core.connection import Connection
 from mailoauth._core.tls_sessions import (
     MAX_SESSION_AGE,
     MAX_SESSIONS,
@@ -18,6 +21,7 @@ from mailoauth._core.tls_sessions import (
     session_cache_for,
 )
 from mailoauth.security import create_ssl_context, default_ssl_context
+from tests.unit.test_connection import FakeSocket, TlsPeer, client_context
 
 
 @dataclass
@@ -129,3 +133,98 @@ def test_repr_shows_no_session() -> None:
     cache = TLSSessionCache(clock=Clock())
     cache.put(key(), session())
     assert repr(cache) == f"<TLSSessionCache 1/{MAX_SESSIONS} sessions>"
+
+
+# -- the connection keeps and offers sessions (TLS in memory, no sockets) ---------------
+
+
+class SharedKeyPeer(TlsPeer):
+    """A TLS server in memory whose context (session cache, ticket key) is ``server_ctx``,
+    so that a second connection to it can resume."""
+
+    def __init__(self, server_ctx: ssl.SSLContext, conn: Connection, sock: FakeSocket) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.ssl = server_ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.conn, self.sock = conn, sock
+
+
+def server_context(ca: trustme.CA, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(ctx)
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+async def tls_connection(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, *, resumption: bool = True
+) -> tuple[Connection, SharedKeyPeer]:
+    conn = Connection(
+        host="localhost", port=1, ssl_context=client_ctx, timeout=5.0, tls_resumption=resumption
+    )
+    sock = FakeSocket()
+    sock.protocol = conn
+    conn.connection_made(sock)
+    peer = SharedKeyPeer(server_ctx, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    return conn, peer
+
+
+@pytest.mark.asyncio
+async def test_tls13_ticket_is_kept_once_data_arrives_and_resumes_the_next() -> None:
+    ca = trustme.CA()
+    server_ctx, client_ctx = server_context(ca), client_context(ca)
+    cache = session_cache_for(client_ctx)
+    conn, peer = await tls_connection(server_ctx, client_ctx)
+    assert conn.extra("version") == "TLSv1.3"
+    assert not conn.tls_resumed
+    assert len(cache) == 0  # the handshake is done, but no application data yet
+    peer.send(b"* OK ready\r\n")
+    assert await conn.receive() == b"* OK ready\r\n"
+    key = ("localhost", 1, "localhost", "starttls", "")
+    kept = cache.get(key)
+    assert kept is not None and kept.has_ticket
+    again, peer2 = await tls_connection(server_ctx, client_ctx)
+    assert again.tls_resumed
+    peer2.send(b"* OK again\r\n")
+    assert await again.receive() == b"* OK again\r\n"
+    assert cache.get(key) is not kept  # the newer ticket replaced it
+
+
+@pytest.mark.asyncio
+async def test_tls12_session_is_kept_at_the_end_of_the_handshake() -> None:
+    ca = trustme.CA()
+    server_ctx = server_context(ca, ssl.TLSVersion.TLSv1_2)
+    client_ctx = client_context(ca)
+    conn, _ = await tls_connection(server_ctx, client_ctx)
+    assert conn.extra("version") == "TLSv1.2"
+    assert len(session_cache_for(client_ctx)) == 1
+    again, _ = await tls_connection(server_ctx, client_ctx)
+    assert again.tls_resumed
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_cannot_resume_gets_a_full_handshake() -> None:
+    ca = trustme.CA()
+    client_ctx = client_context(ca)
+    conn, peer = await tls_connection(server_context(ca), client_ctx)
+    peer.send(b"* OK\r\n")
+    await conn.receive()
+    assert len(session_cache_for(client_ctx)) == 1
+    # Another server (another ticket key) is offered the session and refuses it.
+    other, peer2 = await tls_connection(server_context(ca), client_ctx)
+    assert not other.tls_resumed
+    peer2.send(b"* OK other\r\n")
+    assert await other.receive() == b"* OK other\r\n"
+
+
+@pytest.mark.asyncio
+async def test_resumption_off_keeps_and_offers_nothing() -> None:
+    ca = trustme.CA()
+    server_ctx, client_ctx = server_context(ca), client_context(ca)
+    for _ in range(2):
+        conn, peer = await tls_connection(server_ctx, client_ctx, resumption=False)
+        peer.send(b"* OK\r\n")
+        await conn.receive()
+        assert not conn.tls_resumed
+    assert len(session_cache_for(client_ctx)) == 0
