@@ -118,5 +118,6 @@ def default_ssl_context() -> ssl.SSLContext:
     """The context of every connection given none: :func:`create_ssl_context`, made
     once per process. Loading the system's CAs costs milliseconds and memory per
     context, and connections must share a context to resume each other's TLS sessions
-    (see :mod:`mailoauth._core.tls_sessions`). Not to be modified."""
+    (see :mod:`mailoauth._core.tls_sessions`). Not to be modified; the system's CAs
+    (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` included) are read when it is first made."""
     return create_ssl_context()
