@@ -423,10 +423,10 @@ class Connection(asyncio.Protocol):
             self._raise_if_plaintext()
         context = self._ssl_context or default_ssl_context()
         self._ssl_context = context
-        session = None
+        session: ssl.SSLSession | None = None
+        key: SessionKey | None = None
         if self._tls_resumption:
             key = (self.host.lower(), self.port, self._tls_hostname, mode, self._route)
-            self._session_key = key
             session = session_cache_for(context).get(key)
         self._ssl = context.wrap_bio(
             self._incoming, self._outgoing, server_hostname=self._tls_hostname, session=session
@@ -449,7 +449,8 @@ class Connection(asyncio.Protocol):
         self._handshaking = False
         self._handshake_head = b""
         self.tls_resumed = self._ssl.session_reused
-        if self._session_key is not None:
+        if key is not None and session_cache_for(context).outcome(key, session, self.tls_resumed):
+            self._session_key = key
             if self._ssl.version() == "TLSv1.3":
                 self._session_looks = SESSION_LOOKS  # its tickets come after the handshake
             else:

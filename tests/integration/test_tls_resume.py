@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailoauth._core.settings import ConnectionSettings
-from mailoauth._core.tls_sessions import session_cache_for
+from mailoauth._core.tls_sessions import GIVE_UP_AFTER, session_cache_for
 from mailoauth.imap.client import ImapClient
 from mailoauth.pop3.client import Pop3Client
 from mailoauth.security import SecurityOptions
@@ -117,7 +117,7 @@ async def test_never_offered_to_another_port_host_or_context(mail_servers: MailS
     assert not await resumed(imap(mail_servers, mail_servers.client_context()))
     # The first host and port still resume.
     assert await resumed(imap(mail_servers, ctx))
-    keys = {key[:4] for key in session_cache_for(ctx)._sessions}
+    keys = {key[:4] for key in session_cache_for(ctx)._entries}
     assert keys == {
         ("127.0.0.1", dc.imaps_port, "127.0.0.1", "implicit"),
         ("127.0.0.1", dc.pop3s_port, "127.0.0.1", "implicit"),
@@ -133,7 +133,7 @@ async def test_security_mode_is_part_of_the_key(mail_servers: MailServers) -> No
     pf = mail_servers.postfix
     assert not await resumed(smtp(mail_servers, ctx, pf.smtps_port, IMPLICIT))
     assert not await resumed(smtp(mail_servers, ctx, pf.submission_port, STARTTLS))
-    modes = {(key[1], key[3]) for key in session_cache_for(ctx)._sessions}
+    modes = {(key[1], key[3]) for key in session_cache_for(ctx)._entries}
     assert modes == {(pf.smtps_port, "implicit"), (pf.submission_port, "starttls")}
 
 
@@ -166,10 +166,16 @@ async def test_server_that_never_resumes_still_connects(
     mail_servers: MailServers, no_resume_dovecot: DovecotServer
 ) -> None:
     ctx = mail_servers.client_context()
+    cache = session_cache_for(ctx)
     dc = no_resume_dovecot
     for port, security in ((dc.imaps_port, IMPLICIT), (dc.imap_port, STARTTLS)):
-        runs = [
-            await resumed(imap(mail_servers, ctx, port=port, security=security)) for _ in range(3)
-        ]
-        assert runs == [False, False, False]  # each offered the last session; refused
-    assert len(session_cache_for(ctx)) == 2  # a session was kept and offered each time
+        runs = []
+        for _ in range(GIVE_UP_AFTER):
+            runs.append(await resumed(imap(mail_servers, ctx, port=port, security=security)))
+            assert len(cache) == 1  # a session kept: offered to the next connection
+        runs.append(await resumed(imap(mail_servers, ctx, port=port, security=security)))
+        # GIVE_UP_AFTER fresh sessions refused: none offered or taken any more.
+        assert len(cache) == 0
+        runs.append(await resumed(imap(mail_servers, ctx, port=port, security=security)))
+        assert runs == [False] * (GIVE_UP_AFTER + 2)
+        assert len(cache) == 0

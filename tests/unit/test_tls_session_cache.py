@@ -14,6 +14,8 @@ import trustme
 from mailoauth._core import tls_sessions
 from mailoauth._core.connection import Connection
 from mailoauth._core.tls_sessions import (
+    GIVE_UP_AFTER,
+    GIVE_UP_FOR,
     MAX_SESSION_AGE,
     MAX_SESSIONS,
     SessionKey,
@@ -104,6 +106,59 @@ def test_least_recently_used_goes_first() -> None:
     assert len(cache) == 0
 
 
+def test_a_resumed_session_is_offered_again_and_no_new_one_taken() -> None:
+    cache = TLSSessionCache(clock=Clock())
+    assert cache.outcome(key(), None, False)  # first connection: keep its session
+    s = session()
+    cache.put(key(), s)
+    for _ in range(3):
+        offered = cache.get(key())
+        assert offered is s
+        assert not cache.outcome(key(), offered, True)  # resumed: nothing to copy
+
+
+def test_a_server_taking_each_ticket_once_gets_a_fresh_one_every_time() -> None:
+    cache = TLSSessionCache(clock=Clock())
+    first = session()
+    cache.put(key(), first)
+    assert not cache.outcome(key(), cache.get(key()), True)
+    assert cache.outcome(key(), cache.get(key()), False)  # the same ticket, refused
+    cache.put(key(), session())
+    assert cache.outcome(key(), cache.get(key()), True)  # from now on: take each new one
+
+
+def test_a_server_that_never_resumes_is_given_up_for_a_while() -> None:
+    clock = Clock()
+    cache = TLSSessionCache(clock=clock)
+    cache.put(key(), session())
+    for _ in range(GIVE_UP_AFTER - 1):
+        offered = cache.get(key())
+        assert offered is not None
+        assert cache.outcome(key(), offered, False)  # refused: try the next one
+        cache.outcome(key(), offered, False)  # a concurrent refusal of the same: counted once
+        cache.put(key(), session())
+    assert not cache.outcome(key(), cache.get(key()), False)
+    assert cache.get(key()) is None
+    assert not cache.outcome(key(), None, False)  # nothing offered, nothing taken
+    clock.now += GIVE_UP_FOR
+    assert cache.outcome(key(), None, False)  # time to try again
+    cache.put(key(), session(start=int(clock.now)))
+    assert cache.get(key()) is not None
+
+
+def test_a_success_resets_the_refusals() -> None:
+    cache = TLSSessionCache(clock=Clock())
+    for _ in range(GIVE_UP_AFTER - 1):
+        cache.put(key(), session())
+        cache.outcome(key(), cache.get(key()), False)
+    cache.put(key(), session())
+    assert not cache.outcome(key(), cache.get(key()), True)
+    for _ in range(GIVE_UP_AFTER - 1):
+        cache.put(key(), session())
+        assert cache.outcome(key(), cache.get(key()), False)
+    assert cache.get(key()) is not None
+
+
 def test_default_bound() -> None:
     assert TLSSessionCache().max_sessions == MAX_SESSIONS
     with pytest.raises(ValueError):
@@ -188,7 +243,7 @@ async def test_tls13_ticket_is_kept_once_data_arrives_and_resumes_the_next() -> 
     assert again.tls_resumed
     peer2.send(b"* OK again\r\n")
     assert await again.receive() == b"* OK again\r\n"
-    assert cache.get(key) is not kept  # the newer ticket replaced it
+    assert cache.get(key) is kept  # resumed: offered again, no copy of the new ticket
 
 
 @pytest.mark.asyncio
