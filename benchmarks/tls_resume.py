@@ -4,6 +4,8 @@ Against Dovecot over implicit TLS (its login processes in high-performance mode,
 resumes: see :mod:`mailoauth.testing.dovecot`), in a fresh interpreter per run, after
 one warm-up connection (which gives ``mo`` its first session):
 
+- ``handshake``: ``RECONNECTS`` connections in a row: TCP, the TLS handshake, the
+  greeting, close -- the TLS part alone (``imaplib``: ``ssl.SSLContext.wrap_socket``);
 - ``reconnect``: one mailbox, ``RECONNECTS`` times in a row: connect, XOAUTH2, SELECT
   INBOX, LOGOUT (a poller's cycle);
 - ``poll``: ``POLL_N`` mailboxes at once: connect, XOAUTH2, SELECT, UID SEARCH UNSEEN,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import socket
 import ssl
 import sys
 import time
@@ -40,11 +43,12 @@ from benchmarks._common import (
     servers,
 )
 from mailoauth import ImapClient, SecurityOptions
+from mailoauth._core.connection import Connection
 from mailoauth.sasl import XOAuth2
 
 MODULE = "benchmarks.tls_resume"
 VARIANTS = ["mo", "mo_noresume", "imaplib"]
-WORKLOADS = ["reconnect", "poll"]
+WORKLOADS = ["handshake", "reconnect", "poll"]
 RECONNECTS = 100
 POLL_N = 200
 THREADS = 32
@@ -55,6 +59,18 @@ TARGET_RATIO = 1.0
 
 
 async def mo_session(spec: dict[str, Any], ctx: ssl.SSLContext, user: str, token: str) -> bool:
+    if spec["workload"] == "handshake":
+        conn = await Connection.open(
+            HOST,
+            spec["port"],
+            implicit_tls=True,
+            ssl_context=ctx,
+            timeout=TIMEOUT,
+            tls_resumption=spec["variant"] == "mo",
+        )
+        await conn.receive()  # the greeting (and, with TLS 1.3, the tickets before it)
+        await conn.aclose()
+        return conn.tls_resumed
     async with ImapClient(
         HOST,
         spec["port"],
@@ -73,6 +89,12 @@ async def mo_session(spec: dict[str, Any], ctx: ssl.SSLContext, user: str, token
 
 
 def imaplib_session(spec: dict[str, Any], ctx: ssl.SSLContext, user: str, token: str) -> bool:
+    if spec["workload"] == "handshake":
+        with ctx.wrap_socket(
+            socket.create_connection((HOST, spec["port"])), server_hostname=HOST
+        ) as tls:
+            tls.recv(4096)
+            return tls.session_reused
     imap = imaplib.IMAP4_SSL(HOST, spec["port"], ssl_context=ctx, timeout=TIMEOUT)
     raw = XOAuth2(user, token).initial_response()
     imap.authenticate("XOAUTH2", lambda _: raw)
@@ -129,6 +151,7 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         base = {"port": srv.dovecot.imaps_port, "ca_file": srv.ca_file}
         one_user = "resume0@example.test"
         specs = {
+            "handshake": [(one_user, "")] * (reconnects + 1),
             "reconnect": [(one_user, srv.token(one_user))] * (reconnects + 1),
             "poll": [
                 (u, srv.token(u)) for u in (f"resume{i}@example.test" for i in range(poll_n + 1))
@@ -151,7 +174,8 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
             interleaved(VARIANTS, repeat, one)
     t = report.table(
         f"per IMAPS session (median of {repeat} fresh processes per variant, interleaved; "
-        f"reconnect: 1 mailbox x {reconnects} in a row; poll: {poll_n} mailboxes at once)",
+        f"handshake: TLS and greeting x {reconnects} in a row; reconnect: 1 mailbox x "
+        f"{reconnects} in a row; poll: {poll_n} mailboxes at once)",
         "workload",
         "variant",
         "resumed",
