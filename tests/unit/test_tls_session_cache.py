@@ -12,7 +12,7 @@ import pytest
 import trustme
 
 from mailoauth._core import tls_sessions
-from mailoauth._core.connection import Connection
+from mailoauth._core.connection import SESSION_LOOKS, Connection
 from mailoauth._core.tls_sessions import (
     GIVE_UP_AFTER,
     GIVE_UP_FOR,
@@ -282,4 +282,17 @@ async def test_resumption_off_keeps_and_offers_nothing() -> None:
         peer.send(b"* OK\r\n")
         await conn.receive()
         assert not conn.tls_resumed
+    assert len(session_cache_for(client_ctx)) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_tls13_server_without_tickets_is_looked_at_only_a_few_times() -> None:
+    ca = trustme.CA()
+    server_ctx, client_ctx = server_context(ca), client_context(ca)
+    server_ctx.num_tickets = 0
+    conn, peer = await tls_connection(server_ctx, client_ctx)
+    for n in range(SESSION_LOOKS + 2):
+        peer.send(b"* line %d\r\n" % n)
+        await conn.receive()
+    assert conn._session_looks == 0  # stopped looking: the reads cost nothing more
     assert len(session_cache_for(client_ctx)) == 0
