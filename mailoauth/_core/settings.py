@@ -87,10 +87,7 @@ class ConnectionSettings:
             (``ALL_PROXY``, skipped for hosts in ``NO_PROXY``); off by default.
         tls_resumption: offer the TLS session of an earlier connection with the same
             ``ssl_context``, host, port, security and route, for an abbreviated
-            handshake (on by default; see :mod:`mailoauth._core.tls_sessions`). A
-            resumed connection holds ~6 KB more while open (CPython's ssl module gives
-            each one its own copy of the session): for thousands of long-held IDLE
-            connections, where memory counts more than reconnects, turn it off.
+            handshake (on by default; see :mod:`mailoauth._core.tls_sessions`).
 
     Raises :class:`~mailoauth.errors.ConfigurationError` naming the argument that is
     wrong: an empty or malformed host, a port outside 1-65535, a non-positive timeout,

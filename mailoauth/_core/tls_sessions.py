@@ -22,8 +22,9 @@ What it costs, and the policy that follows (CPython 3.11, OpenSSL 3.0). The ssl 
 copies a session each time it is read (``SSLObject.session``) or offered
 (``wrap_bio(session=...)``) by encoding and re-parsing it, the server's certificate
 included: ~0.15 ms of CPU each, about what an abbreviated handshake saves over a full
-one, and the offered copy stays with the connection (~5 KB while it is open). So a
-connection takes the server's new session only when it has to:
+one; and taking every connection's new ticket cost ~6 KB per connection held open
+(``benchmarks/idle_memory.py``; nothing once the policy below was in). So a connection
+takes the server's new session only when it has to:
 
 - a session the server resumed is offered again (RFC 8446 §C.4 would have each TLS 1.3
   ticket used once, for unlinkability; the connections of one client family to one
