@@ -35,6 +35,10 @@ class Progress:
             self._states[key] = await self.store.load(key)
         return self._states[key]
 
+    def forget(self, key: str) -> None:
+        """Drop the cached state of ``key``: the next :meth:`load` reads the store."""
+        self._states.pop(key, None)
+
     async def update(self, key: str, change: Commit) -> None:
         self._states[key] = change(await self.load(key))
         async with self._locks.setdefault(key, asyncio.Lock()):

@@ -44,7 +44,9 @@ log = logging.getLogger("mailoauth.poll")
 #: How many IMAP messages one UID FETCH asks for, bounding the memory of a catch-up.
 DEFAULT_FETCH_BATCH = 20
 
-_Item = tuple[PollEvent, Commit | None]
+#: An event, its commit, and the epoch of its mailbox when it was emitted (see
+#: :meth:`Poller._forget`).
+_Item = tuple[PollEvent, Commit | None, int]
 _G = TypeVar("_G", PollLimits, Backoff)
 
 
@@ -247,6 +249,8 @@ class Poller:
         self._failed: dict[str, BaseException] = {}
         self._pending: dict[str, collections.deque[tuple[NewMessage, Commit]]] = {}
         self._unacked: NewMessage | None = None
+        # Fleet hook (_forget): a mailbox's events from an older epoch are dropped.
+        self._epochs: dict[str, int] = {}
         self._runner: asyncio.Task[None] | None = None
         self._tg: TaskGroup | None = None
         self._stop: anyio.Event | None = None
@@ -295,6 +299,15 @@ class Poller:
         scope = self._scopes.pop(key, None)
         if scope is not None:
             scope.cancel()
+
+    def _forget(self, key: str) -> None:
+        """Fleet hook (mailoauth.poll.fleet), after :meth:`remove` when a mailbox's lease
+        moved to another worker: forget its cached state and its unacknowledged events,
+        and drop its events still in the stream (another worker reports them now), so
+        that a later :meth:`add` of the same key starts from the store alone."""
+        self._progress.forget(key)
+        self._pending.pop(key, None)
+        self._epochs[key] = self._epochs.get(key, 0) + 1
 
     # -- running ----------------------------------------------------------------------
 
@@ -397,8 +410,10 @@ class Poller:
             nonlocal attempts
             attempts = 0
 
+        epoch = self._epochs.get(key, 0)
+
         async def emit(event: PollEvent, commit: Commit | None) -> None:
-            await send.send((event, commit))
+            await send.send((event, commit, epoch))
 
         # A throttled answer is held back while its slots are still held, so that no
         # other mailbox of the scope (in any worker) takes the freed slot and knocks
@@ -513,10 +528,13 @@ class Poller:
         if self._unacked is not None:
             event, self._unacked = self._unacked, None
             await self.ack(event)
-        try:
-            item, commit = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
+        while True:
+            try:
+                item, commit, epoch = await self._receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise StopAsyncIteration from None
+            if epoch == self._epochs.get(item.mailbox, 0):
+                break  # else forgotten (_forget) since it was emitted: drop it
         if isinstance(item, NewMessage) and commit is not None:
             self._pending.setdefault(item.mailbox, collections.deque()).append((item, commit))
             if self.auto_ack:

@@ -29,6 +29,7 @@ _LAZY = {
     "mailoauth.testing.personality": ["Personality", "TenantState"],
     "mailoauth.testing.pop3_server": ["TestPop3Server"],
     "mailoauth.testing.postfix": ["PostfixServer"],
+    "mailoauth.testing.redis_server": ["RedisServer"],
     "mailoauth.testing.sandbox": ["MailSandbox", "SandboxUser"],
     "mailoauth.testing.smtp_server": ["TestSmtpServer"],
 }
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from mailoauth.testing.personality import Personality, TenantState
     from mailoauth.testing.pop3_server import TestPop3Server
     from mailoauth.testing.postfix import PostfixServer
+    from mailoauth.testing.redis_server import RedisServer
     from mailoauth.testing.sandbox import MailSandbox, SandboxUser
     from mailoauth.testing.smtp_server import TestSmtpServer
 
@@ -53,6 +55,7 @@ __all__ = [
     "MailStore",
     "Personality",
     "PostfixServer",
+    "RedisServer",
     "SandboxUser",
     "ScriptedResponse",
     "TenantState",
