@@ -152,19 +152,29 @@ def import_redis() -> Any:
     return redis
 
 
-def connect(redis: Any, *, timeout: float) -> tuple[Any, bool]:
+#: Connections one client made from a URL opens at most; callers past that wait for
+#: one (bounded by the call's timeout) instead of failing.
+MAX_CONNECTIONS: Final = 32
+
+
+def connect(
+    redis: Any, *, timeout: float, max_connections: int = MAX_CONNECTIONS
+) -> tuple[Any, bool]:
     """``(client, owned)``: a ``redis.asyncio.Redis`` made from a URL (owned: the caller
-    closes it), or the given client as is. URL clients get ``timeout`` as their socket
-    timeouts, so no Redis call hangs longer than that."""
+    closes it), or the given client as is. A URL client gets ``timeout`` as its socket
+    timeouts and a blocking pool of ``max_connections``, so no Redis call hangs longer
+    than that and a burst of calls queues rather than failing."""
     module = import_redis()
     if isinstance(redis, str):
-        client = module.asyncio.Redis.from_url(
+        pool = module.asyncio.BlockingConnectionPool.from_url(
             redis,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=timeout,
         )
-        return client, True
+        return module.asyncio.Redis(connection_pool=pool), True
     return redis, False
 
 

@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from mailoauth.poll.backoff import backoff_delay
@@ -54,7 +54,7 @@ MIN_TICK_GAP: Final = 0.05
 #: The longest the watchdog sleeps before looking at the deadlines again.
 WATCHDOG_PERIOD: Final = 0.25
 
-Acquired = Callable[[MailboxSpec, int], Awaitable[None]]
+Acquired = Callable[[MailboxSpec, int], Coroutine[Any, Any, None]]
 Lost = Callable[[str], None]
 
 
@@ -101,6 +101,7 @@ class LeaseKeeper:
         #: False once the worker stops: it renews what it holds but takes nothing new.
         self.acquiring = True
         self.ticks = 0
+        self._starting: set[asyncio.Task[None]] = set()
 
     # -- what is held -------------------------------------------------------------
 
@@ -124,7 +125,8 @@ class LeaseKeeper:
         now = time.monotonic()
         for key, deadline in list(self.deadlines.items()):
             if now >= deadline:
-                self.lose(key, "not renewed in time; stopped watching")
+                late = now - (deadline - self.lease * LOCAL_SHARE)
+                self.lose(key, f"not renewed for {late:.1f} s; stopped watching")
 
     # -- running ------------------------------------------------------------------
 
@@ -176,41 +178,43 @@ class LeaseKeeper:
     async def tick(self) -> None:
         """One round of the steps in the module docstring."""
         self.ticks += 1
-        sent = time.monotonic()
         workers = await self.heartbeat()
         with redis_errors("reading the mailboxes"):
             async with asyncio.timeout(self.lease / 3):
                 raw = await self.redis.hgetall(self.keys.specs)
         specs = {decode(k): decode(v) for k, v in raw.items()}
-        await self._renew(sent)
+        await self._renew()
         # Removed from the fleet, or changed (restarted with the new spec).
         for key in list(self.fences):
-            if key not in specs:
+            if key not in specs and key in self.fences:
                 fence = self.fences[key]
                 self.lose(key, "mailbox removed from the fleet")
                 await self._release(key, fence)
-            elif self._specs.get(key) not in (None, specs[key]):
-                fence = self.fences[key]
+            elif key in self.fences and self._specs.get(key) not in (None, specs[key]):
+                fence, deadline = self.fences[key], self.deadlines[key]
                 self.lose(key, "spec changed; restarting it")
-                await self._start(key, specs[key], fence, sent)
+                self._start(key, specs[key], fence, deadline)
         if self.leaving or not self.acquiring:
             return
         target = fair_share(len(specs), workers, self.worker_id)
         excess = len(self.fences) - target
         if excess > 0:
             for key in self._rng.sample(sorted(self.fences), excess):
-                fence = self.fences[key]
+                fence = self.fences.get(key)
+                if fence is None:
+                    continue  # let go meanwhile (the watchdog)
                 self.lose(key, f"released (fair share {target} of {len(specs)})")
                 await self._release(key, fence)
             await self.publish("release")
         elif excess < 0:
-            await self._acquire(specs, -excess, sent)
+            await self._acquire(specs, -excess)
 
-    async def _renew(self, sent: float) -> None:
+    async def _renew(self) -> None:
         held = sorted(self.fences)
         if not held:
             return
         tokens = [owner_token(self.worker_id, self.fences[k]) for k in held]
+        sent = time.monotonic()
         results = await self._call(
             "renewing leases", RENEW, [self.keys.lease(k) for k in held], *tokens, self.lease_ms
         )
@@ -226,7 +230,7 @@ class LeaseKeeper:
             else:
                 self.lose(key, "taken by another worker (lease lapsed)")
 
-    async def _acquire(self, specs: Mapping[str, str], wanted: int, sent: float) -> None:
+    async def _acquire(self, specs: Mapping[str, str], wanted: int) -> None:
         free = [k for k in specs if k not in self.fences]
         self._rng.shuffle(free)
         if not free:
@@ -234,16 +238,19 @@ class LeaseKeeper:
         keys: list[str] = []
         for key in free:
             keys += [self.keys.lease(key), self.keys.fence(key)]
+        sent = time.monotonic()
         fences = await self._call(
             "acquiring leases", ACQUIRE, keys, self.worker_id, self.lease_ms, wanted
         )
         for key, fence in zip(free, fences, strict=True):
             if int(fence):
-                await self._start(key, specs[key], int(fence), sent)
+                self._start(key, specs[key], int(fence), sent + self.lease * LOCAL_SHARE)
 
-    async def _start(self, key: str, spec_json: str, fence: int, sent: float) -> None:
+    def _start(self, key: str, spec_json: str, fence: int, deadline: float) -> None:
+        """Hold ``key`` and start watching it in a task of its own (so that a tick
+        granting many leases ends, and renews them, without waiting for each start)."""
         self.fences[key] = fence
-        self.deadlines[key] = sent + self.lease * LOCAL_SHARE
+        self.deadlines[key] = deadline
         self._specs[key] = spec_json
         try:
             spec = MailboxSpec.from_json(json.loads(spec_json))
@@ -251,7 +258,14 @@ class LeaseKeeper:
             log.error("%s: the spec of %s in Redis is unusable: %s", self.worker_id, key, exc)
             return  # held (so that no worker loops on it) but not watched
         log.info("%s: lease %s granted (fence %d)", self.worker_id, key, fence)
-        await self._acquired(spec, fence)
+        task = asyncio.get_running_loop().create_task(self._acquired(spec, fence))
+        self._starting.add(task)
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: starting a mailbox failed", self.worker_id, exc_info=task.exception())
 
     async def _release(self, key: str, fence: int) -> None:
         await self._call(
@@ -265,6 +279,8 @@ class LeaseKeeper:
         """Hand every lease over and leave the fleet (best effort: what cannot be
         released expires within a lease)."""
         self.leaving = True
+        for task in list(self._starting):
+            task.cancel()
         held = dict(self.fences)
         for key in list(held):
             self.lose(key, "released (worker leaving)")

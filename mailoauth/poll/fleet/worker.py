@@ -111,8 +111,13 @@ class FleetWorker:
         self._resolve = resolve
         self._rng = rng or random.Random()
         self._redis, self._owns_redis = connect(redis, timeout=lease / 3)
+        # The leases get a client of their own (when made from a URL), so that renewals
+        # never queue behind a burst of state reads and writes.
+        self._lease_redis, self._owns_lease_redis = connect(
+            redis, timeout=lease / 3, max_connections=4
+        )
         self.keeper = LeaseKeeper(
-            self._redis,
+            self._lease_redis,
             self.keys,
             worker_id,
             lease,
@@ -142,12 +147,19 @@ class FleetWorker:
 
     async def _acquired(self, spec: MailboxSpec, fence: int) -> None:
         key = spec.key
-        try:
-            redeliver = await self.store.inflight(key)
-        except TransportError as exc:
-            # Without the in-flight set a redelivery could come unmarked: let it go.
-            self.keeper.lose(key, f"cannot read its events in flight ({exc})")
-            return
+        attempt = 0
+        while True:
+            try:
+                redeliver = await self.store.inflight(key)
+                break
+            except TransportError as exc:
+                # Without the in-flight set a redelivery could come unmarked: watch
+                # nothing until it is read, and let the lease go if that takes too long.
+                if self.keeper.fences.get(key) != fence or self.keeper.token(key) is None:
+                    self.keeper.lose(key, f"cannot read its events in flight ({exc})")
+                    return
+                await asyncio.sleep(backoff_delay(attempt, 0.05, self.lease / 6, self._rng))
+                attempt += 1
         if self.keeper.fences.get(key) != fence:
             return  # lost while reading
         try:
@@ -224,7 +236,7 @@ class FleetWorker:
         backoff when Redis goes away (and tick then: messages may have been missed)."""
         failures = 0
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._lease_redis.pubsub(ignore_subscribe_messages=True)
             try:
                 with redis_errors("listening for fleet changes"):
                     async with asyncio.timeout(self.lease / 3):
@@ -275,9 +287,13 @@ class FleetWorker:
                 for task in self._tasks:
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-                if self._owns_redis:
-                    with contextlib.suppress(Exception):
-                        await self._redis.aclose()
+                for client, owned in (
+                    (self._redis, self._owns_redis),
+                    (self._lease_redis, self._owns_lease_redis),
+                ):
+                    if owned:
+                        with contextlib.suppress(Exception):
+                            await client.aclose()
 
     # -- consuming ----------------------------------------------------------------
 
