@@ -21,6 +21,7 @@ from mailoauth.poll import ImapState, MailboxFailed, MailboxSpec, NewMessage, Po
 from mailoauth.poll.fleet import Fleet, FleetStatus, FleetWorker
 from mailoauth.poll.fleet._redis import Keys
 from mailoauth.poll.spec import Mailbox
+from mailoauth.security import SecurityOptions
 from mailoauth.testing.oauth_server import FakeOAuthServer
 from mailoauth.testing.redis_server import RedisServer
 from mailoauth.tokens.access_token import AccessToken, utcnow
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.asyncio
 
 WAIT = 30.0  # seconds any expected change may take (shared, loaded machines)
 IDLE_ROUND = 3.0
-POLLER = {"interval": 0.5, "idle_timeout": IDLE_ROUND}
+POLLER: dict[str, Any] = {"interval": 0.5, "idle_timeout": IDLE_ROUND}
 
 
 def need_redis() -> None:
@@ -74,7 +75,9 @@ def resolver(ms: MailServers) -> Callable[[MailboxSpec], Mailbox]:
 
 def spec(ms: MailServers) -> MailboxSpec:
     user = f"f{uuid.uuid4().hex[:10]}@example.test"
-    return MailboxSpec("imap", "localhost", ms.dovecot.imaps_port, user, user, "ssl_implicit")
+    return MailboxSpec(
+        "imap", "localhost", ms.dovecot.imaps_port, user, user, SecurityOptions.SSL_IMPLICIT
+    )
 
 
 def deliver(ms: MailServers, box: MailboxSpec, subject: str) -> None:

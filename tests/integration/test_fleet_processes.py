@@ -185,7 +185,7 @@ async def fleet_processes(
                     ms.dovecot.imaps_port,
                     user,
                     user,
-                    "ssl_implicit",
+                    SecurityOptions.SSL_IMPLICIT,
                     cafile=str(ms.ca.files.ca),
                 )
                 specs.append(spec)

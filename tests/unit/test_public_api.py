@@ -101,6 +101,7 @@ LAZY_PACKAGES = [
     "mailoauth.tokens",
     "mailoauth.pop3",
     "mailoauth.poll",
+    "mailoauth.poll.fleet",
     "mailoauth.smtp",
     "mailoauth.testing",
 ]

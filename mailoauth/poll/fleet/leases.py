@@ -200,11 +200,11 @@ class LeaseKeeper:
         excess = len(self.fences) - target
         if excess > 0:
             for key in self._rng.sample(sorted(self.fences), excess):
-                fence = self.fences.get(key)
-                if fence is None:
+                held = self.fences.get(key)
+                if held is None:
                     continue  # let go meanwhile (the watchdog)
                 self.lose(key, f"released (fair share {target} of {len(specs)})")
-                await self._release(key, fence)
+                await self._release(key, held)
             await self.publish("release")
         elif excess < 0:
             await self._acquire(specs, -excess)
