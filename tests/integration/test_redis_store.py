@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +25,7 @@ import pytest_asyncio
 from mailoauth.errors import LockLostError, TransientTokenError
 from mailoauth.testing._process import free_ports
 from mailoauth.testing.oauth_server import FakeOAuthServer, ScriptedResponse
+from mailoauth.testing.redis_server import RedisServer
 from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant, StoredCredential
 from mailoauth.tokens.redis_store import RedisTokenStore
 from tests.integration.conftest import skip_or_fail
@@ -40,40 +40,10 @@ SECRET = "cs-redis-fleet-secret"
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    (port,) = free_ports(1)
-    workdir = tempfile.mkdtemp(prefix="mo-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with RedisServer(appendonly=False) as server:
+        yield server.url
 
 
 @pytest_asyncio.fixture
