@@ -21,6 +21,7 @@ BENCHMARKS = {
     "idle_memory": "RSS per idle IMAP IDLE connection; 10,000 held, new-message latency",
     "tls_resume": "TLS session resumption: reconnects and polls, resumed vs full handshakes",
     "pop3_parser": "the sans-IO POP3 parser alone vs a bare terminator scan (no sockets)",
+    "fleet": "N IMAP IDLE mailboxes over 3 fleet workers vs 1: latency, takeover, memory",
 }
 
 
