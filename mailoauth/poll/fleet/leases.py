@@ -3,11 +3,11 @@
 One :class:`LeaseKeeper` runs in each worker. Every tick (every ``lease / 3`` seconds,
 or at once when another worker publishes a change on the fleet's channel) it
 
-1. heartbeats into the workers' sorted set, which also drops workers silent for a
-   lease, and reads the live worker ids and the mailboxes;
-2. renews its leases (one Lua script, owner and fence checked): a lease refused is lost
+1. renews its leases (one Lua script, owner and fence checked): a lease refused is lost
    at once; a renewed one is good locally until ``sent + lease * LOCAL_SHARE``, where
    ``sent`` is when the renewal left, not when the reply came;
+2. heartbeats into the workers' sorted set, which also drops workers silent for a
+   lease, and reads the live worker ids and the mailboxes;
 3. drops the mailboxes removed from the fleet and restarts those whose spec changed;
 4. releases what it holds above its fair share and grants itself free leases up to
    it. The share of worker ``i`` (by sorted id) of ``W`` for ``N`` mailboxes is
@@ -178,12 +178,12 @@ class LeaseKeeper:
     async def tick(self) -> None:
         """One round of the steps in the module docstring."""
         self.ticks += 1
+        await self._renew()  # first: nothing else may delay it
         workers = await self.heartbeat()
         with redis_errors("reading the mailboxes"):
             async with asyncio.timeout(self.lease / 3):
                 raw = await self.redis.hgetall(self.keys.specs)
         specs = {decode(k): decode(v) for k, v in raw.items()}
-        await self._renew()
         # Removed from the fleet, or changed (restarted with the new spec).
         for key in list(self.fences):
             if key not in specs and key in self.fences:
