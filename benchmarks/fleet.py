@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
+import logging
 import random
 import signal
 import statistics
@@ -49,7 +49,7 @@ from benchmarks._common import (
 
 MODULE = "benchmarks.fleet"
 ROOT = str(Path(__file__).resolve().parents[1])
-LEASE = 10.0
+LEASE = 15.0
 RATE = 100.0  # deliveries per second
 STEP = 300.0  # the most any one phase may take
 CLIENT_ID = "bench-fleet"
@@ -150,11 +150,14 @@ async def spawn(name: str, spec: dict[str, Any], spec_dir: Path) -> Proc:
         "--worker",
         str(path),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=(spec_dir / f"{name}.log").open("ab"),
         cwd=ROOT,
     )
     p = Proc(name, proc)
-    await asyncio.wait_for(p.ready.wait(), STEP)
+    try:
+        await asyncio.wait_for(p.ready.wait(), STEP)
+    finally:
+        path.unlink()  # it holds the refresh tokens
     return p
 
 
@@ -164,13 +167,19 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def until(check: Any, what: str, timeout: float = STEP) -> float:
-    """Seconds until ``check()`` (a coroutine function) is true."""
+    """Seconds until ``check()`` (a coroutine function) is true; raises TimeoutError
+    naming ``what``."""
     start = time.monotonic()
-    async with asyncio.timeout(timeout):
-        while True:
-            if await check():
-                return time.monotonic() - start
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if await check():
+                    took = time.monotonic() - start
+                    print(f"  {what}: {took:.1f} s", file=sys.stderr, flush=True)
+                    return took
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: not within {timeout:g} s") from None
 
 
 async def one_fleet(
@@ -338,13 +347,19 @@ def _servers() -> Iterator[Any]:
 
 
 def run(quick: bool = False, repeat: int | None = None) -> Report:
+    import shutil
     import tempfile
 
     n = 150 if quick else 1000
     raise_nofile(4 * n + 256)
     report = Report("fleet", quick)
-    with tempfile.TemporaryDirectory(prefix="mo-fleet-") as tmp:
-        results, tokens = asyncio.run(bench(n, Path(tmp)))
+    logs = Path(tempfile.mkdtemp(prefix="mo-fleet-"))
+    try:
+        results, tokens = asyncio.run(bench(n, logs))
+    except BaseException:
+        print(f"  the workers' logs are in {logs}", file=sys.stderr)
+        raise
+    shutil.rmtree(logs, ignore_errors=True)
     t = report.table(
         f"N = {n} IMAP mailboxes with IDLE, one message each at {RATE:g}/s (one run each)",
         "workers",
@@ -410,7 +425,9 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
         spec = json.loads(Path(sys.argv[2]).read_text())
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+        )
         asyncio.run(work(spec))
     else:
         print(run(quick=True).render())

@@ -12,7 +12,9 @@ or at once when another worker publishes a change on the fleet's channel) it
 4. releases what it holds above its fair share and grants itself free leases up to
    it. The share of worker ``i`` (by sorted id) of ``W`` for ``N`` mailboxes is
    ``N // W``, plus one for the first ``N % W`` workers: every worker ends within one
-   mailbox of even, without any restart.
+   mailbox of even, without any restart. At most ``GRANT_BATCH`` leases are granted
+   per tick (the next tick follows ``GRANT_PAUSE`` later), so a worker starting
+   hundreds of watchers keeps renewing what it holds meanwhile.
 
 A watchdog task drops every lease whose local deadline passed, whatever the keeper is
 doing (blocked on an unreachable Redis, say): a stalled worker stops watching before
@@ -53,6 +55,11 @@ LOCAL_SHARE: Final = 0.8
 MIN_TICK_GAP: Final = 0.05
 #: The longest the watchdog sleeps before looking at the deadlines again.
 WATCHDOG_PERIOD: Final = 0.25
+#: The most leases one tick grants; more are granted by the next tick, GRANT_PAUSE
+#: seconds later. Starting hundreds of watchers at once (TLS handshakes, token fetches)
+#: would keep the event loop from renewing the leases it already holds.
+GRANT_BATCH: Final = 50
+GRANT_PAUSE: Final = 0.5
 
 Acquired = Callable[[MailboxSpec, int], Coroutine[Any, Any, None]]
 Lost = Callable[[str], None]
@@ -135,9 +142,9 @@ class LeaseKeeper:
         failures = 0
         while not self.leaving:
             try:
-                await self.tick()
+                more = await self.tick()
                 failures = 0
-                delay = self.lease / 3
+                delay = min(GRANT_PAUSE, self.lease / 3) if more else self.lease / 3
             except Exception as exc:
                 delay = backoff_delay(failures, 0.1, self.lease / 3, self._rng)
                 failures += 1
@@ -175,8 +182,9 @@ class LeaseKeeper:
             async with asyncio.timeout(self.lease / 3):
                 await self.redis.publish(self.keys.channel, message)
 
-    async def tick(self) -> None:
-        """One round of the steps in the module docstring."""
+    async def tick(self) -> bool:
+        """One round of the steps in the module docstring; True if it left leases to
+        grant for the next one (see :data:`GRANT_BATCH`)."""
         self.ticks += 1
         await self._renew()  # first: nothing else may delay it
         workers = await self.heartbeat()
@@ -195,7 +203,7 @@ class LeaseKeeper:
                 self.lose(key, "spec changed; restarting it")
                 self._start(key, specs[key], fence, deadline)
         if self.leaving or not self.acquiring:
-            return
+            return False
         target = fair_share(len(specs), workers, self.worker_id)
         excess = len(self.fences) - target
         if excess > 0:
@@ -207,7 +215,9 @@ class LeaseKeeper:
                 await self._release(key, held)
             await self.publish("release")
         elif excess < 0:
-            await self._acquire(specs, -excess)
+            granted = await self._acquire(specs, min(-excess, GRANT_BATCH))
+            return granted == GRANT_BATCH and -excess > GRANT_BATCH
+        return False
 
     async def _renew(self) -> None:
         held = sorted(self.fences)
@@ -230,11 +240,12 @@ class LeaseKeeper:
             else:
                 self.lose(key, "taken by another worker (lease lapsed)")
 
-    async def _acquire(self, specs: Mapping[str, str], wanted: int) -> None:
+    async def _acquire(self, specs: Mapping[str, str], wanted: int) -> int:
+        """Grant this worker up to ``wanted`` free leases; how many were granted."""
         free = [k for k in specs if k not in self.fences]
         self._rng.shuffle(free)
         if not free:
-            return
+            return 0
         keys: list[str] = []
         for key in free:
             keys += [self.keys.lease(key), self.keys.fence(key)]
@@ -242,9 +253,12 @@ class LeaseKeeper:
         fences = await self._call(
             "acquiring leases", ACQUIRE, keys, self.worker_id, self.lease_ms, wanted
         )
+        granted = 0
         for key, fence in zip(free, fences, strict=True):
             if int(fence):
+                granted += 1
                 self._start(key, specs[key], int(fence), sent + self.lease * LOCAL_SHARE)
+        return granted
 
     def _start(self, key: str, spec_json: str, fence: int, deadline: float) -> None:
         """Hold ``key`` and start watching it in a task of its own (so that a tick
