@@ -62,13 +62,17 @@ POLLER: dict[str, Any] = {"max_connections": 2000, "max_per_host": 2000, "idle_t
 
 async def work(spec: dict[str, Any]) -> None:
     import httpx
+    import redis.asyncio
 
     from mailoauth.poll import Mailbox, MailboxSpec, NewMessage
     from mailoauth.poll.fleet import FleetWorker
     from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant
     from mailoauth.tokens.redis_store import RedisTokenStore
 
-    store = RedisTokenStore(spec["redis"], prefix="bench:tokens:")
+    # A blocking pool: hundreds of first refreshes at once would exceed a plain pool's
+    # connections (MaxConnectionsError) and send their mailboxes into backoff.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(spec["redis"], max_connections=64)
+    store = RedisTokenStore(redis.asyncio.Redis(connection_pool=pool), prefix="bench:tokens:")
     http = httpx.AsyncClient()  # one for all providers (each would load the CA store)
     providers: dict[str, OAuth2TokenProvider] = {}
 
@@ -99,6 +103,7 @@ async def work(spec: dict[str, Any]) -> None:
         out.write(json.dumps({"event": "ready"}) + "\n")
         out.flush()
         async for event in worker:
+            line: dict[str, Any]
             if isinstance(event, NewMessage):
                 line = {
                     "event": "new",
@@ -107,10 +112,13 @@ async def work(spec: dict[str, Any]) -> None:
                     "subject": str(event.message()["Subject"]),
                     "redelivered": event.redelivered,
                 }
-                out.write(json.dumps(line) + "\n")
-                out.flush()
+            else:
+                line = {"event": "failed", "mailbox": event.mailbox, "error": repr(event.error)}
+            out.write(json.dumps(line) + "\n")
+            out.flush()
     await http.aclose()
     await store.aclose()
+    await pool.aclose()
 
 
 # -- the benchmark process ------------------------------------------------------------
@@ -199,6 +207,7 @@ async def one_fleet(
             empty = {p.name: p.rss() for p in procs}
             for box in specs:
                 await fleet.add(box)
+            print(f"  {workers} worker(s): {len(specs)} mailboxes added", file=sys.stderr)
 
             async def settled() -> bool:
                 status = await fleet.status()
@@ -233,6 +242,8 @@ async def one_fleet(
                 got: dict[tuple[str, str], list[dict[str, Any]]] = {}
                 for p in procs:
                     for e in p.events:
+                        if e["event"] != "new":
+                            continue
                         got.setdefault((e["mailbox"], e["subject"]), []).append(e)
                 return got
 
@@ -242,6 +253,7 @@ async def one_fleet(
             with contextlib.suppress(TimeoutError):
                 await until(all_in, "latency messages", timeout=120)
             got = reported()
+            result["failures"] = sum(e["event"] == "failed" for p in procs for e in p.events)
             latencies = [min(e["t"] for e in got[k]) - t for k, t in sent.items() if k in got]
             result["p50_s"] = quantile(latencies, 0.5)
             result["p99_s"] = quantile(latencies, 0.99)
@@ -369,6 +381,7 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         "x 1 worker p50",
         "lost",
         "unmarked repeats",
+        "failures",
         "KB per mailbox",
     )
     one = next(r for r in results if r["workers"] == 1)
@@ -381,6 +394,7 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
             r["p50_s"] / one["p50_s"],
             r["lost"],
             r["unmarked_repeats"],
+            r["failures"],
             r["bytes_per_mailbox"] / 1000,
         )
     three = next(r for r in results if r["workers"] == 3)

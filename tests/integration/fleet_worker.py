@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 import httpx
+import redis.asyncio
 
 from mailoauth.poll import Mailbox, MailboxSpec, NewMessage
 from mailoauth.poll.fleet import FleetWorker
@@ -35,7 +36,12 @@ def emit(data: dict[str, Any]) -> None:
 
 
 async def main(config: dict[str, Any], worker_id: str) -> int:
-    store = RedisTokenStore(config["redis"], prefix=config["prefix"] + ":tokens:")
+    # A blocking pool: hundreds of first refreshes at once would exceed a plain pool's
+    # connections (MaxConnectionsError) and send their mailboxes into backoff.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(config["redis"], max_connections=64)
+    store = RedisTokenStore(
+        redis.asyncio.Redis(connection_pool=pool), prefix=config["prefix"] + ":tokens:"
+    )
     providers: dict[str, OAuth2TokenProvider] = {}
     # One HTTP client for every provider: each client of its own would load the
     # system's CA store (about 50 ms of CPU apiece, blocking the loop).
@@ -93,6 +99,7 @@ async def main(config: dict[str, Any], worker_id: str) -> int:
     for provider in providers.values():
         await provider.aclose()
     await store.aclose()
+    await pool.aclose()
     await http.aclose()
     emit({"event": "left", "worker": worker_id})
     return 0
