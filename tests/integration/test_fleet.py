@@ -5,6 +5,7 @@ worker, and a Redis restart under running workers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -220,6 +221,25 @@ async def test_mailboxes_added_and_removed_at_run_time(
         {(first.key, "to first"): 1, (second.key, "to second"): 1, (second.key, "still watched"): 1}
     )
     assert not await fleet.remove(first.key)
+
+
+async def test_adding_a_spec_again_restarts_its_mailbox_with_the_new_one(
+    mail_servers: MailServers, fleet: Fleet
+) -> None:
+    box = spec(mail_servers)
+    await fleet.add(box)
+    async with worker(mail_servers, fleet, "w-1") as run:
+        await until(lambda: box.key in run.poller.mailboxes, "not watched")
+        assert run.poller.mailboxes[box.key].timeout == box.timeout
+        await fleet.add(dataclasses.replace(box, timeout=7.5))
+        await until(
+            lambda: (
+                box.key in run.poller.mailboxes and run.poller.mailboxes[box.key].timeout == 7.5
+            ),
+            "not restarted with the new spec",
+        )
+        assert run.owned == {box.key}
+        assert (await fleet.mailboxes())[box.key].timeout == 7.5
 
 
 async def _both(fleet: Fleet, keys: Keys, *boxes: MailboxSpec) -> bool:
