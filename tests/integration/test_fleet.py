@@ -175,14 +175,21 @@ async def test_fair_share_as_workers_join_and_a_clean_leave_hands_over_at_once(
     c = Running(worker(mail_servers, fleet, "w-c")).start()
     status = await settled(fleet, [4, 3, 3])
     assert status.spread() == 1
-    # Exactly one holder per mailbox, and each worker watches just what it holds.
+    # Exactly one holder per mailbox, and each worker watches just what it holds (a
+    # granted mailbox is added to the poller once its in-flight events are read).
     for run in (a, b, c):
-        assert set(run.worker.poller.mailboxes) == set(run.worker.owned)
         assert run.worker.owned == set(status.workers[run.worker.worker_id].keys)
+    await until(
+        lambda: all(set(r.worker.poller.mailboxes) == r.worker.owned for r in (a, b, c)),
+        "a worker watches other mailboxes than it holds",
+    )
     await b.stop()
     status = await settled(fleet, [5, 5])
     assert set(status.workers) == {"w-a", "w-c"}
-    # Nobody lost mail meanwhile: one message to each, each reported once.
+    # Nobody lost mail meanwhile: one message to each, each reported once. (Delivered
+    # once every mailbox has its starting point: with start="new", one that moved before
+    # its first holder saved one starts at the mail there when the next holder looks.)
+    await until(lambda: _both(fleet, fleet.keys, *boxes), "no baselines")
     for box in boxes:
         deliver(mail_servers, box, "after the moves")
     await until(lambda: len(a.messages()) + len(c.messages()) >= len(boxes), "all reported")
@@ -359,8 +366,10 @@ async def test_redis_restarted_under_the_fleet_loses_nothing(mail_servers: MailS
             await asyncio.to_thread(server.stop, cleanup=False)
             for box in boxes:
                 deliver(mail_servers, box, "while down")
-            await asyncio.sleep(lease)  # every lease lapses meanwhile
-            assert all(not r.worker.owned for r in runs)
+            # No lease outlives its local deadline while Redis is away.
+            await until(
+                lambda: all(not r.worker.owned for r in runs), "kept leases", timeout=3 * lease
+            )
             await asyncio.to_thread(server.start)
             for box in boxes:
                 deliver(mail_servers, box, "after")

@@ -34,7 +34,9 @@ a lease plus a tick; one leaving ``async with`` releases its leases at once.
 recorded in the mailbox's in-flight hash (fenced); the acknowledgement's state write
 clears it in the same Lua script. A worker granted a mailbox reads its in-flight hash
 first: an event whose dedupe key is in it is yielded with ``redelivered=True``. Nothing
-handled is reported again unmarked; nothing is lost.
+handled is reported again unmarked; nothing is lost. (With ``start="new"``, a mailbox
+counts mail as new from when its first holder looked at it and saved a starting point,
+``{prefix}:state:{key}``; mail that arrived before that is not reported.)
 
 **Redis restarts** (run it with persistence, ``appendonly yes``): every Redis call is
 bounded; the keeper and the pub/sub listener retry with jittered backoff; leases not
