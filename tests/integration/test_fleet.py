@@ -403,3 +403,20 @@ async def test_redis_restarted_under_the_fleet_loses_nothing(mail_servers: MailS
     assert all(n == 1 for n in firsts.values()), firsts  # repeats only marked
     failures = [e for r in runs for e in r.events if isinstance(e, MailboxFailed)]
     assert all(not f.permanent for f in failures)
+
+
+async def test_redis_server_restart_keeps_the_data() -> None:
+    import redis.asyncio
+
+    need_redis()
+    with RedisServer() as server:
+        client = redis.asyncio.Redis.from_url(server.url)
+        await client.set("kept", "1")
+        await client.aclose()
+        pid = server.pid
+        await asyncio.to_thread(server.restart)
+        assert server.pid != pid and server.running and server.starts == 2
+        client = redis.asyncio.Redis.from_url(server.url)
+        assert await client.get("kept") == b"1"  # appendonly: written before the stop
+        await client.aclose()
+    assert not server.directory.exists()
