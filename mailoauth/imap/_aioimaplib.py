@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -40,6 +41,7 @@ __all__ = [
     "NONAUTH",
     "SELECTED",
     "AuthenticateCommand",
+    "Command",
     "ImapProtocol",
     "RawCommand",
 ]
@@ -50,6 +52,8 @@ _MAILBOX_SIZE = re.compile(rb"^\* \d+ (EXISTS|RECENT)\b")
 
 AUTH = _aio.AUTH
 NONAUTH = _aio.NONAUTH
+#: aioimaplib's command object (name, tag, arguments; ``prefix="UID"``).
+Command = _aio.Command
 SELECTED = _aio.SELECTED
 
 #: Longest response line held while waiting for its CRLF (literals not included). A
@@ -75,6 +79,23 @@ _IdleCommand: Final = _aio.IdleCommand
 #: that can match it: ``}`` last, or before a final LF (``$`` allows one).
 _LITERAL: Final = _aio.literal_data_re
 _LITERAL_ENDS: Final = (b"}", b"}\n")
+#: ``[CAPABILITY IMAP4rev1 ...]`` at the start of a status response's text (RFC 3501 §7.1).
+_CAPABILITY_CODE: Final = re.compile(rb"\[CAPABILITY ([^\]\r\n]+)\]", re.IGNORECASE)
+
+
+def capabilities_in_code(line: bytes) -> set[str] | None:
+    """The capabilities in a ``[CAPABILITY ...]`` response code that opens the text of
+    a status response (``* OK [CAPABILITY ...] ready``, or a tagged completion's text
+    as aioimaplib keeps it, ``[CAPABILITY ...] Logged in``); None without one."""
+    if line.startswith(b"* "):
+        parts = line.split(b" ", 2)  # "*", the status, the text
+        line = parts[2] if len(parts) == 3 else b""
+    code = _CAPABILITY_CODE.match(line)
+    return None if code is None else set(code.group(1).decode("ascii", "replace").split())
+
+
+def _imap4rev1(capabilities: set[str]) -> bool:
+    return any(c.upper() == "IMAP4REV1" for c in capabilities)
 
 
 class _FetchCommand(_aio.FetchCommand):  # type: ignore[misc]
@@ -143,42 +164,51 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._tls_pending = False
         self._injected = 0
         self._welcomed = False
+        #: Done when the greeting came (or the connection ended before it).
+        self._greeting: asyncio.Future[None] = loop.create_future()
+        #: Commands sent after :attr:`pending_sync_command` without waiting for it
+        #: (:meth:`pipeline`), in the order sent: each becomes the pending one in turn.
+        self._pipelined: collections.deque[_aio.Command] = collections.deque()
         self._wire_lines: dict[str, str] = {}
 
-    async def welcome(self, command: bytes) -> None:
-        # aioimaplib accepts any line containing "OK" and raises its own Error inside a
-        # task nobody awaits; record a typed error and wake wait_greeting() instead.
-        try:
-            if not command.startswith((b"* OK", b"* PREAUTH")):
-                text = command[:80].decode("utf-8", "replace")
-                raise ProtocolError(f"the server's greeting is not IMAP: {text!r}")
-            await super().welcome(command)
-        except MailOAuthError as exc:
-            self.greeting_error = exc
-        except Exception as exc:
-            self.greeting_error = ProtocolError(f"the IMAP greeting failed: {exc}")
+    def _greet(self, line: bytes) -> None:
+        """Take the greeting, in the callback that received it (aioimaplib starts a task
+        per greeting that sends CAPABILITY whatever the greeting said). Capabilities in
+        a ``[CAPABILITY ...]`` code (RFC 3501 §7.1; Dovecot sends them) are used as they
+        are, saving a round trip; :meth:`wait_greeting` asks only when none came."""
+        if not line.startswith((b"* OK", b"* PREAUTH")):
+            # aioimaplib accepts any line containing "OK".
+            text = line[:80].decode("utf-8", "replace")
+            self.greeting_error = ProtocolError(f"the server's greeting is not IMAP: {text!r}")
         else:
-            return
-        await self._wake_waiters()
+            self.state = AUTH if line.startswith(b"* PREAUTH") else NONAUTH
+            sent = capabilities_in_code(line)
+            if sent is not None and _imap4rev1(sent):
+                self.capabilities = sent
+                self.imap_version = "IMAP4REV1"
+        self._greeted()
 
-    async def _wake_waiters(self) -> None:
-        async with self.state_condition:
-            self.state_condition.notify_all()
+    def _greeted(self) -> None:
+        if not self._greeting.done():
+            self._greeting.set_result(None)
 
     async def wait_greeting(self) -> None:
-        """Wait for the greeting and the capabilities that follow it. Raises
+        """Wait for the greeting and the server's capabilities: those it sent with the
+        greeting, else the answer to a CAPABILITY command. Raises
         :class:`ConnectionLostError` if the server hangs up first and
-        :class:`ProtocolError` if the greeting is not IMAP."""
-        ready = (NONAUTH, AUTH)
-        async with self.state_condition:
-            await self.state_condition.wait_for(
-                lambda: self.state in ready or self.greeting_error is not None or self.lost
-            )
+        :class:`ProtocolError` if the greeting is not IMAP (or the server is not
+        IMAP4rev1)."""
+        await self._greeting
         if self.greeting_error is not None:
             raise self.greeting_error
-        if self.state not in ready:
+        if self.state not in (NONAUTH, AUTH):
             reason = (self.bye or b"before its greeting").decode("utf-8", "replace")
             raise ConnectionLostError(f"the IMAP server closed the connection {reason}")
+        if not self.capabilities:
+            try:
+                await self.capability()
+            except _aio.AioImapException as exc:  # no IMAP4rev1 among them
+                raise ProtocolError(f"the IMAP greeting failed: {exc}") from exc
 
     def _untagged_response(self, line: bytes) -> _aio.Command | None:
         if line.startswith(b"* BYE"):
@@ -222,6 +252,8 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             # them now; the next idle() reports them first.
             self._queue_idle_lines(command)
         super()._response_done(line)
+        if self._pipelined and self.pending_sync_command is None:
+            self.pending_sync_command = self._pipelined.popleft()  # the next one answers
         self._response_size = 0
         self._flow()  # an IDLE that ended reads again
         if command is not None and command.name == "STARTTLS" and command.response.result == "OK":
@@ -256,7 +288,47 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         return await self.execute(command)
 
     def send(self, line: str, scrub: str | None = None) -> None:
-        super().send(self._wire_lines.pop(line, line), scrub=scrub)
+        line = self._wire_lines.pop(line, line)
+        if _aio.log.isEnabledFor(logging.DEBUG):
+            super().send(line, scrub=scrub)  # logs the line (scrubbed) as aioimaplib does
+        else:  # aioimaplib formats its DEBUG message before the logger can skip it
+            self.transport.write(line.encode() + _CRLF)
+
+    async def pipeline(self, *commands: _aio.Command) -> list[_aio.Response]:
+        """Send ``commands`` (synchronous ones, without literals or continuations) in
+        one write, without waiting for each completion before sending the next (RFC
+        3501 §5.5), and return their responses in order. The caller makes sure that
+        the sequence is one IMAP allows: each command is answered as if sent alone,
+        after the ones before it (a SELECT, then a UID SEARCH in it: if the SELECT
+        fails, no mailbox is selected and the search fails with it). Raises as
+        :meth:`execute`."""
+        first = commands[0]
+        if self.state not in _aio.Commands[first.name].valid_states:
+            raise _aio.Abort(f"command {first.name} illegal in state {self.state}")
+        if self.pending_sync_command is not None:
+            await self.pending_sync_command.wait()
+        if self.pending_async_commands:
+            await self.wait_async_pending_commands()
+        self.pending_sync_command = commands[0]
+        self._pipelined.extend(commands[1:])
+        lines = [str(command) for command in commands]
+        if _aio.log.isEnabledFor(logging.DEBUG):
+            _aio.log.debug("Sending pipelined : %s", lines)
+        self.transport.write(("\r\n".join(lines) + "\r\n").encode())
+        for command in commands:
+            await command.wait()
+        return [command.response for command in commands]
+
+    def logout_now(self) -> None:
+        """Send LOGOUT and do not wait for its answer (the caller closes the connection
+        next): RFC 3501 §6.1.3 asks nothing more of the client, and the BYE and OK
+        would cost a round trip. An IDLE still running is ended first (DONE), or the
+        server would not take the LOGOUT."""
+        idle = self.pending_sync_command
+        if type(idle) is _IdleCommand and self._idle_ended is not idle:
+            self.transport.write(b"DONE\r\n")
+        self.transport.write(f"{self.new_tag()} LOGOUT\r\n".encode())
+        self.state = _aio.LOGOUT
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -359,11 +431,12 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     def _line(self, line: bytes, current: _aio.Command | None) -> _aio.Command | None:
         """Dispatch one line; return the command that the next line continues, if any."""
         if self.state == _CONNECTED:
-            # aioimaplib starts a welcome task for every line before the greeting is
-            # processed; one is enough (a compliant server sends one greeting line).
-            if self._welcomed:
-                return None
-            self._welcomed = True
+            # A compliant server sends one greeting line; what else comes before the
+            # greeting was taken is ignored (aioimaplib started a task for each).
+            if not self._welcomed and line:
+                self._welcomed = True
+                self._greet(line)
+            return None
         command: _aio.Command | None = self._handle_line(line, current)
         if command is not None:
             self._response_size += len(line) + 2
@@ -435,6 +508,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.current_command = None
         if self.greeting_error is None and self.state == _aio.CONNECTED:
             self.greeting_error = error
+        self._greeted()
         self._fail_pending(error)
         self.idle_queue.put_nowait([])  # wake an IDLE reader
         if self.transport is not None:
@@ -444,10 +518,12 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         commands = list(self.pending_async_commands.values())
         if self.pending_sync_command is not None:
             commands.append(self.pending_sync_command)
+        commands.extend(self._pipelined)
         # Forgotten as well: a later command would otherwise wait for them first (and
         # leave a "Task exception was never retrieved" behind).
         self.pending_async_commands.clear()
         self.pending_sync_command = None
+        self._pipelined.clear()
         for command in commands:
             if command is not None and not command._event.is_set():
                 command._exception = error
@@ -459,9 +535,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         reason = (self.bye or b"connection closed").decode("utf-8", "replace")
         self._fail_pending(ConnectionLostError(f"the IMAP server closed the connection: {reason}"))
         self.idle_queue.put_nowait([])  # wake an IDLE reader
-        task = asyncio.ensure_future(self._wake_waiters())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._greeted()
         super().connection_lost(exc)
 
     def reset_after_starttls(self) -> int:

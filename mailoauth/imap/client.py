@@ -19,7 +19,7 @@ from typing import Any, Final
 from mailoauth._util.text import refuse_controls
 from mailoauth.errors import CommandError, ConfigurationError
 from mailoauth.imap import parsing
-from mailoauth.imap._aioimaplib import SELECTED, ImapProtocol
+from mailoauth.imap._aioimaplib import SELECTED, Command, ImapProtocol
 from mailoauth.imap.parsing import Folder, MailboxInfo
 
 # The lifecycle lives in mailoauth.imap.session; these names stay importable from here.
@@ -153,17 +153,43 @@ class ImapClient(ImapSession):
 
         async def op(p: ImapProtocol) -> Any:
             p.forget_unsolicited()  # the new selection reports its own size
-            if readonly:
-                response = await p.simple_command("EXAMINE", name)
-                if response.result == "OK":
-                    p.state = SELECTED
-                return response
-            return await p.select(name)
+            response = await p.execute(Command(command, p.new_tag(), name, loop=p.loop))
+            if response.result == "OK":
+                p.state = SELECTED
+            return response
 
         response = await self._call(op, f"selecting {mailbox!r} on")
         info = parsing.parse_select(mailbox, self._check(response, command), readonly)
         self._selected = (mailbox, readonly)
         return info
+
+    async def select_and_search(
+        self, mailbox: str = "INBOX", *criteria: str, readonly: bool = False
+    ) -> tuple[MailboxInfo, list[int]]:
+        """SELECT (EXAMINE with ``readonly``) ``mailbox`` and UID SEARCH it with
+        ``criteria`` (``ALL`` when none), both sent at once: one round trip where
+        :meth:`select` then :meth:`uid_search` take two (a poll:
+        ``select_and_search("INBOX", "UNSEEN")``). IMAP allows it (RFC 3501 §5.5): the
+        server answers them in order, and if the SELECT fails no mailbox is selected,
+        so the search fails too; then the SELECT's refusal is raised as
+        :class:`CommandError`, as :meth:`select` raises it."""
+        name = parsing.encode_mailbox(_check_arg(mailbox, "mailbox name"))
+        keys = [_check_arg(c, "search criterion") for c in criteria] or ["ALL"]
+        command = "EXAMINE" if readonly else "SELECT"
+
+        async def op(p: ImapProtocol) -> Any:
+            p.forget_unsolicited()
+            selecting = Command(command, p.new_tag(), name, loop=p.loop)
+            search = Command("SEARCH", p.new_tag(), *keys, prefix="UID", loop=p.loop)
+            responses = await p.pipeline(selecting, search)
+            if responses[0].result == "OK":
+                p.state = SELECTED
+            return responses
+
+        selected, found = await self._call(op, f"selecting {mailbox!r} on")
+        info = parsing.parse_select(mailbox, self._check(selected, command), readonly)
+        self._selected = (mailbox, readonly)
+        return info, parsing.parse_search(self._check(found, "UID SEARCH"))
 
     async def select(self, mailbox: str = "INBOX") -> MailboxInfo:
         """SELECT ``mailbox`` read-write; returns its counts and UIDVALIDITY."""

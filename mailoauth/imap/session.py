@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +39,7 @@ from mailoauth.imap._aioimaplib import (
     AuthenticateCommand,
     ImapProtocol,
     RawCommand,
+    capabilities_in_code,
 )
 from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
@@ -59,9 +59,6 @@ IDLE_RENEW_AFTER = 28 * 60.0
 #: Reconnect with a fresh token when the session's token expires within this many
 #: seconds (Office 365 ends sessions with ``BYE ... AccessTokenExpired``).
 REAUTH_MARGIN = 60.0
-
-#: ``[CAPABILITY IMAP4rev1 ...]`` at the start of a tagged OK's text (RFC 3501 §7.1).
-_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]\r\n]+)\]", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -234,18 +231,13 @@ class ImapSession(BaseClient):
         if protocol is None or transport is None:
             return
         self._selected = None if not self._reconnecting else self._selected
-        logged_out = False
-        if not protocol.lost and protocol.fatal_error is None:
-            try:
-                with anyio.fail_after(min(self.timeout, 5.0)):
-                    await protocol.logout()
-                logged_out = True
-            except Exception as exc:  # a dying connection must not stop the close
-                log.debug("LOGOUT to %s:%s failed: %r", self.host, self.port, exc)
-        if logged_out:
-            transport.close()  # with a TLS close_notify
-        else:
+        if protocol.lost or protocol.fatal_error is not None:
             transport.abort()
+            return
+        # LOGOUT, then close at once with a TLS close_notify: waiting for the server's
+        # BYE and OK would cost a round trip and tell nothing (RFC 3501 §6.1.3).
+        protocol.logout_now()
+        transport.close()
 
     def _seconds_until_reauth(self) -> float | None:
         """Seconds until the session should re-authenticate: when its token is within
@@ -422,9 +414,9 @@ def _capabilities_sent(lines: list[bytes | bytearray]) -> set[str] | None:
     """The capabilities in a command's response, if the server volunteered them."""
     for line in lines:
         raw = bytes(line)
-        code = _CAPABILITY_CODE.match(raw)
-        if code is not None:
-            raw = b"CAPABILITY " + code.group(1)
+        coded = capabilities_in_code(raw)
+        if coded is not None:
+            return coded
         if raw[:11].upper() == b"CAPABILITY ":
             return set(raw[11:].decode("ascii", "replace").split())
     return None
