@@ -319,17 +319,6 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             await command.wait()
         return [command.response for command in commands]
 
-    def logout_now(self) -> None:
-        """Send LOGOUT and do not wait for its answer (the caller closes the connection
-        next): RFC 3501 §6.1.3 asks nothing more of the client, and the BYE and OK
-        would cost a round trip. An IDLE still running is ended first (DONE), or the
-        server would not take the LOGOUT."""
-        idle = self.pending_sync_command
-        if type(idle) is _IdleCommand and self._idle_ended is not idle:
-            self.transport.write(b"DONE\r\n")
-        self.transport.write(f"{self.new_tag()} LOGOUT\r\n".encode())
-        self.state = _aio.LOGOUT
-
     # -- receiving ----------------------------------------------------------------------
 
     def data_received(self, d: bytes) -> None:
@@ -500,6 +489,11 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.limit_error = error
         self._give_up(error)
 
+    def time_out(self, error: MailOAuthError) -> None:
+        """A reply did not come in time: fail every pending command (and the wait for
+        the greeting or for IDLE to start) with ``error`` and abort the connection."""
+        self._give_up(error)
+
     def _give_up(self, error: MailOAuthError) -> None:
         self.fatal_error = error
         self.incomplete_line = b""
@@ -511,6 +505,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._greeted()
         self._fail_pending(error)
         self.idle_queue.put_nowait([])  # wake an IDLE reader
+        self._idle_event.set()  # and one waiting for IDLE to start
         if self.transport is not None:
             self.transport.abort()  # no TLS close_notify: the session did not end well
 
@@ -535,6 +530,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         reason = (self.bye or b"connection closed").decode("utf-8", "replace")
         self._fail_pending(ConnectionLostError(f"the IMAP server closed the connection: {reason}"))
         self.idle_queue.put_nowait([])  # wake an IDLE reader
+        self._idle_event.set()  # and one waiting for IDLE to start
         self._greeted()
         super().connection_lost(exc)
 

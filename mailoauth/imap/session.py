@@ -37,6 +37,7 @@ from mailoauth.imap._aioimaplib import (
     AUTH,
     MAX_RESPONSE,
     AuthenticateCommand,
+    Command,
     ImapProtocol,
     RawCommand,
     capabilities_in_code,
@@ -111,6 +112,8 @@ class ImapSession(BaseClient):
         self._selected: tuple[str, bool] | None = None
         self._authenticated_at: dt.datetime | None = None
         self._reconnecting = False
+        #: Whether a reply deadline is running (an inner _guard leaves it in charge).
+        self._deadline_armed = False
         #: How many times the session was re-established (token expiry, BYE, reset).
         self.reconnects = 0
 
@@ -231,13 +234,23 @@ class ImapSession(BaseClient):
         if protocol is None or transport is None:
             return
         self._selected = None if not self._reconnecting else self._selected
-        if protocol.lost or protocol.fatal_error is not None:
+        logged_out = False
+        if not protocol.lost and protocol.fatal_error is None:
+            logout = Command("LOGOUT", protocol.new_tag(), loop=protocol.loop)
+            try:
+                await self._guard(
+                    protocol.execute(logout),
+                    "logging out of",
+                    timeout=min(self.timeout, 5.0),
+                    on=(protocol, transport),
+                )
+                logged_out = True
+            except Exception as exc:  # a dying connection must not stop the close
+                log.debug("LOGOUT to %s:%s failed: %r", self.host, self.port, exc)
+        if logged_out:
+            transport.close()  # with a TLS close_notify
+        else:
             transport.abort()
-            return
-        # LOGOUT, then close at once with a TLS close_notify: waiting for the server's
-        # BYE and OK would cost a round trip and tell nothing (RFC 3501 §6.1.3).
-        protocol.logout_now()
-        transport.close()
 
     def _seconds_until_reauth(self) -> float | None:
         """Seconds until the session should re-authenticate: when its token is within
@@ -267,25 +280,60 @@ class ImapSession(BaseClient):
         finally:
             self._reconnecting = False
 
-    async def _guard(self, awaitable: Awaitable[T], what: str, *, hint: str = "") -> T:
-        """Await an aioimaplib call within one reply's deadline (``timeout``, growing at
-        ``min_rate`` while bytes arrive: see ``reply_deadline``); on timeout close the
-        connection."""
+    async def _guard(
+        self,
+        awaitable: Awaitable[T],
+        what: str,
+        *,
+        hint: str = "",
+        timeout: float | None = None,
+        on: tuple[ImapProtocol, ProtocolTransport] | None = None,
+    ) -> T:
+        """Await an aioimaplib call within one reply's deadline: ``timeout``, growing
+        at ``min_rate`` while bytes arrive (the rule of ``reply_deadline``). On timeout
+        the connection is closed and the call raises :class:`MailTimeoutError`.
+
+        The deadline is one timer on the event loop that, when it expires, gives the
+        protocol up (every pending command fails, the connection is aborted): what is
+        awaited here always waits on the protocol, so no task is cancelled and no
+        cancel scope is entered per command (an anyio scope cost about as much CPU as
+        the command's own parsing). ``on`` names the connection when it is no longer
+        the session's (being closed); ``timeout`` replaces the first deadline."""
+        protocol, transport = on or (self._protocol, self._transport)
+        timer: asyncio.TimerHandle | None = None
+        if protocol is not None and transport is not None and not self._deadline_armed:
+            loop = protocol.loop
+            conn = transport.connection
+            start = loop.time()
+            base = conn.bytes_received
+
+            def expire() -> None:
+                nonlocal timer
+                due = self.transfer_deadline(start, conn.bytes_received - base)
+                if due > loop.time():  # bytes came meanwhile: at min_rate, it may go on
+                    timer = loop.call_at(due, expire)
+                    return
+                protocol.time_out(
+                    MailTimeoutError(
+                        f"timed out {what} {self.host}:{self.port}; the connection was closed{hint}"
+                    )
+                )
+
+            first = self.timeout if timeout is None else timeout
+            timer = loop.call_at(start + first, expire)
+            self._deadline_armed = True
         try:
-            with self.reply_deadline():
-                return await awaitable
-        except TimeoutError as exc:
-            if self._transport is not None:
-                self._transport.abort()
-            raise MailTimeoutError(
-                f"timed out {what} {self.host}:{self.port}; the connection was closed{hint}"
-            ) from exc
-        except ConnectionLostError:
+            return await awaitable
+        except (ConnectionLostError, MailTimeoutError):
             raise
         except Exception as exc:
             if type(exc).__module__.startswith("aioimaplib"):
                 raise ProtocolError(f"IMAP error with {self.host}:{self.port}: {exc}") from exc
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+                self._deadline_armed = False
 
     async def _ready(self) -> ImapProtocol:
         """The live protocol, reconnecting first when the session's token is about to

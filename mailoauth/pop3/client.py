@@ -148,6 +148,9 @@ class Pop3Client(BaseClient):
         self._reply_start = 0.0
         self._awaiting = "the greeting"
         self._streamed: int | None = None
+        # The event loop of the session (asyncio.get_running_loop() is a getpid()
+        # system call on every use: it is cached for the per-message path).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the I/O loop -----------------------------------------------------------------
 
@@ -166,7 +169,10 @@ class Pop3Client(BaseClient):
         self._streamed = 0
 
     def _loop_time(self) -> float:
-        return asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     def _wait_budget(self) -> float:
         if self._streamed is None:
@@ -177,22 +183,32 @@ class Pop3Client(BaseClient):
 
     async def _next_event(self) -> Event:
         conn = self._live()
+        proto = self._proto
         while True:
-            event = self._proto.next_event()
+            event = proto.next_event()
             if event is not NEED_DATA:
                 if isinstance(event, ConnectionClosed):
                     self._broken = True
                     raise ConnectionLostError(f"{self.host}:{self.port} closed the connection")
                 return event
             try:
-                data = await self._io(conn.receive(timeout=self._wait_budget()))
+                data = await conn.receive(timeout=self._wait_budget())
             except ConnectionLostError:
+                self._broken = True
                 data = b""  # let the protocol say what was cut short
             except MailTimeoutError as exc:
+                self._broken = True
                 raise self._timeout_error() from exc
+            except BaseException:
+                self._broken = True
+                raise
             if self._streamed is not None:
                 self._streamed += len(data)
-            self._guarded(self._proto.receive_data, data)
+            try:
+                proto.receive_data(data)
+            except MailOAuthError:
+                self._broken = True
+                raise
 
     def _timeout_error(self) -> MailTimeoutError:
         where = f"{self.host}:{self.port}"
@@ -267,6 +283,7 @@ class Pop3Client(BaseClient):
     # -- connecting -------------------------------------------------------------------
 
     async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._proto = Pop3Protocol()
         self._broken = False
         self._sizes = {}
@@ -459,19 +476,57 @@ class Pop3Client(BaseClient):
         QUIT). Stream such a message with :meth:`iter_message` instead.
         """
         self._check_size(number)
-        await self._reply(self._proto.retr, number)
-        return await self._bounded_body(number)
+        conn = self._live()
+        command = self._proto.retr(number)
+        try:
+            await conn.send(command)
+        except BaseException:
+            self._broken = True
+            raise
+        return await self._bounded_message(number, "RETR")
 
-    async def _bounded_body(self, number: int) -> bytes:
+    async def _bounded_message(self, number: int, verb: str) -> bytes:
+        """The status reply and the data of a RETR or TOP just sent, within
+        ``max_message_size``. Events already parsed are taken straight from the
+        protocol; only when it needs data does this await :meth:`_next_event`: for a
+        small message the wrappers would cost as much as the parsing."""
+        next_buffered = self._proto.next_event
+        self._reply_start = self._loop_time()
+        self._awaiting = "the reply to " + verb
+        self._streamed = None
+        event = next_buffered()
+        if event is NEED_DATA or type(event) is ConnectionClosed:
+            event = await self._next_event()
+        if type(event) is not Reply:
+            self._broken = True
+            raise ProtocolError(f"expected a status reply from {self.host}, got {event!r}")
+        if not event.ok:
+            raise CommandError(
+                f"{self.host}:{self.port} refused {event.command}: -ERR {event.text}",
+                command=event.command,
+                reply=f"-ERR {event.text}",
+                response_code=event.code,
+                host=self.host,
+                port=self.port,
+            )
+        self._streamed = 0
         chunks = []
         size = 0
         limit = self.max_message_size
-        async for chunk in self._body_chunks():
-            size += len(chunk)
-            if size > limit:
-                await self._too_large(number, size)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        while True:
+            event = next_buffered()
+            if event is NEED_DATA or type(event) is ConnectionClosed:
+                event = await self._next_event()
+            if type(event) is MessageData:
+                size += len(event.data)
+                if size > limit:
+                    await self._too_large(number, size)
+                chunks.append(event.data)
+            elif type(event) is MessageEnd:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            else:
+                self._broken = True
+                raise ProtocolError(f"unexpected {event!r} inside a message from {self.host}")
 
     def _check_size(self, number: int) -> None:
         size = self._sizes.get(number)
@@ -584,8 +639,9 @@ class Pop3Client(BaseClient):
     async def top(self, number: int, lines: int = 0) -> bytes:
         """TOP: the header and the first ``lines`` lines of the body. Bounded by
         ``max_message_size`` like :meth:`retrieve` (checked while reading)."""
-        await self._reply(self._proto.top, number, lines)
-        return await self._bounded_body(number)
+        conn = self._live()
+        await self._io(conn.send(self._proto.top(number, lines)))
+        return await self._bounded_message(number, "TOP")
 
     async def delete(self, number: int) -> None:
         """DELE: mark for deletion. Applied only at a clean QUIT (:meth:`aclose`)."""

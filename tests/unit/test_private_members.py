@@ -130,6 +130,13 @@ MEMBERS: tuple[Member, ...] = (
         ("line",),
     ),
     Member(
+        IMAP_PROTOCOL,
+        "_idle_event",
+        "attribute",
+        "imap/_aioimaplib.py ImapProtocol._give_up (wakes a wait for IDLE to start)",
+        value_type=asyncio.Event,
+    ),
+    Member(
         IMAP_COMMAND,
         "_expected_size",
         "attribute",
