@@ -9,6 +9,10 @@ message (connect + AUTH excluded, the same for all):
 - ``mo_retrieve``: :meth:`Pop3Client.retrieve`, one message after the other.
 - ``mo_many``: :meth:`Pop3Client.retrieve_many` (pipelined, like ``bare``).
 - ``mo_stream``: :meth:`Pop3Client.iter_message`, chunks dropped as they come.
+- ``core_rtt``: one RETR at a time over mailoauth's connection core
+  (:class:`~mailoauth._core.connection.Connection` ``send``/``receive``), counting
+  terminators only: the floor for an awaited round trip on this event loop, whatever
+  the client does above it.
 
 Also the tracemalloc peak of the streaming form for a 5 MB and a 50 MB message.
 """
@@ -33,6 +37,7 @@ from benchmarks._common import (
     pct,
     servers,
 )
+from mailoauth._core.connection import Connection
 from mailoauth.pop3 import Pop3Client
 from mailoauth.sasl import XOAuth2
 from mailoauth.security import SecurityOptions
@@ -104,6 +109,39 @@ def stdlib(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[flo
     return elapsed, total, cpu
 
 
+def core_rtt(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[float, int, float]:
+    async def session() -> tuple[float, int, float]:
+        conn = await Connection.open(
+            HOST,
+            srv.dovecot.pop3s_port,
+            implicit_tls=True,
+            ssl_context=srv.client_context(),
+            timeout=120,
+        )
+        try:
+            await conn.receive()
+            b64 = XOAuth2(user, token).initial_response_b64()
+            await conn.send(b"AUTH XOAUTH2 " + b64 + b"\r\n")
+            if not (await conn.receive()).startswith(b"+OK"):
+                raise RuntimeError("AUTH failed")
+            cpu, start = cpu_seconds(), time.perf_counter()
+            total = 0
+            for n in numbers:
+                await conn.send(b"RETR %d\r\n" % n)
+                data = await conn.receive()
+                total += len(data)
+                while not data.endswith(TERMINATOR):
+                    data = await conn.receive()
+                    total += len(data)
+            elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+            await conn.send(b"QUIT\r\n")
+        finally:
+            await conn.aclose()
+        return elapsed, total, cpu
+
+    return asyncio.run(session())
+
+
 def _mailoauth(mode: str) -> Variant:
     async def session(
         srv: Servers, user: str, token: str, numbers: list[int]
@@ -144,6 +182,7 @@ VARIANTS: dict[str, Variant] = {
     "mo_retrieve": _mailoauth("retrieve"),
     "mo_many": _mailoauth("many"),
     "mo_stream": _mailoauth("stream"),
+    "core_rtt": core_rtt,
 }
 
 
@@ -211,6 +250,7 @@ def measure(
         "x poplib",
         "client CPU ms/MB",
         "CPU x bare",
+        "CPU x poplib",
     )
     for name in names:
         t.add(
@@ -222,6 +262,7 @@ def measure(
             mbps[name].median / mbps["poplib"].median,
             cpu_per_mb[name].median,
             cpu_per_mb[name].median / cpu_per_mb["bare"].median,
+            cpu_per_mb[name].median / cpu_per_mb["poplib"].median,
         )
     report.data[title] = {
         "wire_bytes": sizes,
@@ -229,7 +270,7 @@ def measure(
         "msgs_per_s": {n: s.as_json() for n, s in msgs.items()},
         "client_cpu_ms_per_MB": {n: s.as_json() for n, s in cpu_per_mb.items()},
     }
-    return {"MB/s": mbps}
+    return {"MB/s": mbps, "CPU": cpu_per_mb}
 
 
 def run(quick: bool = False, repeat: int | None = None) -> Report:
@@ -242,7 +283,7 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         srv.dovecot.deliver("five@example.test", big_message(5_000_000))
         for n in range(n_small):
             srv.dovecot.deliver("small@example.test", small_message(n))
-        big = measure(
+        big_all = measure(
             report,
             srv,
             f"one {big_mb} MB message (median of {repeat}, interleaved)",
@@ -250,16 +291,18 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
             [1],
             ["bare", "poplib", "mo_retrieve", "mo_stream"],
             repeat,
-        )["MB/s"]
-        small = measure(
+        )
+        big = big_all["MB/s"]
+        small_all = measure(
             report,
             srv,
             f"{n_small:,} small messages of ~2 KB (median of {repeat}, interleaved)",
             "small@example.test",
             list(range(1, n_small + 1)),
-            ["bare", "poplib", "mo_retrieve", "mo_many"],
+            ["bare", "poplib", "mo_retrieve", "mo_many", "core_rtt"],
             repeat,
-        )["MB/s"]
+        )
+        small, small_cpu = small_all["MB/s"], small_all["CPU"]
         mem = report.table(
             "tracemalloc peak while reading one message (above the connected client)",
             "message",
@@ -287,13 +330,32 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         0.8,
         higher=True,
     )
+    # Issue 13: one RETR at a time (what most users write) ahead of poplib.
+    report.target(
+        f"retrieve one at a time, {n_small} small: rate x poplib",
+        small["mo_retrieve"].median / small["poplib"].median,
+        1.2,
+        higher=True,
+    )
+    report.target(
+        f"retrieve one at a time, {n_small} small: CPU per message x poplib",
+        small_cpu["mo_retrieve"].median / small_cpu["poplib"].median,
+        1.0,
+        higher=False,
+    )
+    report.target(
+        f"retrieve_many, {n_small} small: x bare (issue 13)",
+        small["mo_many"].median / bare_small,
+        0.9,
+        higher=True,
+    )
     p5, pbig = peaks["5 MB"]["stream"], peaks[f"{big_mb} MB"]["stream"]
     report.target(
         f"iter_message peak, {big_mb} MB / 5 MB (flat = 1)", pbig / max(p5, 1), 1.5, higher=False
     )
     report.notes.append(
         "bare = pipelined RETRs on an ssl socket, counting terminators only; "
-        "mo_retrieve and poplib send one RETR at a time"
+        "mo_retrieve, core_rtt and poplib send one RETR at a time"
     )
     return report
 
