@@ -128,11 +128,11 @@ def core_rtt(srv: Servers, user: str, token: str, numbers: list[int]) -> tuple[f
             total = 0
             for n in numbers:
                 await conn.send(b"RETR %d\r\n" % n)
-                data = await conn.receive()
-                total += len(data)
-                while not data.endswith(TERMINATOR):
+                tail = b""
+                while not tail.endswith(TERMINATOR):  # the terminator may come split
                     data = await conn.receive()
                     total += len(data)
+                    tail = (tail + data[-5:])[-5:]
             elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
             await conn.send(b"QUIT\r\n")
         finally:

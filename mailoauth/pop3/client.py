@@ -185,7 +185,11 @@ class Pop3Client(BaseClient):
         conn = self._live()
         proto = self._proto
         while True:
-            event = proto.next_event()
+            try:
+                event = proto.next_event()
+            except MailOAuthError:  # the server broke the protocol: the session is over
+                self._broken = True
+                raise
             if event is not NEED_DATA:
                 if isinstance(event, ConnectionClosed):
                     self._broken = True
@@ -494,9 +498,13 @@ class Pop3Client(BaseClient):
         self._reply_start = self._loop_time()
         self._awaiting = "the reply to " + verb
         self._streamed = None
-        event = next_buffered()
-        if event is NEED_DATA or type(event) is ConnectionClosed:
-            event = await self._next_event()
+        try:  # the protocol raises for a server that breaks it: the session is over
+            event = next_buffered()
+            if event is NEED_DATA or type(event) is ConnectionClosed:
+                event = await self._next_event()
+        except MailOAuthError:
+            self._broken = True
+            raise
         if type(event) is not Reply:
             self._broken = True
             raise ProtocolError(f"expected a status reply from {self.host}, got {event!r}")
@@ -514,9 +522,13 @@ class Pop3Client(BaseClient):
         size = 0
         limit = self.max_message_size
         while True:
-            event = next_buffered()
-            if event is NEED_DATA or type(event) is ConnectionClosed:
-                event = await self._next_event()
+            try:
+                event = next_buffered()
+                if event is NEED_DATA or type(event) is ConnectionClosed:
+                    event = await self._next_event()
+            except MailOAuthError:
+                self._broken = True
+                raise
             if type(event) is MessageData:
                 size += len(event.data)
                 if size > limit:
