@@ -154,7 +154,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     variant = spec["variant"]
     ctx = client_context(spec["ca_file"])  # imports and the CA are loaded before timing
     # anyio imports its asyncio backend on first use (mailoauth's connect deadline):
-    # an import, loaded before timing like the others (~0.1 s, once per process).
+    # an import, loaded before timing like the others (15-20 ms, once per process).
     importlib.import_module("anyio._backends._asyncio")
     start_cpu, start = cpu_seconds(), time.perf_counter()
     found = POLLS[variant](spec, ctx)
