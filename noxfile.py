@@ -28,7 +28,7 @@ ROOT = Path(__file__).parent
 #: The extras whose requirements ``lowest`` pins at their floors, besides the runtime
 #: dependencies: what the suite imports (the sandbox's trustme and aiosmtpd, pytest,
 #: pytest-asyncio, hypothesis, redis, cryptography, import-linter).
-LOWEST_EXTRAS = ("sandbox", "testing", "redis", "crypto", "keyring", "proxy", "dev")
+LOWEST_EXTRAS = ("sandbox", "testing", "redis", "crypto", "keyring", "proxy", "metrics", "dev")
 #: Tools in those extras that do not take part in a test run (lint, type check, the
 #: session runner): they stay at their newest, where lint and typecheck run them.
 NOT_IN_TEST_RUN = frozenset({"nox", "ruff", "mypy"})

@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the whole command tree."""
     from mailoauth import __version__
-    from mailoauth.cli import check, demo, login, token
+    from mailoauth.cli import check, demo, login, poll, token
 
     parser = argparse.ArgumentParser(
         prog="mailoauth",
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_parser(subparsers)
     token.add_parser(subparsers)
     check.add_parser(subparsers)
+    poll.add_parser(subparsers)
     return parser
 
 

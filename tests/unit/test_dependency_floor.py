@@ -40,6 +40,7 @@ def test_every_runtime_dependency_is_pinned_at_its_floor(noxfile: ModuleType) ->
     assert "import-linter" in pins  # tests/unit/test_import_contract.py runs it
     assert pins["python-socks"] == "3.0" and "socksio" in pins  # the proxy extra
     assert pins["keyring"] == "24.0"  # the keyring extra (KeyringTokenStore)
+    assert pins["prometheus-client"] == "0.20.0"  # the metrics extra (mailoauth poll)
     assert not {"nox", "ruff", "mypy", "mailoauth"} & set(pins)
     assert pins["aiosmtplib"] == "5.1.3"  # the first release with _on_connection_lost
 
@@ -49,7 +50,7 @@ def test_a_requirement_without_a_floor_is_refused(noxfile: ModuleType, tmp_path:
     pyproject.write_text(
         '[project]\nname = "mailoauth"\ndependencies = ["httpx>=0.27", "anyio"]\n'
         "[project.optional-dependencies]\n"
-        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\n"
+        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\nmetrics = []\n"
         'dev = ["mailoauth[testing]", "ruff"]\n'
     )
     with pytest.raises(ValueError, match="'anyio' has no lower bound"):
@@ -62,7 +63,7 @@ def test_extras_and_markers_are_kept_and_dropped(noxfile: ModuleType, tmp_path: 
         '[project]\nname = "mailoauth"\n'
         'dependencies = ["httpx[http2]>=0.27,<1", "tomli>=2; python_version < \'3.11\'"]\n'
         "[project.optional-dependencies]\n"
-        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\n"
+        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\nmetrics = []\n"
         'dev = ["nox>=2024.4"]\n'
     )
     assert noxfile.lowest_pins(pyproject) == [
