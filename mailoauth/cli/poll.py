@@ -229,8 +229,8 @@ def _arrival(headers: Any) -> dt.datetime | None:
             moment = email.utils.parsedate_to_datetime(text.strip())
         except (TypeError, ValueError, IndexError):
             continue
-        if moment.tzinfo is not None:
-            return moment
+        # "-0000" (RFC 5322 §3.3: UTC, origin's zone unknown) parses as naive.
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
     return None
 
 

@@ -15,6 +15,7 @@ from mailoauth._util.lazy import lazy_exports
 _LAZY = {
     "mailoauth.poll.backoff": ["backoff_delay", "is_permanent"],
     "mailoauth.poll.budgets": ["ConnectionBudgets", "LocalBudgets", "RedisBudgets", "Slots"],
+    "mailoauth.poll.config": ["CredentialConfig", "PollConfig", "TokenSources", "load_config"],
     "mailoauth.poll.mailbox_spec": ["MailboxSpec"],
     "mailoauth.poll.poller": ["Poller"],
     "mailoauth.poll.reconsent": ["ReconsentHook", "ReconsentRequest", "ReconsentingProvider"],
@@ -43,6 +44,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 if TYPE_CHECKING:
     from mailoauth.poll.backoff import backoff_delay, is_permanent
     from mailoauth.poll.budgets import ConnectionBudgets, LocalBudgets, RedisBudgets, Slots
+    from mailoauth.poll.config import CredentialConfig, PollConfig, TokenSources, load_config
     from mailoauth.poll.mailbox_spec import MailboxSpec
     from mailoauth.poll.poller import Poller
     from mailoauth.poll.reconsent import ReconsentHook, ReconsentingProvider, ReconsentRequest
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backoff",
     "ConnectionBudgets",
+    "CredentialConfig",
     "FilePollStateStore",
     "ImapState",
     "LocalBudgets",
@@ -77,6 +80,7 @@ __all__ = [
     "MailboxSpec",
     "MemoryPollStateStore",
     "NewMessage",
+    "PollConfig",
     "PollEvent",
     "PollLimits",
     "PollState",
@@ -91,8 +95,10 @@ __all__ = [
     "StartPolicy",
     "ThrottleScope",
     "Throttled",
+    "TokenSources",
     "backoff_delay",
     "classify_throttle",
     "imap_resume_point",
     "is_permanent",
+    "load_config",
 ]

@@ -309,7 +309,7 @@ def _credential(path: Path, name: str, data: object) -> CredentialConfig:
     if unknown:
         raise where.error(
             unknown[0],
-            f"is not a setting of a {kind} credential; known: {', '.join(sorted(known))}",
+            f"is not a setting of {kind} credentials; known: {', '.join(sorted(known))}",
         )
     grant = where.string(data, "grant") or "refresh_token"
     if grant not in _GRANTS:

@@ -4,6 +4,7 @@ endpoint."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import queue
@@ -142,7 +143,7 @@ def deliver(ms: MailServers, user: str, subject: str) -> None:
     ms.dovecot.deliver(
         user,
         f"From: a@example.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.test>\r\n"
-        f"Date: Wed, 02 Dec 2026 07:00:00 +0000\r\n\r\nbody of {subject}\r\n",
+        f"Date: {email.utils.formatdate(time.time() - 5)}\r\n\r\nbody of {subject}\r\n",
     )
 
 
@@ -218,9 +219,7 @@ def test_json_lines_then_a_restart_reports_nothing_twice(
     assert imap_event["size"] > len("body of before-imap")
     pop3_event = by_subject["before-pop3"]
     assert set(pop3_event) == NEW_MESSAGE_KEYS
-    assert pop3_event["uid"] is None and pop3_event["dedupe_key"].startswith(
-        f"pop3://{pop3_user}@"
-    )
+    assert pop3_event["uid"] is None and pop3_event["dedupe_key"].startswith(f"pop3://{pop3_user}@")
 
     deliver(ms, imap_user, "while-running")
     (live,) = first.new_messages(1)
@@ -376,9 +375,7 @@ def test_metrics_endpoint_is_scraped_over_loopback(
     env = write_config(config, ms, {user: "imap"})
     (port,) = free_ports(1)
     deliver(ms, user, "metered")
-    worker = Worker(
-        ["--config", str(config), "--metrics-port", str(port)], cwd=tmp_path, env=env
-    )
+    worker = Worker(["--config", str(config), "--metrics-port", str(port)], cwd=tmp_path, env=env)
     workers.append(worker)
     (event,) = worker.new_messages(1)
     assert event["subject"] == "metered"

@@ -50,7 +50,8 @@ def test_a_requirement_without_a_floor_is_refused(noxfile: ModuleType, tmp_path:
     pyproject.write_text(
         '[project]\nname = "mailoauth"\ndependencies = ["httpx>=0.27", "anyio"]\n'
         "[project.optional-dependencies]\n"
-        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\nmetrics = []\n"
+        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\n"
+        "metrics = []\n"
         'dev = ["mailoauth[testing]", "ruff"]\n'
     )
     with pytest.raises(ValueError, match="'anyio' has no lower bound"):
@@ -63,7 +64,8 @@ def test_extras_and_markers_are_kept_and_dropped(noxfile: ModuleType, tmp_path: 
         '[project]\nname = "mailoauth"\n'
         'dependencies = ["httpx[http2]>=0.27,<1", "tomli>=2; python_version < \'3.11\'"]\n'
         "[project.optional-dependencies]\n"
-        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\nmetrics = []\n"
+        "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\n"
+        "metrics = []\n"
         'dev = ["nox>=2024.4"]\n'
     )
     assert noxfile.lowest_pins(pyproject) == [
