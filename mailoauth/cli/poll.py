@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from mailoauth._util.text import escape_controls
-from mailoauth.errors import ConfigurationError
+from mailoauth.errors import ConfigurationError, LockLostError, TransportError
 from mailoauth.poll.config import PollConfig, TokenSources, load_config
 from mailoauth.poll.mailbox_spec import MailboxSpec
 from mailoauth.poll.poller import Poller
@@ -543,7 +543,12 @@ async def _consume(
                     )
                     return 1
             if isinstance(event, NewMessage):
-                await stream.ack(event)
+                try:
+                    await stream.ack(event)
+                except (LockLostError, TransportError) as exc:
+                    # Unacknowledged, so never lost: the next holder of the mailbox (a
+                    # fleet takeover) or the next start reports it again.
+                    log.warning("%s: not acknowledged: %s", event.dedupe_key, exc)
     finally:
         if sampler is not None:
             sampler.cancel()
@@ -588,7 +593,8 @@ def status_json(status: Any, mailboxes: Mapping[str, MailboxSpec]) -> dict[str, 
     """A fleet's status as one JSON-ready object: ``workers`` (id, heartbeat age,
     keys held), and per mailbox its worker, lag and failure."""
     workers = []
-    for worker in getattr(status, "workers", ()):
+    found = getattr(status, "workers", ())
+    for worker in found.values() if isinstance(found, Mapping) else found:
         workers.append(
             {
                 "id": _field(worker, "id", "worker_id"),

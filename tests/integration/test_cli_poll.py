@@ -5,9 +5,11 @@ endpoint."""
 from __future__ import annotations
 
 import email.utils
+import importlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -24,7 +27,7 @@ import pytest
 
 from mailoauth.testing._process import free_ports
 from mailoauth.testing.oauth_server import issued_secrets
-from tests.integration.conftest import MailServers
+from tests.integration.conftest import MailServers, skip_or_fail
 
 WAIT = 30.0  # seconds an expected line may take (loaded, shared CI machines)
 #: The keys of each event's JSON line (issue 12's contract).
@@ -147,40 +150,68 @@ def deliver(ms: MailServers, user: str, subject: str) -> None:
     )
 
 
-def write_config(
-    path: Path, ms: MailServers, users: dict[str, str], *, extra: str = ""
-) -> dict[str, str]:
-    """A config with one credential (a refresh token, read from the environment) and
-    one mailbox per user (``{user: "imap" | "pop3"}``); the environment it needs."""
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "POLL_CLIENT_SECRET": CLIENT_SECRET}
+def credential_name(user: str) -> str:
+    return user.split("@")[0]
+
+
+def credentials_toml(ms: MailServers, users: list[str], env: dict[str, str]) -> str:
+    """One credential per user (a refresh token read from the environment, which this
+    fills in: a user's token is issued once, so every config shares it)."""
     parts = []
-    for number, (user, protocol) in enumerate(users.items()):
-        env[f"POLL_RT_{number}"] = ms.oauth.issue_refresh_token(user)
-        port = ms.dovecot.imaps_port if protocol == "imap" else ms.dovecot.pop3s_port
+    for user in users:
+        name = credential_name(user)
+        env.setdefault(f"RT_{name}", ms.oauth.issue_refresh_token(user))
         parts.append(f"""
-            [credentials.user{number}]
+            [credentials.{name}]
             kind = "oauth2"
             token_url = "{ms.oauth.token_url}"
             client_id = "poll-cli"
             client_secret_env = "POLL_CLIENT_SECRET"
-            refresh_token_env = "POLL_RT_{number}"
+            refresh_token_env = "RT_{name}"
+            """)
+    return textwrap.dedent("".join(parts))
 
+
+def mailbox_key(ms: MailServers, user: str, protocol: str = "imap") -> str:
+    port = ms.dovecot.imaps_port if protocol == "imap" else ms.dovecot.pop3s_port
+    return f"{protocol}://{user}@localhost:{port}/INBOX"
+
+
+def mailboxes_toml(ms: MailServers, users: dict[str, str]) -> str:
+    """One ``[[mailbox]]`` per user (``{user: "imap" | "pop3"}``), over TLS."""
+    parts = []
+    for user, protocol in users.items():
+        port = ms.dovecot.imaps_port if protocol == "imap" else ms.dovecot.pop3s_port
+        parts.append(f"""
             [[mailbox]]
             protocol = "{protocol}"
             host = "localhost"
             port = {port}
             username = "{user}"
-            credential = "user{number}"
+            credential = "{credential_name(user)}"
             security = "ssl_implicit"
             cafile = "{ms.ca.files.ca}"
             """)
-    poll = """
-        [poll]
-        start = "all"
-        interval = 1
-        idle_timeout = 5
-        """
-    path.write_text(textwrap.dedent("".join(parts)) + textwrap.dedent(poll) + extra)
+    return textwrap.dedent("".join(parts))
+
+
+POLL_TABLE = """
+[poll]
+start = "all"
+interval = 1
+idle_timeout = 5
+"""
+
+
+def base_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONIOENCODING": "utf-8", "POLL_CLIENT_SECRET": CLIENT_SECRET}
+
+
+def write_config(path: Path, ms: MailServers, users: dict[str, str]) -> dict[str, str]:
+    """A config with one credential and one mailbox per user; the environment it
+    needs."""
+    env = base_env()
+    path.write_text(credentials_toml(ms, list(users), env) + mailboxes_toml(ms, users) + POLL_TABLE)
     return env
 
 
@@ -384,7 +415,7 @@ def test_metrics_endpoint_is_scraped_over_loopback(
     samples = parse_metrics(response.text)
     assert samples['mailoauth_poll_events_total{event="new_message"}'] == 1
     assert samples['mailoauth_poll_events_total{event="mailbox_failed"}'] == 0
-    assert samples['mailoauth_token_requests_total{credential="user0"}'] == 1
+    assert samples[f'mailoauth_token_requests_total{{credential="{credential_name(user)}"}}'] == 1
     assert samples["mailoauth_poll_connections_open"] == 1  # the IDLE connection
     assert samples["mailoauth_poll_mailboxes"] == 1
     assert samples["mailoauth_poll_delivery_lag_seconds_count"] == 1
@@ -403,3 +434,173 @@ def parse_metrics(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+# -- the fleet -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    try:  # imported by name: the fleet branch brings it
+        redis_server = importlib.import_module("mailoauth.testing.redis_server")
+    except ImportError:  # pragma: no cover - until the fleet is in this tree
+        pytest.skip("mailoauth.testing.redis_server (the fleet) is not in this tree")
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed (apt-get install redis-server)")
+    with redis_server.RedisServer() as server:
+        yield server.url
+
+
+def fleet_status(redis: str, prefix: str, env: dict[str, str]) -> dict[str, Any]:
+    proc = run_poll(["status", "--redis", redis, "--prefix", prefix, "--json"], Path.cwd(), env)
+    assert proc.returncode == 0, proc.stderr
+    status: dict[str, Any] = json.loads(proc.stdout)
+    return status
+
+
+def wait_for_status(
+    redis: str, prefix: str, env: dict[str, str], what: str, check: Any
+) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        status = fleet_status(redis, prefix, env)
+        if check(status):
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"the fleet never got to: {what}; last status: {status}")
+        time.sleep(0.2)
+
+
+def held(status: dict[str, Any]) -> dict[str, int]:
+    return {w["id"]: len(w["mailboxes"]) for w in status["workers"]}
+
+
+def settled(workers: int, mailboxes: int) -> Any:
+    def check(status: dict[str, Any]) -> bool:
+        counts = held(status)
+        return (
+            len(counts) == workers
+            and sum(counts.values()) == mailboxes
+            and len(status["mailboxes"]) == mailboxes
+            and max(counts.values()) - min(counts.values()) <= 1
+        )
+
+    return check
+
+
+def collect(workers: list[Worker], count: int) -> list[tuple[Worker, dict[str, Any]]]:
+    """The next ``count`` new_message events from any of ``workers``."""
+    got: list[tuple[Worker, dict[str, Any]]] = []
+    deadline = time.monotonic() + WAIT
+    while len(got) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(got)} of {count} events came: {[e for _, e in got]}")
+        for worker in workers:
+            try:
+                line = worker._out.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            assert line is not None, f"a worker ended: {worker.finish()[1]}"
+            worker.stdout.append(line)
+            event = json.loads(line)
+            if event["event"] == "new_message":
+                got.append((worker, event))
+    return got
+
+
+def test_fleet_workers_status_add_and_remove(
+    mail_servers: MailServers, redis_url: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    ms = mail_servers
+    prefix = f"cli{uuid.uuid4().hex[:8]}"
+    users = [new_user() for _ in range(5)]
+    first_four = {user: "imap" for user in users[:4]}
+    env = base_env()
+    credentials = credentials_toml(ms, users, env)
+    worker_config = tmp_path / "w1.toml"
+    worker_config.write_text(credentials + mailboxes_toml(ms, first_four) + POLL_TABLE)
+    credentials_only = tmp_path / "w2.toml"
+    credentials_only.write_text(credentials + POLL_TABLE)
+    extra = tmp_path / "extra.toml"
+    extra.write_text(credentials + mailboxes_toml(ms, {users[4]: "imap"}))
+    fleet = ["--redis", redis_url, "--prefix", prefix, "--lease", "3"]
+
+    w1 = Worker(
+        ["--config", str(worker_config), *fleet, "--worker-id", "w1"], cwd=tmp_path, env=env
+    )
+    workers.append(w1)
+    (port,) = free_ports(1)
+    w2 = Worker(
+        [
+            "--config",
+            str(credentials_only),
+            *fleet,
+            "--worker-id",
+            "w2",
+            "--metrics-port",
+            f"{port}",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    workers.append(w2)
+    status = wait_for_status(redis_url, prefix, env, "2 workers, 4 mailboxes", settled(2, 4))
+    assert held(status) == {"w1": 2, "w2": 2}  # leases even
+    owner = {key: box["worker"] for key, box in status["mailboxes"].items()}
+    assert set(owner) == {mailbox_key(ms, user) for user in first_four}
+
+    for user in first_four:
+        deliver(ms, user, f"one-{user}")
+    got = collect([w1, w2], 4)
+    assert sorted(e["subject"] for _, e in got) == sorted(f"one-{u}" for u in first_four)
+    for worker, event in got:  # each reported by the worker holding its lease
+        assert owner[event["mailbox"]] == ("w1" if worker is w1 else "w2")
+        assert event["redelivered"] is False
+
+    # Runtime add and remove, through the command.
+    proc = run_poll(["add", *fleet[:4], "--config", str(extra)], tmp_path, env)
+    assert proc.returncode == 0 and "added 1 mailbox(es)" in proc.stdout, proc.stderr
+    wait_for_status(redis_url, prefix, env, "the added mailbox leased", settled(2, 5))
+    deliver(ms, users[4], "added")
+    ((_, added),) = collect([w1, w2], 1)
+    assert added["subject"] == "added" and added["mailbox"] == mailbox_key(ms, users[4])
+    removed = mailbox_key(ms, users[0])
+    proc = run_poll(["remove", *fleet[:4], removed], tmp_path, env)
+    assert proc.returncode == 0 and "removed 1 mailbox(es)" in proc.stdout, proc.stderr
+    wait_for_status(redis_url, prefix, env, "the mailbox removed", settled(2, 4))
+    proc = run_poll(["remove", *fleet[:4], "imap://nobody@x:1/INBOX"], tmp_path, env)
+    assert proc.returncode == 1 and "no mailbox 'imap://nobody@x:1/INBOX'" in proc.stderr
+
+    # A clean leave: w1's mailboxes go to w2 at once, and nothing is reported twice.
+    assert w1.stop(signal.SIGTERM) == 0
+    out1, err1 = w1.finish()
+    wait_for_status(redis_url, prefix, env, "w2 holding everything", settled(1, 4))
+    for user in users[1:]:
+        deliver(ms, user, f"two-{user}")
+    got = collect([w2], 4)
+    assert sorted(e["subject"] for _, e in got) == sorted(f"two-{u}" for u in users[1:])
+    assert all(e["redelivered"] is False for _, e in got)
+    assert w2.quiet(2.0) == []  # neither the removed mailbox nor a repeat
+
+    text = run_poll(["status", *fleet[:4]], tmp_path, env)
+    assert text.returncode == 0
+    assert "1 worker(s), 4 mailbox(es), 4 leased, 0 failed" in text.stdout
+    assert "  w2  heartbeat" in text.stdout and removed not in text.stdout
+
+    samples = parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=WAIT).text)
+    assert samples['mailoauth_fleet_lease_moves_total{direction="acquired"}'] >= 4
+    assert samples["mailoauth_poll_mailboxes"] == 4
+    assert samples['mailoauth_poll_events_total{event="new_message"}'] == len(
+        [line for line in w2.stdout if '"new_message"' in line]
+    )
+
+    # Every credential was refreshed once by the fleet: the Redis token store.
+    refreshes = Counter(
+        form.get("refresh_token") for form in ms.oauth.token_forms if form.get("refresh_token")
+    )
+    assert [refreshes[env[f"RT_{credential_name(u)}"]] for u in users] == [1, 1, 1, 1, 1]
+
+    assert w2.stop(signal.SIGINT) == 0
+    out2, err2 = w2.finish()
+    assert "fleet worker w2" in err2 and "SIGINT: stopping" in err2
+    assert_no_secrets(out1, err1, out2, err2)

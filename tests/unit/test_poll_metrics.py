@@ -9,6 +9,7 @@ import json
 import socket
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -186,11 +187,12 @@ def test_small_helpers() -> None:
 
 
 def test_status_report() -> None:
-    now = dt.datetime.now(dt.timezone.utc)
     spec = MailboxSpec("imap", "h", 993, "a@example.com", "alice")
     other = MailboxSpec("pop3", "h", 995, "b@example.com", "bob")
     status = SimpleNamespace(
-        workers=[SimpleNamespace(id="w1", last_heartbeat=now, keys={spec.key})],
+        workers={
+            "w1": SimpleNamespace(worker_id="w1", last_heartbeat=time.time(), keys=(spec.key,))
+        },
         leases={spec.key: "w1"},
         failures={other.key: "PermanentTokenError: invalid_grant"},
         lag={spec.key: 1.25},
