@@ -13,7 +13,8 @@ and acknowledged once written; logs go to stderr. ``--handler module:function`` 
 that function with each event instead, and acknowledges the event when it returns; if
 it raises, the worker stops with status 1 and the event, unacknowledged, is reported
 again on the next start. SIGTERM or SIGINT stops the worker cleanly (a fleet worker
-hands its leases over at once), with status 0.
+hands its leases over at once), with status 0; a second one stops it at once, even in
+the middle of a handler that does not return (status 1, that event unacknowledged).
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ the fleet's mailboxes while it runs.
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "poll",
+        usage="mailoauth poll --config FILE [--redis URL] [options]\n"
+        "       mailoauth poll {status,add,remove} --redis URL ...",
         help="watch the mailboxes of a config file; print each new message as a JSON line",
         description="Run a poll worker: watch the mailboxes of a TOML config file and "
         "report each new message (and each failure) as one JSON line on stdout. With "
@@ -458,12 +461,23 @@ async def _run(
     args: argparse.Namespace, config: PollConfig, handler: EventHandler | None, metrics: Any
 ) -> int:
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
     stopping = asyncio.Event()
     stream: EventStream | None = None
+    forced = False
 
     def on_signal(signum: int) -> None:
-        if not stopping.is_set():
-            log.info("%s: stopping", signal.Signals(signum).name)
+        nonlocal forced
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            # A second signal: whatever runs (a handler that does not return) is
+            # cancelled; its event stays unacknowledged.
+            if not forced and main is not None:
+                forced = True
+                log.warning("%s again: stopping now, without waiting", name)
+                main.cancel()
+            return
+        log.info("%s: stopping", name)
         stopping.set()
         if stream is not None:
             stream.stop()
@@ -490,6 +504,10 @@ async def _run(
                 if stopping.is_set():
                     stream.stop()
                 return await _consume(stream, stopping, handler, metrics, args.event_handler)
+    except asyncio.CancelledError:
+        if forced:
+            return 1
+        raise
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
@@ -565,7 +583,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    # Only the mailboxes go to Redis: the secrets' variables need not be set here.
+    config = load_config(args.config, secrets=False)
     return asyncio.run(_add(args.redis, args.prefix, config))
 
 

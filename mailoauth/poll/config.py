@@ -205,6 +205,8 @@ class PollConfig:
     mailboxes: tuple[MailboxSpec, ...]
     token_store: Path | None = None
     poll_options: Mapping[str, Any] = field(default_factory=dict)
+    #: False when loaded with ``secrets=False``: no provider can be built from it.
+    secrets_read: bool = True
 
     def sources(
         self,
@@ -264,8 +266,9 @@ class _Where:
             raise self.error(key, f"must be a non-empty string, not a {_toml_type(value)}")
         return value
 
-    def secret(self, data: Mapping[str, Any], key: str) -> str | None:
-        """``key`` written in the file, or read from the variable ``{key}_env`` names."""
+    def secret(self, data: Mapping[str, Any], key: str, *, read: bool = True) -> str | None:
+        """``key`` written in the file, or read from the variable ``{key}_env`` names
+        (only checked, and None returned, unless ``read``)."""
         env_key = f"{key}_env"
         if key in data and env_key in data:
             raise self.error(key, f"give {key} or {env_key}, not both")
@@ -274,9 +277,9 @@ class _Where:
             if not isinstance(value, str) or not value:
                 # The value itself is a secret: only its type is named.
                 raise self.error(key, f"must be a non-empty string, not a {_toml_type(value)}")
-            return value
+            return value if read else None
         variable = self.string(data, env_key)
-        if variable is None:
+        if variable is None or not read:
             return None
         found = os.environ.get(variable)
         if not found:
@@ -297,7 +300,7 @@ def _relative(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _credential(path: Path, name: str, data: object) -> CredentialConfig:
+def _credential(path: Path, name: str, data: object, secrets: bool) -> CredentialConfig:
     where = _Where(path, f"[credentials.{name}]")
     if not isinstance(data, dict):
         raise where.error(None, f"must be a table, not a {_toml_type(data)}")
@@ -321,16 +324,17 @@ def _credential(path: Path, name: str, data: object) -> CredentialConfig:
     token_url = where.string(data, "token_url")
     if kind == "oauth2" and token_url is None:
         raise where.error("token_url", "missing: an oauth2 credential names its token endpoint")
-    client_secret = where.secret(data, "client_secret")
-    refresh_token = where.secret(data, "refresh_token")
-    if grant == "refresh_token" and refresh_token is None:
+    client_secret = where.secret(data, "client_secret", read=secrets)
+    refresh_token = where.secret(data, "refresh_token", read=secrets)
+    has_refresh_token = "refresh_token" in data or "refresh_token_env" in data
+    if grant == "refresh_token" and not has_refresh_token:
         raise where.error("refresh_token", "missing: give refresh_token or refresh_token_env")
     if grant == "client_credentials":
-        if client_secret is None:
+        if "client_secret" not in data and "client_secret_env" not in data:
             raise where.error(
                 "client_secret", "missing: the client_credentials grant needs the client secret"
             )
-        if refresh_token is not None:
+        if has_refresh_token:
             raise where.error("refresh_token", "the client_credentials grant takes none")
         if kind == "microsoft" and "tenant" not in data:
             raise where.error("tenant", "missing: app-only tokens need the tenant id or domain")
@@ -416,8 +420,12 @@ def _poll_options(path: Path, data: object) -> dict[str, Any]:
     return options
 
 
-def load_config(path: str | os.PathLike[str]) -> PollConfig:
+def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> PollConfig:
     """Read and check the config file at ``path``.
+
+    With ``secrets=False`` the secrets are checked for shape but not read (no
+    environment variable needs to be set): enough to add the file's mailboxes to a
+    fleet, not to build providers (:attr:`PollConfig.secrets_read` is then False).
 
     Raises :class:`~mailoauth.errors.ConfigurationError` naming the file, the table
     (``[credentials.NAME]``, ``[[mailbox]] #N``, ``[poll]``, ``[tokens]``) and the key
@@ -434,7 +442,9 @@ def load_config(path: str | os.PathLike[str]) -> PollConfig:
     raw_credentials = data.get("credentials", {})
     if not isinstance(raw_credentials, dict):
         raise ConfigurationError(f"{file}: credentials must be tables ([credentials.NAME])")
-    credentials = {name: _credential(file, name, raw) for name, raw in raw_credentials.items()}
+    credentials = {
+        name: _credential(file, name, raw, secrets) for name, raw in raw_credentials.items()
+    }
     raw_mailboxes = data.get("mailbox", [])
     if not isinstance(raw_mailboxes, list):
         raise ConfigurationError(f"{file}: mailboxes are written [[mailbox]] (an array of tables)")
@@ -460,7 +470,7 @@ def load_config(path: str | os.PathLike[str]) -> PollConfig:
         store = where.string(tokens, "store")
         token_store = _relative(file.parent, store) if store else None
     options = _poll_options(file, data["poll"]) if "poll" in data else {}
-    return PollConfig(file, credentials, tuple(mailboxes), token_store, options)
+    return PollConfig(file, credentials, tuple(mailboxes), token_store, options, secrets)
 
 
 # -- providers and mailboxes -----------------------------------------------------------
@@ -487,6 +497,11 @@ class TokenSources:
         dialer: Dialer | None = None,
         on_token_request: Callable[[str], None] | None = None,
     ) -> None:
+        if not config.secrets_read:
+            raise ConfigurationError(
+                f"{config.path} was loaded without its secrets (secrets=False): load it "
+                "again with them to build token providers"
+            )
         self.config = config
         self.dialer = dialer
         self._on_token_request = on_token_request

@@ -273,7 +273,7 @@ def test_json_lines_then_a_restart_reports_nothing_twice(
 
 
 HANDLER = """
-import json, os
+import asyncio, json, os
 from mailoauth.poll import NewMessage
 
 async def record(event):
@@ -283,6 +283,11 @@ async def record(event):
 
 def explode(event):
     raise RuntimeError("handler failed on purpose")
+
+async def hang(event):
+    with open(os.environ["HANDLED"] + ".hang", "w") as file:
+        file.write(event.dedupe_key)
+    await asyncio.sleep(3600)
 """
 
 
@@ -310,6 +315,23 @@ def test_handler_is_awaited_and_acknowledges_only_when_it_returns(
     assert failing.proc.returncode == 1
     assert out == ""
     assert "pollhandlers:explode raised" in err and "handler failed on purpose" in err
+
+    # A handler that never returns: the first SIGTERM waits for it, a second does not.
+    hanging = Worker(
+        ["--config", str(config), "--state", str(state), "--handler", "pollhandlers:hang"],
+        cwd=tmp_path,
+        env=env,
+    )
+    workers.append(hanging)
+    started = Path(f"{handled}.hang")
+    deadline = time.monotonic() + WAIT
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), hanging.finish()[1]
+    hanging.proc.send_signal(signal.SIGTERM)
+    assert hanging.quiet(1.0) == [] and hanging.proc.poll() is None  # still waiting
+    assert hanging.stop(signal.SIGTERM) == 1
+    assert "SIGTERM again: stopping now" in hanging.finish()[1]
 
     # The next start reports it again, to a handler that returns: acknowledged.
     good = Worker(
@@ -558,7 +580,8 @@ def test_fleet_workers_status_add_and_remove(
         assert event["redelivered"] is False
 
     # Runtime add and remove, through the command.
-    proc = run_poll(["add", *fleet[:4], "--config", str(extra)], tmp_path, env)
+    no_secrets = {k: v for k, v in env.items() if not k.startswith("RT_")}
+    proc = run_poll(["add", *fleet[:4], "--config", str(extra)], tmp_path, no_secrets)
     assert proc.returncode == 0 and "added 1 mailbox(es)" in proc.stdout, proc.stderr
     wait_for_status(redis_url, prefix, env, "the added mailbox leased", settled(2, 5))
     deliver(ms, users[4], "added")

@@ -363,3 +363,21 @@ def test_a_microsoft_refresh_token_without_a_store_is_warned_about(
     TokenSources(load_config(path))
     assert "Microsoft rotates refresh tokens" in caplog.text
     assert "[credentials.outlook]" in caplog.text
+
+
+def test_without_secrets_the_mailboxes_load_but_no_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ALICE_RT", raising=False)
+    monkeypatch.delenv("ALICE_SECRET", raising=False)
+    path = write(tmp_path, BASE)
+    assert "ALICE_SECRET is not set" in refused(path)
+    config = load_config(path, secrets=False)
+    assert config.mailboxes[0].credential == "alice" and not config.secrets_read
+    assert config.credentials["alice"].refresh_token is None
+    with pytest.raises(ConfigurationError, match="loaded without its secrets"):
+        TokenSources(config)
+    # Their shape is still checked.
+    text = BASE.replace('refresh_token_env = "ALICE_RT"\n', "")
+    with pytest.raises(ConfigurationError, match="refresh_token: missing"):
+        load_config(write(tmp_path, text), secrets=False)
