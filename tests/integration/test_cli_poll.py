@@ -4,8 +4,10 @@ endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import importlib
+import io
 import json
 import os
 import queue
@@ -25,6 +27,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from mailoauth.cli import main
 from mailoauth.testing._process import free_ports
 from mailoauth.testing.oauth_server import issued_secrets
 from tests.integration.conftest import MailServers, skip_or_fail
@@ -474,9 +477,11 @@ def redis_url() -> Iterator[str]:
 
 
 def fleet_status(redis: str, prefix: str, env: dict[str, str]) -> dict[str, Any]:
-    proc = run_poll(["status", "--redis", redis, "--prefix", prefix, "--json"], Path.cwd(), env)
-    assert proc.returncode == 0, proc.stderr
-    status: dict[str, Any] = json.loads(proc.stdout)
+    """``mailoauth poll status --json``, run in this process (it is polled often)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["poll", "status", "--redis", redis, "--prefix", prefix, "--json"]) == 0
+    status: dict[str, Any] = json.loads(out.getvalue())
     return status
 
 
