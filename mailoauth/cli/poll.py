@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from mailoauth._util.text import escape_controls
+from mailoauth.cli.metrics import PollMetrics
 from mailoauth.errors import ConfigurationError, LockLostError, TransportError
 from mailoauth.poll.config import PollConfig, TokenSources, load_config
 from mailoauth.poll.mailbox_spec import MailboxSpec
@@ -332,6 +333,11 @@ def safe_url(url: str) -> str:
 def _single_process(
     config: PollConfig, sources: TokenSources, state: Path
 ) -> AbstractAsyncContextManager[EventStream]:
+    if not config.mailboxes:
+        raise ConfigurationError(
+            f"{config.path} has no [[mailbox]] table: nothing to watch (a config of "
+            "credentials only is for a fleet worker, with --redis)"
+        )
     mailboxes = [sources.resolve(spec) for spec in config.mailboxes]
     log.info("watching %d mailbox(es) of %s; state in %s", len(mailboxes), config.path, state)
     return Poller(
@@ -406,7 +412,7 @@ def _write_line(data: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _sample_owned(stream: EventStream, metrics: Any) -> None:
+async def _sample_owned(stream: EventStream, metrics: PollMetrics) -> None:
     while True:
         owned = getattr(stream, "owned", None)
         if owned is not None:
@@ -449,16 +455,15 @@ def run_worker(args: argparse.Namespace) -> int:
     _setup_logging()
     config = load_config(args.config)
     handler = load_handler(args.event_handler) if args.event_handler else None
-    metrics: Any = None
-    if args.metrics_port is not None:
-        from mailoauth.cli.metrics import PollMetrics
-
-        metrics = PollMetrics()
+    metrics = PollMetrics() if args.metrics_port is not None else None
     return asyncio.run(_run(args, config, handler, metrics))
 
 
 async def _run(
-    args: argparse.Namespace, config: PollConfig, handler: EventHandler | None, metrics: Any
+    args: argparse.Namespace,
+    config: PollConfig,
+    handler: EventHandler | None,
+    metrics: PollMetrics | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -519,7 +524,7 @@ async def _consume(
     stream: EventStream,
     stopping: asyncio.Event,
     handler: EventHandler | None,
-    metrics: Any,
+    metrics: PollMetrics | None,
     handler_name: str | None,
 ) -> int:
     sampler: asyncio.Task[None] | None = None

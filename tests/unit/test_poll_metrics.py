@@ -149,18 +149,25 @@ def test_without_the_extra_the_error_names_the_install(
     assert "pip install 'mailoauth[metrics]'" in capsys.readouterr().err
 
 
+def unwrapped(capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr as one line (the command wraps its error paragraph)."""
+    return " ".join(capsys.readouterr().err.split())
+
+
 def test_option_mistakes_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
     config.write_text("")
     assert main(["poll"]) == 1
-    assert "needs --config FILE" in capsys.readouterr().err
+    assert "needs --config FILE" in unwrapped(capsys)
     assert main(["poll", "--config", str(config), "--lease", "10"]) == 1
-    assert "--lease only make sense with --redis" in capsys.readouterr().err
+    assert "--lease only make sense with --redis" in unwrapped(capsys)
     argv = ["poll", "--config", str(config), "--redis", "redis://h", "--state", "s.json"]
     assert main(argv) == 1
-    assert "with --redis, state is in Redis" in capsys.readouterr().err
+    assert "with --redis, state is in Redis" in unwrapped(capsys)
     assert main(["poll", "--config", str(config), "--handler", "nocolon"]) == 1
-    assert "--handler must be MODULE:FUNCTION" in capsys.readouterr().err
+    assert "--handler must be MODULE:FUNCTION" in unwrapped(capsys)
+    assert main(["poll", "--config", str(config)]) == 1
+    assert "has no [[mailbox]] table: nothing to watch" in unwrapped(capsys)
 
 
 def test_handler_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
