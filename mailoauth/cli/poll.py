@@ -33,6 +33,7 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -114,13 +115,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         usage="mailoauth poll --config FILE [--redis URL] [options]\n"
         "       mailoauth poll {status,add,remove} --redis URL ...",
         help="watch the mailboxes of a config file; print each new message as a JSON line",
-        description="Run a poll worker: watch the mailboxes of a TOML config file and "
-        "report each new message (and each failure) as one JSON line on stdout. With "
-        "--redis, run one worker of a fleet sharing the mailboxes through Redis.",
+        description=textwrap.fill(
+            "Run a poll worker: watch the mailboxes of a TOML config file and report each "
+            "new message (and each failure) as one JSON line on stdout. With --redis, run "
+            "one worker of a fleet sharing the mailboxes through Redis.",
+            width=88,
+        ),
         epilog=_USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="the TOML config file (required to run)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="the TOML config file (required to run)"
+    )
     parser.add_argument(
         "--redis", metavar="URL", help="run as a fleet worker on this Redis (redis://host:6379/0)"
     )
@@ -166,6 +172,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions = parser.add_subparsers(title="fleet actions", metavar="ACTION")
     status = actions.add_parser(
         "status",
+        prog="mailoauth poll status",
         help="the fleet's workers, leases, lag and failures",
         description="Show the fleet's workers (last heartbeat, mailboxes held), its "
         "mailboxes' leases and lag, and their failures.",
@@ -175,15 +182,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.set_defaults(handler=run_status)
     add = actions.add_parser(
         "add",
+        prog="mailoauth poll add",
         help="add (or replace) the mailboxes of a config file in the fleet",
         description="Add the [[mailbox]] entries of the config file to the fleet (one "
         "with the same key is replaced). Every worker needs the credentials they name.",
     )
     _fleet_arguments(add)
-    add.add_argument("--config", type=Path, required=True, help="the TOML config file")
+    add.add_argument(
+        "--config", type=Path, metavar="FILE", required=True, help="the TOML config file"
+    )
     add.set_defaults(handler=run_add)
     remove = actions.add_parser(
         "remove",
+        prog="mailoauth poll remove",
         help="remove a mailbox from the fleet, by key",
         description="Remove the mailbox KEY from the fleet; its worker stops watching it.",
     )
