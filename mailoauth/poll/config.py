@@ -510,6 +510,12 @@ class TokenSources:
             from mailoauth.tokens.redis_store import RedisTokenStore
 
             self._redis = RedisTokenStore(redis)
+        if redis is not None and (
+            config.token_store or any(c.store for c in config.credentials.values())
+        ):
+            log.info(
+                "%s: with Redis, tokens are kept in Redis, not in the store files", config.path
+            )
         self._files: dict[Path, FileTokenStore] = {}
         self._providers: dict[str, OAuth2TokenProvider] = {}
         self._clients: list[httpx.AsyncClient] = []
