@@ -622,6 +622,29 @@ def test_fleet_workers_status_add_and_remove(
         [line for line in w2.stdout if '"new_message"' in line]
     )
 
+    # A mailbox whose credential no worker has: its failure is in the status.
+    ghost = tmp_path / "ghost.toml"
+    ghost.write_text(
+        '[credentials.ghost]\nkind = "oauth2"\ntoken_url = "http://127.0.0.1:9/t"\n'
+        'client_id = "g"\nrefresh_token_env = "GHOST_RT"\n'
+        + mailboxes_toml(ms, {"ghost@example.test": "imap"})
+    )
+    ghost_key = mailbox_key(ms, "ghost@example.test")
+    assert run_poll(["add", *fleet[:4], "--config", str(ghost)], tmp_path, env).returncode == 0
+    wait_for_status(
+        redis_url,
+        prefix,
+        env,
+        "the ghost mailbox failed",
+        lambda status: (status["mailboxes"].get(ghost_key) or {}).get("failure"),
+    )
+    text = run_poll(["status", *fleet[:4]], tmp_path, env)
+    assert f"{ghost_key}  worker w2" in text.stdout
+    assert "FAILED: permanent: resolve failed: ConfigurationError: no credential 'ghost'" in (
+        " ".join(text.stdout.split())
+    )
+    assert "1 failed" in text.stdout
+
     # Every credential was refreshed once by the fleet: the Redis token store.
     refreshes = Counter(
         form.get("refresh_token") for form in ms.oauth.token_forms if form.get("refresh_token")
