@@ -655,3 +655,47 @@ def test_fleet_workers_status_add_and_remove(
     out2, err2 = w2.finish()
     assert "fleet worker w2" in err2 and "SIGINT: stopping" in err2
     assert_no_secrets(out1, err1, out2, err2)
+
+
+def test_fleet_takeover_after_sigkill_redelivers_the_unacknowledged_event(
+    mail_servers: MailServers, redis_url: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    ms = mail_servers
+    prefix = f"kill{uuid.uuid4().hex[:8]}"
+    user = new_user()
+    env = base_env()
+    credentials = credentials_toml(ms, [user], env)
+    (tmp_path / "w1.toml").write_text(credentials + mailboxes_toml(ms, {user: "imap"}) + POLL_TABLE)
+    (tmp_path / "w2.toml").write_text(credentials + POLL_TABLE)
+    (tmp_path / "pollhandlers.py").write_text(HANDLER)
+    env["HANDLED"] = str(tmp_path / "handled.jsonl")
+    fleet = ["--redis", redis_url, "--prefix", prefix, "--lease", "2"]
+
+    # w1 takes the event and never acknowledges it (its handler hangs), then dies.
+    w1 = Worker(
+        ["--config", "w1.toml", *fleet, "--worker-id", "w1", "--handler", "pollhandlers:hang"],
+        cwd=tmp_path,
+        env=env,
+    )
+    workers.append(w1)
+    wait_for_status(redis_url, prefix, env, "w1 holding the mailbox", settled(1, 1))
+    deliver(ms, user, "in-flight")
+    started = tmp_path / "handled.jsonl.hang"
+    deadline = time.monotonic() + WAIT
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dedupe_key = started.read_text()
+    w2 = Worker(["--config", "w2.toml", *fleet, "--worker-id", "w2"], cwd=tmp_path, env=env)
+    workers.append(w2)
+    w1.proc.kill()
+    w1.proc.wait(timeout=WAIT)
+
+    # w2 takes the mailbox over once w1's lease runs out, and says it is a repeat.
+    (event,) = w2.new_messages(1)
+    assert event["subject"] == "in-flight" and event["dedupe_key"] == dedupe_key
+    assert event["redelivered"] is True
+    deliver(ms, user, "after")
+    (after,) = w2.new_messages(1)
+    assert after["subject"] == "after" and after["redelivered"] is False
+    assert w2.stop() == 0
+    assert_no_secrets(*w2.finish())
