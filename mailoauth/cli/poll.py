@@ -34,6 +34,7 @@ import re
 import signal
 import sys
 import textwrap
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -625,63 +626,32 @@ async def _status(redis: str, prefix: str, *, as_json: bool) -> int:
 
 
 def status_json(status: Any, mailboxes: Mapping[str, MailboxSpec]) -> dict[str, Any]:
-    """A fleet's status as one JSON-ready object: ``workers`` (id, heartbeat age,
-    keys held), and per mailbox its worker, lag and failure."""
-    workers = []
-    found = getattr(status, "workers", ())
-    for worker in found.values() if isinstance(found, Mapping) else found:
-        workers.append(
-            {
-                "id": _field(worker, "id", "worker_id"),
-                "heartbeat_age": _age(_field(worker, "last_heartbeat", "heartbeat")),
-                "mailboxes": sorted(_field(worker, "keys", "owned") or ()),
-            }
-        )
-    leases: Mapping[str, str] = getattr(status, "leases", {}) or {}
-    failures: Mapping[str, Any] = getattr(status, "failures", {}) or {}
-    lag: Mapping[str, Any] = getattr(status, "lag", {}) or {}
+    """A fleet's status (a :class:`~mailoauth.poll.fleet.FleetStatus`) as one
+    JSON-ready object: ``workers`` (id, seconds since the last heartbeat, keys held),
+    and per mailbox its worker, lag (seconds its oldest unacknowledged event waited)
+    and failure. The heartbeat age compares the Redis server's clock with this
+    machine's."""
+    now = time.time()
+    workers = [
+        {
+            "id": worker.worker_id,
+            "heartbeat_age": round(max(0.0, now - worker.last_heartbeat), 3),
+            "mailboxes": sorted(worker.keys),
+        }
+        for worker in status.workers.values()
+    ]
+    leases: Mapping[str, str] = status.leases
+    failures: Mapping[str, str] = status.failures
+    lag: Mapping[str, float] = status.lag
     boxes = {
         key: {
             "worker": leases.get(key),
-            "lag": _seconds(lag.get(key)),
-            "failure": None if failures.get(key) is None else str(failures[key]),
+            "lag": None if lag.get(key) is None else round(lag[key], 3),
+            "failure": failures.get(key),
         }
         for key in sorted(set(mailboxes) | set(leases) | set(failures))
     }
     return {"workers": workers, "mailboxes": boxes}
-
-
-def _field(obj: Any, *names: str) -> Any:
-    for name in names:
-        if isinstance(obj, Mapping) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return None
-
-
-def _seconds(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        return round(value.total_seconds(), 3)
-    try:
-        return round(float(value), 3)
-    except (TypeError, ValueError):
-        return None
-
-
-def _age(value: Any) -> float | None:
-    """Seconds since ``value`` (an aware datetime or an epoch timestamp)."""
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        return round((dt.datetime.now(dt.timezone.utc) - moment).total_seconds(), 3)
-    seconds = _seconds(value)
-    if seconds is None:
-        return None
-    return round(dt.datetime.now(dt.timezone.utc).timestamp() - seconds, 3)
 
 
 def status_text(report: Mapping[str, Any], redis: str, prefix: str) -> list[str]:
@@ -697,8 +667,9 @@ def status_text(report: Mapping[str, Any], redis: str, prefix: str) -> list[str]
     lines.append("workers:")
     for worker in report["workers"]:
         age = worker["heartbeat_age"]
-        seen = "unknown" if age is None else f"{age:.1f} s ago"
-        lines.append(f"  {worker['id']}  heartbeat {seen}  {len(worker['mailboxes'])} mailbox(es)")
+        lines.append(
+            f"  {worker['id']}  heartbeat {age:.1f} s ago  {len(worker['mailboxes'])} mailbox(es)"
+        )
     if not report["workers"]:
         lines.append("  none")
     lines.append("")
