@@ -572,7 +572,8 @@ async def _consume(
                     what = event.dedupe_key if isinstance(event, NewMessage) else event.mailbox
                     log.exception(
                         "the handler %s raised on %s; stopping. The event was not "
-                        "acknowledged: it is reported again on the next start",
+                        "acknowledged: the next start (in a fleet, the mailbox's next "
+                        "worker) reports it again",
                         handler_name,
                         what,
                     )
