@@ -501,6 +501,8 @@ async def _run(
 
     sources = config.sources(
         redis=args.redis,
+        # One prefix holds all of a fleet's keys, its tokens included.
+        redis_prefix=f"{args.prefix}:tokens:",
         dialer=metrics.dialer if metrics is not None else None,
         on_token_request=metrics.token_request if metrics is not None else None,
     )

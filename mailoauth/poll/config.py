@@ -35,6 +35,7 @@ load time; no secret is ever part of an error message or a repr.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -109,6 +110,15 @@ _POLL_KEYS: Final[Mapping[str, str]] = {
     "max_per_account": "count",
 }
 _TOP_LEVEL: Final = ("credentials", "mailbox", "tokens", "poll")
+#: The key prefix of the Redis token store (RedisTokenStore's default).
+DEFAULT_TOKEN_PREFIX: Final = "mailoauth:"
+#: The most connections the Redis token store opens; more callers wait for one (a
+#: worker starting hundreds of mailboxes refreshes their credentials all at once, which
+#: would exceed a plain pool's limit and fail).
+REDIS_MAX_CONNECTIONS: Final = 64
+#: Seconds any one Redis call of the token store may take, waiting for a connection
+#: included.
+REDIS_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -212,11 +222,18 @@ class PollConfig:
         self,
         *,
         redis: str | None = None,
+        redis_prefix: str = DEFAULT_TOKEN_PREFIX,
         dialer: Dialer | None = None,
         on_token_request: Callable[[str], None] | None = None,
     ) -> TokenSources:
         """The :class:`TokenSources` of this file (see there)."""
-        return TokenSources(self, redis=redis, dialer=dialer, on_token_request=on_token_request)
+        return TokenSources(
+            self,
+            redis=redis,
+            redis_prefix=redis_prefix,
+            dialer=dialer,
+            on_token_request=on_token_request,
+        )
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -476,12 +493,35 @@ def load_config(path: str | os.PathLike[str], *, secrets: bool = True) -> PollCo
 # -- providers and mailboxes -----------------------------------------------------------
 
 
+def _redis_store(url: str, prefix: str) -> tuple[RedisTokenStore, Any]:
+    """A RedisTokenStore on a client of its own over a blocking pool, and the client
+    (closed by the caller). Raises ConfigurationError without redis-py."""
+    from mailoauth.tokens.redis_store import RedisTokenStore
+
+    try:
+        module: Any = importlib.import_module("redis.asyncio")
+    except ImportError:
+        raise ConfigurationError(
+            "the Redis token store needs the redis package: pip install 'mailoauth[redis]'"
+        ) from None
+    pool = module.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+    )
+    client = module.Redis(connection_pool=pool)
+    return RedisTokenStore(client, prefix=prefix), client
+
+
 class TokenSources:
     """One token provider per credential of ``config`` (made on first use, shared by
     all of its mailboxes), and :meth:`resolve` to turn a spec into a Mailbox.
 
     With ``redis`` (a URL) every provider keeps its tokens in one
-    :class:`~mailoauth.RedisTokenStore` (so a fleet refreshes each credential once);
+    :class:`~mailoauth.RedisTokenStore` under ``redis_prefix`` (so a fleet refreshes
+    each credential once), over a blocking pool of :data:`REDIS_MAX_CONNECTIONS`;
     otherwise in the credential's ``store``, else the ``[tokens]`` store, else in
     memory. ``dialer`` opens every mail connection. ``on_token_request`` is called
     with the credential's name before every request to its token endpoint. Close with
@@ -494,6 +534,7 @@ class TokenSources:
         config: PollConfig,
         *,
         redis: str | None = None,
+        redis_prefix: str = DEFAULT_TOKEN_PREFIX,
         dialer: Dialer | None = None,
         on_token_request: Callable[[str], None] | None = None,
     ) -> None:
@@ -506,10 +547,9 @@ class TokenSources:
         self.dialer = dialer
         self._on_token_request = on_token_request
         self._redis: RedisTokenStore | None = None
+        self._redis_client: Any = None
         if redis is not None:
-            from mailoauth.tokens.redis_store import RedisTokenStore
-
-            self._redis = RedisTokenStore(redis)
+            self._redis, self._redis_client = _redis_store(redis, redis_prefix)
         if redis is not None and (
             config.token_store or any(c.store for c in config.credentials.values())
         ):
@@ -602,8 +642,10 @@ class TokenSources:
         """Close the providers, their HTTP clients and the Redis store."""
         closers: list[Callable[[], Awaitable[None]]] = [p.aclose for p in self._providers.values()]
         closers += [c.aclose for c in self._clients]
-        if self._redis is not None:
-            closers.append(self._redis.aclose)
+        if self._redis_client is not None:
+            client = self._redis_client
+            closers.append(lambda: client.aclose(close_connection_pool=True))
+        self._redis = self._redis_client = None
         self._providers.clear()
         self._clients.clear()
         for close in closers:
