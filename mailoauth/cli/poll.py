@@ -45,6 +45,7 @@ from typing import Any, Final, Protocol
 from mailoauth._util.text import escape_controls
 from mailoauth.cli.metrics import PollMetrics
 from mailoauth.errors import ConfigurationError, LockLostError, TransportError
+from mailoauth.poll.budgets import RedisBudgets
 from mailoauth.poll.config import PollConfig, TokenSources, load_config
 from mailoauth.poll.mailbox_spec import MailboxSpec
 from mailoauth.poll.poller import Poller
@@ -391,24 +392,36 @@ async def _fleet_worker(
     options: dict[str, Any] = dict(config.poll_options)
     if args.lease is not None:
         options["lease"] = args.lease
-    worker = fleet_module.FleetWorker(
+    # The connection caps hold across the fleet, not per worker (Gmail's and Exchange's
+    # limits count an account's connections wherever they come from).
+    budgets = RedisBudgets(
         args.redis,
-        resolve,
+        limits=options.pop("limits", None),
+        prefix=f"{args.prefix}:budget:",
         worker_id=args.worker_id,
-        prefix=args.prefix,
-        auto_ack=False,
-        **options,
     )
-    async with worker:
-        log.info(
-            "fleet worker %s on %s (prefix %s); %d mailbox(es) of %s added",
-            worker.worker_id,
-            safe_url(args.redis),
-            args.prefix,
-            len(config.mailboxes),
-            config.path,
+    try:
+        worker = fleet_module.FleetWorker(
+            args.redis,
+            resolve,
+            worker_id=args.worker_id,
+            prefix=args.prefix,
+            auto_ack=False,
+            budgets=budgets,
+            **options,
         )
-        yield worker
+        async with worker:
+            log.info(
+                "fleet worker %s on %s (prefix %s); %d mailbox(es) of %s added",
+                worker.worker_id,
+                safe_url(args.redis),
+                args.prefix,
+                len(config.mailboxes),
+                config.path,
+            )
+            yield worker
+    finally:
+        await budgets.aclose()
 
 
 async def _close(thing: object) -> None:

@@ -21,7 +21,8 @@
 
     [poll]                         # optional: the poller's settings
     interval = 60                  # also use_idle, idle_timeout, start, fetch_batch,
-                                   # max_connections, max_per_host, max_per_account
+                                   # max_connections, max_per_host, max_per_account,
+                                   # presets (PollLimits: the providers' caps)
 
 A credential also takes ``grant`` (``"refresh_token"``, the default, or
 ``"client_credentials"``), ``scope`` (a string) or ``scopes`` (a list), ``store`` (its
@@ -108,7 +109,10 @@ _POLL_KEYS: Final[Mapping[str, str]] = {
     "max_connections": "count",
     "max_per_host": "count",
     "max_per_account": "count",
+    "presets": "bool",
 }
+#: The ``[poll]`` keys that make its :class:`~mailoauth.poll.PollLimits`.
+_LIMIT_KEYS: Final = frozenset({"max_connections", "max_per_host", "max_per_account", "presets"})
 _TOP_LEVEL: Final = ("credentials", "mailbox", "tokens", "poll")
 #: The key prefix of the Redis token store (RedisTokenStore's default).
 DEFAULT_TOKEN_PREFIX: Final = "mailoauth:"
@@ -431,7 +435,7 @@ def _poll_options(path: Path, data: object) -> dict[str, Any]:
         ):
             raise where.error(key, f"must be a positive number of seconds, not {value!r}")
         options[key] = value
-    limits = {k: options.pop(k) for k in list(options) if k.startswith("max_")}
+    limits = {k: options.pop(k) for k in list(options) if k in _LIMIT_KEYS}
     if limits:
         options["limits"] = PollLimits(**limits)
     return options

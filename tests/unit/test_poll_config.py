@@ -107,6 +107,7 @@ def test_secrets_written_inline_and_relative_paths(tmp_path: Path) -> None:
         use_idle = false
         start = "all"
         max_per_host = 5
+        presets = false
         """,
     )
     config = load_config(path)
@@ -119,7 +120,7 @@ def test_secrets_written_inline_and_relative_paths(tmp_path: Path) -> None:
         "interval": 30,
         "use_idle": False,
         "start": "all",
-        "limits": PollLimits(max_per_host=5),
+        "limits": PollLimits(max_per_host=5, presets=False),
     }
 
 
