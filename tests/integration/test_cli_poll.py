@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import httpx
 import pytest
+import redis
 
 from mailoauth.cli import main
 from mailoauth.testing._process import free_ports
@@ -583,6 +584,14 @@ def test_fleet_workers_status_add_and_remove(
     for worker, event in got:  # each reported by the worker holding its lease
         assert owner[event["mailbox"]] == ("w1" if worker is w1 else "w2")
         assert event["redelivered"] is False
+    # The connections hold fleet-wide budget slots, and the tokens are in Redis, all
+    # under the fleet's prefix.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.keys(f"{prefix}:budget:*")
+        assert client.keys(f"{prefix}:tokens:cred:*")
+    finally:
+        client.close()
 
     # Runtime add and remove, through the command.
     no_secrets = {k: v for k, v in env.items() if not k.startswith("RT_")}
