@@ -47,6 +47,7 @@ from mailoauth.cli.metrics import PollMetrics
 from mailoauth.errors import ConfigurationError, LockLostError, TransportError
 from mailoauth.poll.budgets import RedisBudgets
 from mailoauth.poll.config import PollConfig, TokenSources, load_config
+from mailoauth.poll.fleet import DEFAULT_PREFIX, Fleet, FleetStatus, FleetWorker
 from mailoauth.poll.mailbox_spec import MailboxSpec
 from mailoauth.poll.poller import Poller
 from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
@@ -62,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger("mailoauth.cli.poll")
 
-DEFAULT_FLEET_PREFIX: Final = "mailoauth:fleet"
+DEFAULT_FLEET_PREFIX: Final = DEFAULT_PREFIX
 #: The most of a message's head read for the JSON line and the delivery lag.
 MAX_HEADER_BYTES: Final = 64 * 1024
 #: How often a fleet worker's held mailboxes are sampled for the metrics.
@@ -361,34 +362,16 @@ def _single_process(
     )
 
 
-def _fleet_module() -> Any:
-    try:
-        return importlib.import_module("mailoauth.poll.fleet")
-    except ImportError as exc:
-        if "redis" in str(exc):
-            raise ConfigurationError(
-                "--redis needs the redis package: pip install 'mailoauth[redis]'"
-            ) from exc
-        raise ConfigurationError(
-            "--redis needs the fleet (mailoauth.poll.fleet), which this version of mailoauth lacks"
-        ) from exc
-
-
 @contextlib.asynccontextmanager
 async def _fleet_worker(
     config: PollConfig, sources: TokenSources, args: argparse.Namespace
 ) -> AsyncIterator[EventStream]:
-    fleet_module = _fleet_module()
-
     def resolve(spec: MailboxSpec) -> Mailbox:
         return sources.resolve(spec)
 
-    fleet = fleet_module.Fleet(args.redis, prefix=args.prefix)
-    try:
+    async with Fleet(args.redis, prefix=args.prefix) as fleet:
         for spec in config.mailboxes:
             await fleet.add(spec)
-    finally:
-        await _close(fleet)
     options: dict[str, Any] = dict(config.poll_options)
     if args.lease is not None:
         options["lease"] = args.lease
@@ -401,7 +384,7 @@ async def _fleet_worker(
         worker_id=args.worker_id,
     )
     try:
-        worker = fleet_module.FleetWorker(
+        worker = FleetWorker(
             args.redis,
             resolve,
             worker_id=args.worker_id,
@@ -422,12 +405,6 @@ async def _fleet_worker(
             yield worker
     finally:
         await budgets.aclose()
-
-
-async def _close(thing: object) -> None:
-    close = getattr(thing, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def _write_line(data: Mapping[str, Any]) -> None:
@@ -626,12 +603,9 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 async def _status(redis: str, prefix: str, *, as_json: bool) -> int:
-    fleet = _fleet_module().Fleet(redis, prefix=prefix)
-    try:
+    async with Fleet(redis, prefix=prefix) as fleet:
         status = await fleet.status()
         mailboxes = await fleet.mailboxes()
-    finally:
-        await _close(fleet)
     report = status_json(status, mailboxes)
     if as_json:
         _write_line(report)
@@ -641,7 +615,7 @@ async def _status(redis: str, prefix: str, *, as_json: bool) -> int:
     return 0
 
 
-def status_json(status: Any, mailboxes: Mapping[str, MailboxSpec]) -> dict[str, Any]:
+def status_json(status: FleetStatus, mailboxes: Mapping[str, MailboxSpec]) -> dict[str, Any]:
     """A fleet's status (a :class:`~mailoauth.poll.fleet.FleetStatus`) as one
     JSON-ready object: ``workers`` (id, seconds since the last heartbeat, keys held),
     and per mailbox its worker, lag (seconds its oldest unacknowledged event waited)
@@ -702,19 +676,15 @@ def status_text(report: Mapping[str, Any], redis: str, prefix: str) -> list[str]
 
 
 async def _add(redis: str, prefix: str, config: PollConfig) -> int:
-    fleet = _fleet_module().Fleet(redis, prefix=prefix)
-    try:
+    async with Fleet(redis, prefix=prefix) as fleet:
         for spec in config.mailboxes:
             await fleet.add(spec)
-    finally:
-        await _close(fleet)
     print(f"added {len(config.mailboxes)} mailbox(es) of {config.path} to {prefix}", flush=True)
     return 0
 
 
 async def _remove(redis: str, prefix: str, keys: Sequence[str]) -> int:
-    fleet = _fleet_module().Fleet(redis, prefix=prefix)
-    try:
+    async with Fleet(redis, prefix=prefix) as fleet:
         known = await fleet.mailboxes()
         missing = [key for key in keys if key not in known]
         if missing:
@@ -724,7 +694,5 @@ async def _remove(redis: str, prefix: str, keys: Sequence[str]) -> int:
             )
         for key in keys:
             await fleet.remove(key)
-    finally:
-        await _close(fleet)
     print(f"removed {len(keys)} mailbox(es) from {prefix}", flush=True)
     return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import importlib
 import io
 import json
 import os
@@ -31,6 +30,7 @@ import redis
 from mailoauth.cli import main
 from mailoauth.testing._process import free_ports
 from mailoauth.testing.oauth_server import issued_secrets
+from mailoauth.testing.redis_server import RedisServer
 from tests.integration.conftest import MailServers, skip_or_fail
 
 WAIT = 30.0  # seconds an expected line may take (loaded, shared CI machines)
@@ -467,13 +467,9 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    try:  # imported by name: the fleet branch brings it
-        redis_server = importlib.import_module("mailoauth.testing.redis_server")
-    except ImportError:  # pragma: no cover - until the fleet is in this tree
-        pytest.skip("mailoauth.testing.redis_server (the fleet) is not in this tree")
     if shutil.which("redis-server") is None:
         skip_or_fail("redis-server is not installed (apt-get install redis-server)")
-    with redis_server.RedisServer() as server:
+    with RedisServer() as server:
         yield server.url
 
 

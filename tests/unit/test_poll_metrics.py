@@ -11,7 +11,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +28,7 @@ from mailoauth.cli.poll import (
 )
 from mailoauth.errors import ConfigurationError, MailConnectionError, PermanentTokenError
 from mailoauth.poll import MailboxFailed, MailboxSpec, NewMessage
+from mailoauth.poll.fleet import FleetStatus, WorkerStatus
 
 
 def message(headers: str, body: str = "body\r\n") -> bytes:
@@ -196,13 +196,12 @@ def test_small_helpers() -> None:
 def test_status_report() -> None:
     spec = MailboxSpec("imap", "h", 993, "a@example.com", "alice")
     other = MailboxSpec("pop3", "h", 995, "b@example.com", "bob")
-    status = SimpleNamespace(
-        workers={
-            "w1": SimpleNamespace(worker_id="w1", last_heartbeat=time.time(), keys=(spec.key,))
-        },
+    status = FleetStatus(
+        mailboxes=(spec.key, other.key),
+        workers={"w1": WorkerStatus("w1", time.time(), (spec.key,))},
         leases={spec.key: "w1"},
         failures={other.key: "PermanentTokenError: invalid_grant"},
-        lag={spec.key: 1.25},
+        lag={spec.key: 1.25, other.key: 0.0},
     )
     report = status_json(status, {spec.key: spec, other.key: other})
     assert report["workers"][0]["id"] == "w1" and report["workers"][0]["mailboxes"] == [spec.key]
