@@ -1,0 +1,63 @@
+"""A griffe extension for the API reference: Sphinx roles become links.
+
+mailoauth's docstrings name other objects the Sphinx way (``:class:`~mailoauth.X```,
+``:meth:`replace```, ``:data:`LIMIT```). mkdocstrings renders Markdown, where a role
+would show up as literal text; this rewrites each one, once the package is loaded, into
+an *optional* autorefs reference resolved in the scope of the docstring's object: a link
+when the target is on a page of the site, plain code otherwise (a builtin such as
+``OSError``, a private helper that has no page). ``~`` shows the last name only, as in
+Sphinx.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import griffe
+
+_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|data|mod|obj|exc|const):`([^`]+)`")
+
+
+def _resolve(obj: griffe.Object, target: str) -> str | None:
+    """The full path of ``target`` as seen from ``obj``, or None."""
+    head, _, rest = target.partition(".")
+    if target.startswith("mailoauth."):
+        return target
+    try:
+        path = obj.resolve(head)
+    except Exception:  # NameResolutionError, or an alias that points nowhere
+        return None
+    return f"{path}.{rest}" if rest else path
+
+
+def _rewrite(obj: griffe.Object, text: str) -> str:
+    def link(match: re.Match[str]) -> str:
+        target = match.group(1).strip()
+        short = target.startswith("~")
+        target = target.lstrip("~!").strip()
+        shown = target.rsplit(".", 1)[-1] if short else target
+        code = f"<code>{html.escape(shown)}</code>"
+        path = _resolve(obj, target)
+        if path is None:
+            return code
+        return f'<autoref identifier="{html.escape(path)}" optional>{code}</autoref>'
+
+    return _ROLE.sub(link, text)
+
+
+class SphinxRoles(griffe.Extension):
+    """Rewrites the roles of every docstring of the package when it is loaded."""
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        seen: set[int] = set()
+        stack: list[griffe.Object] = [pkg]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if obj.docstring is not None:
+                obj.docstring.value = _rewrite(obj, obj.docstring.value)
+            stack.extend(m for m in obj.members.values() if not m.is_alias)  # type: ignore[misc]
