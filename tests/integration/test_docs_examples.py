@@ -19,7 +19,9 @@ printed (``printed()`` returns the standard output since the last call). A singl
 ``<!-- docs-test raises: NAME -->`` says that the next block must raise the exception
 ``NAME`` (an upstream bug's reproduction: when upstream fixes it, this test says so).
 
-``docs_sandbox(personality)`` starts a :class:`MailSandbox` for the page and routes the
+``docs_home()`` gives the page a fresh ``~`` as its working directory, and
+``docs_stack`` (an ``AsyncExitStack``) holds whatever else must be undone when the page
+ends. ``docs_sandbox(personality)`` starts a :class:`MailSandbox` for the page and routes the
 hosts users type (``imap.gmail.com:993``, ``login.microsoftonline.com``, ...) to it for
 the rest of the page, as tests/integration/test_examples.py does for examples/:
 visible code keeps the real host names and needs no dialer.
@@ -142,6 +144,7 @@ class PageRun:
             "__name__": "docs_example",
             "docs_sandbox": self.docs_sandbox,
             "docs_home": self.docs_home,
+            "docs_stack": self.stack,
             "printed": self.printed,
             "Personality": Personality,
         }
