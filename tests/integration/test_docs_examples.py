@@ -21,7 +21,8 @@ printed (``printed()`` returns the standard output since the last call). A singl
 
 ``docs_home()`` gives the page a fresh ``~`` as its working directory, and
 ``docs_stack`` (an ``AsyncExitStack``) holds whatever else must be undone when the page
-ends. ``docs_sandbox(personality)`` starts a :class:`MailSandbox` for the page and routes the
+ends; ``with docs_unrouted():`` lifts the page's routes for code that brings a sandbox of
+its own. ``docs_sandbox(personality)`` starts a :class:`MailSandbox` for the page and routes the
 hosts users type (``imap.gmail.com:993``, ``login.microsoftonline.com``, ...) to it for
 the rest of the page, as tests/integration/test_examples.py does for examples/:
 visible code keeps the real host names and needs no dialer.
@@ -35,6 +36,7 @@ in ```sh blocks, which do not run.
 from __future__ import annotations
 
 import ast
+import base64
 import asyncio
 import contextlib
 import dataclasses
@@ -46,13 +48,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from mailoauth._util import routing
+from mailoauth.testing.certs import SERVER_NAMES, TestCA
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
 
@@ -129,6 +135,105 @@ def pages() -> list[Path]:
     return [p for p in sorted(DOCS.rglob("*.md")) if blocks(p.read_text(encoding="utf-8"))]
 
 
+@contextlib.contextmanager
+def docs_unrouted() -> Iterator[None]:
+    """Within the block, the page's routes are lifted (for code that brings a sandbox
+    of its own, such as a guide's self-contained program)."""
+    saved = (routing._addresses, routing._urls)
+    routing._addresses, routing._urls = MappingProxyType({}), MappingProxyType({})
+    try:
+        yield
+    finally:
+        routing._addresses, routing._urls = saved
+
+
+class RoutingProxy:
+    """An HTTP proxy with a user name and password (``me``/``secret``) that sends each
+    CONNECT tunnel where the page's routes send that address (the hosts users type
+    reach the sandbox through it) and forwards plain-HTTP requests (the token endpoint
+    routed to the sandbox's ``http://127.0.0.1``). Only loopback is ever reached.
+
+    A real proxy (tinyproxy, microsocks) would resolve ``outlook.office365.com`` itself,
+    which no route can change; tests/integration/test_proxies.py runs those.
+    """
+
+    CREDENTIALS = "Basic " + base64.b64encode(b"me:secret").decode()
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.tunnels: list[str] = []  # host:port of every CONNECT
+        self.forwarded: list[str] = []  # the URL of every plain-HTTP request
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://me:secret@127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(self._handle(reader, writer), BLOCK_TIMEOUT)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        request, *header_lines = head.split("\r\n")
+        method, target, _version = request.split(" ")
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in header_lines if line)
+        }
+        if headers.get("proxy-authorization") != self.CREDENTIALS:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+            return
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            self.tunnels.append(target)
+            route = routing.route_address(host, int(port))
+            if route is None:  # nothing off this machine
+                writer.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                return
+            up_reader, up_writer = await asyncio.open_connection(route.host, route.port)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            url = urllib.parse.urlsplit(target)
+            self.forwarded.append(target)
+            if url.hostname != "127.0.0.1":
+                writer.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                return
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
+            path = url.path + (f"?{url.query}" if url.query else "")
+            kept = [ln for ln in header_lines if ln and not ln.lower().startswith(
+                ("proxy-", "connection:"))]
+            up_writer.write(
+                "\r\n".join([f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""])
+                .encode("latin-1") + body
+            )
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+
+
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    finally:
+        if dst.can_write_eof():
+            with contextlib.suppress(OSError):
+                dst.write_eof()
+
+
 class PageRun:
     """The namespace and the event loop that one page's blocks share."""
 
@@ -145,6 +250,8 @@ class PageRun:
             "docs_sandbox": self.docs_sandbox,
             "docs_home": self.docs_home,
             "docs_stack": self.stack,
+            "docs_unrouted": docs_unrouted,
+            "docs_proxy": self.docs_proxy,
             "printed": self.printed,
             "Personality": Personality,
         }
@@ -160,13 +267,33 @@ class PageRun:
         self.monkeypatch.chdir(home)
         return home
 
-    async def docs_sandbox(self, personality: Personality = Personality.GMAIL) -> MailSandbox:
-        """A sandbox for the rest of the page, with the hosts users type routed to it."""
-        sandbox = await self.stack.enter_async_context(MailSandbox(personality=personality))
+    async def docs_sandbox(
+        self, personality: Personality = Personality.GMAIL, *, trusted_as: Iterable[str] = ()
+    ) -> MailSandbox:
+        """A sandbox for the rest of the page, with the hosts users type routed to it.
+
+        With ``trusted_as`` host names, its servers' certificate also names them and its
+        CA is the system's (``SSL_CERT_FILE``): what a client reaching those names
+        without a route (through a proxy) needs to verify it.
+        """
+        ca = TestCA()
+        if trusted_as:
+            ca.server_cert = ca.ca.issue_cert(*SERVER_NAMES, *trusted_as)
+            self.monkeypatch.setenv("SSL_CERT_FILE", str(ca.files.ca))
+        self.stack.callback(ca.cleanup)
+        sandbox = MailSandbox(personality=personality, ca=ca)
+        sandbox = await self.stack.enter_async_context(sandbox)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.stack.enter_context(sandbox.routes())
         return sandbox
+
+    async def docs_proxy(self) -> RoutingProxy:
+        """An HTTP proxy on loopback for the rest of the page (see :class:`RoutingProxy`)."""
+        proxy = RoutingProxy()
+        await proxy.start()
+        self.stack.push_async_callback(proxy.stop)
+        return proxy
 
     def printed(self) -> str:
         """Standard output since the last call."""
