@@ -21,7 +21,8 @@ printed (``printed()`` returns the standard output since the last call). A singl
 
 ``docs_home()`` gives the page a fresh ``~`` as its working directory, and
 ``docs_stack`` (an ``AsyncExitStack``) holds whatever else must be undone when the page
-ends; ``with docs_unrouted():`` lifts the page's routes for code that brings a sandbox of
+ends; ``docs_last_block`` is the source of the last visible block (to run a test file
+that a page shows with pytest); ``with docs_unrouted():`` lifts the page's routes for code that brings a sandbox of
 its own. ``docs_sandbox(personality)`` starts a :class:`MailSandbox` for the page and routes the
 hosts users type (``imap.gmail.com:993``, ``login.microsoftonline.com``, ...) to it for
 the rest of the page, as tests/integration/test_examples.py does for examples/:
@@ -304,6 +305,8 @@ class PageRun:
         # Line numbers in a traceback are the page's.
         source = "\n" * (block.line - 1) + block.source
         code = compile(source, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        if block.kind == "python":
+            self.namespace["docs_last_block"] = block.source
         if block.raises is None:
             self._execute(code)
             return
