@@ -61,3 +61,6 @@ class SphinxRoles(griffe.Extension):
             if obj.docstring is not None:
                 obj.docstring.value = _rewrite(obj, obj.docstring.value)
             stack.extend(m for m in obj.members.values() if not m.is_alias)  # type: ignore[misc]
+
+    # griffe 1.x calls the same hook by its older name.
+    on_package_loaded = on_package

@@ -15,18 +15,25 @@ Hidden blocks are HTML comments, which the site and GitHub do not show::
 
 They run where they stand: before a fragment, to give it the names it uses (a
 ``client_id``, a provider, a message); after a program, to call it and check what it
-printed (``printed()`` returns the standard output since the last call). A single-line
-``<!-- docs-test raises: NAME -->`` says that the next block must raise the exception
-``NAME`` (an upstream bug's reproduction: when upstream fixes it, this test says so).
+printed. A single-line ``<!-- docs-test raises: NAME -->`` says that the next block must
+raise the exception ``NAME`` (an upstream bug's reproduction: when upstream fixes it,
+this test says so).
 
-``docs_home()`` gives the page a fresh ``~`` as its working directory, and
-``docs_stack`` (an ``AsyncExitStack``) holds whatever else must be undone when the page
-ends; ``docs_last_block`` is the source of the last visible block (to run a test file
-that a page shows with pytest); ``with docs_unrouted():`` lifts the page's routes for code that brings a sandbox of
-its own. ``docs_sandbox(personality)`` starts a :class:`MailSandbox` for the page and routes the
-hosts users type (``imap.gmail.com:993``, ``login.microsoftonline.com``, ...) to it for
-the rest of the page, as tests/integration/test_examples.py does for examples/:
-visible code keeps the real host names and needs no dialer.
+What hidden blocks find in the namespace:
+
+- ``await docs_sandbox(personality)``: a :class:`MailSandbox` for the rest of the page,
+  with the hosts users type (``imap.gmail.com:993``, ``login.microsoftonline.com``, ...)
+  routed to it, as tests/integration/test_examples.py does for examples/: visible code
+  keeps the real host names and needs no dialer. ``trusted_as=`` names hosts its
+  certificate must also cover (for a client that reaches them through a proxy).
+- ``await docs_proxy()``: an HTTP proxy on loopback that follows those routes.
+- ``docs_home()``: a fresh ``~`` for the page, also its working directory.
+- ``printed()``: the standard output since the last call.
+- ``docs_last_block``: the source of the last visible block (to run a test file that a
+  page shows under pytest).
+- ``with docs_unrouted():``: the page's routes lifted, for code that brings a sandbox of
+  its own.
+- ``docs_stack``: an ``AsyncExitStack`` for anything else to undo when the page ends.
 
 ```console blocks run too: each ``$ mailoauth ...`` line is run as ``python -m
 mailoauth.cli ...`` (what the ``mailoauth`` script runs) and must exit 0; only harmless
@@ -37,8 +44,8 @@ in ```sh blocks, which do not run.
 from __future__ import annotations
 
 import ast
-import base64
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import inspect
@@ -161,7 +168,7 @@ class RoutingProxy:
     CREDENTIALS = "Basic " + base64.b64encode(b"me:secret").decode()
 
     def __init__(self) -> None:
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self.tunnels: list[str] = []  # host:port of every CONNECT
         self.forwarded: list[str] = []  # the URL of every plain-HTTP request
 
@@ -215,11 +222,16 @@ class RoutingProxy:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
             path = url.path + (f"?{url.query}" if url.query else "")
-            kept = [ln for ln in header_lines if ln and not ln.lower().startswith(
-                ("proxy-", "connection:"))]
+            kept = [
+                ln
+                for ln in header_lines
+                if ln and not ln.lower().startswith(("proxy-", "connection:"))
+            ]
             up_writer.write(
-                "\r\n".join([f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""])
-                .encode("latin-1") + body
+                "\r\n".join(
+                    [f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""]
+                ).encode("latin-1")
+                + body
             )
         await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
 
@@ -317,7 +329,7 @@ class PageRun:
         )
 
     def _execute(self, code: Any) -> None:
-        result = eval(code, self.namespace)  # noqa: S307 - the documentation's own code
+        result = eval(code, self.namespace)  # the documentation's own code
         if inspect.iscoroutine(result):
             self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT))
 
@@ -372,8 +384,6 @@ def test_page_runs(
                 run.run(block)
     finally:
         run.close()
-
-
 
 
 def test_blocks_are_found_where_they_stand() -> None:
