@@ -1,4 +1,5 @@
-"""A griffe extension for the API reference: Sphinx roles become links.
+"""A griffe extension for the API reference: Sphinx roles become links, ``#:`` comments
+become docstrings.
 
 mailoauth's docstrings name other objects the Sphinx way (``:class:`~mailoauth.X```,
 ``:meth:`replace```, ``:data:`LIMIT```). mkdocstrings renders Markdown, where a role
@@ -7,6 +8,9 @@ an *optional* autorefs reference resolved in the scope of the docstring's object
 when the target is on a page of the site, plain code otherwise (a builtin such as
 ``OSError``, a private helper that has no page). ``~`` shows the last name only, as in
 Sphinx.
+
+Constants and enum members are documented the Sphinx way too, by ``#:`` comments above
+them, which griffe does not read; they become the attribute's docstring.
 """
 
 from __future__ import annotations
@@ -30,6 +34,23 @@ def _resolve(obj: griffe.Object, target: str) -> str | None:
     except Exception:  # NameResolutionError, or an alias that points nowhere
         return None
     return f"{path}.{rest}" if rest else path
+
+
+def _comment_docstring(obj: griffe.Object) -> str | None:
+    """The ``#:`` comment lines right above attribute ``obj``, or None."""
+    lineno = obj.lineno
+    if lineno is None:
+        return None
+    try:
+        lines = obj.module.lines
+    except Exception:  # no source (a compiled module)
+        return None
+    found: list[str] = []
+    i = lineno - 2
+    while i >= 0 and lines[i].strip().startswith("#:"):
+        found.insert(0, lines[i].strip()[2:].strip())
+        i -= 1
+    return "\n".join(found) or None
 
 
 def _rewrite(obj: griffe.Object, text: str) -> str:
@@ -58,6 +79,10 @@ class SphinxRoles(griffe.Extension):
             if id(obj) in seen:
                 continue
             seen.add(id(obj))
+            if obj.docstring is None and obj.is_attribute:
+                comment = _comment_docstring(obj)
+                if comment is not None:
+                    obj.docstring = griffe.Docstring(comment, parent=obj)
             if obj.docstring is not None:
                 obj.docstring.value = _rewrite(obj, obj.docstring.value)
             stack.extend(m for m in obj.members.values() if not m.is_alias)  # type: ignore[misc]
