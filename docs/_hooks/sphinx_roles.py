@@ -1,5 +1,5 @@
 """A griffe extension for the API reference: Sphinx roles become links, ``#:`` comments
-become docstrings.
+become docstrings, reST's ``::`` goes.
 
 mailoauth's docstrings name other objects the Sphinx way (``:class:`~mailoauth.X```,
 ``:meth:`replace```, ``:data:`LIMIT```). mkdocstrings renders Markdown, where a role
@@ -21,6 +21,10 @@ from typing import Any
 
 import griffe
 
+#: reST's literal-block marker: a paragraph ending in ``::`` (or a line of ``::`` alone)
+#: before an indented block, which Markdown shows as code by its indentation alone.
+_LITERAL_ALONE = re.compile(r"^[ \t]*::[ \t]*\n", re.M)
+_LITERAL_END = re.compile(r"(\S)::[ \t]*$", re.M)
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|data|mod|obj|exc|const):`([^`]+)`")
 
 
@@ -65,6 +69,7 @@ def _rewrite(obj: griffe.Object, text: str) -> str:
             return code
         return f'<autoref identifier="{html.escape(path)}" optional>{code}</autoref>'
 
+    text = _LITERAL_END.sub(r"\1:", _LITERAL_ALONE.sub("", text))
     return _ROLE.sub(link, text)
 
 

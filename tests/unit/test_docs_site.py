@@ -110,6 +110,10 @@ def test_sphinx_roles_become_links_or_code() -> None:
     assert '<autoref identifier="mailoauth.errors.PERMANENT_RESPONSE_CODES" optional>' in text
     assert "<code>TLSError</code></autoref>" in text
     assert text.endswith("and <code>OSError</code>.")
+    literal = "For example::\n\n    poller.stop()\n\nOr:\n\n::\n\n    x\n"
+    assert (
+        roles._rewrite(module, literal) == "For example:\n\n    poller.stop()\n\nOr:\n\n\n    x\n"
+    )
 
 
 def test_the_readme_links_the_documentation_after_its_two_commands() -> None:
