@@ -113,7 +113,8 @@ def docs(session: nox.Session) -> None:
     """The documentation site, strictly: any warning (a broken link or cross-reference,
     a page missing from the nav, a docstring griffe cannot read) fails. ``nox -s docs --
     serve`` serves it on http://127.0.0.1:8000 instead."""
-    session.install("-e", ".[docs]", "ruff>=0.6")  # ruff: mkdocstrings formats signatures
+    # mkdocstrings formats the signatures with ruff when it is there.
+    session.install("-e", ".[docs]", "ruff>=0.6")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
     if session.posargs[:1] == ["serve"]:
         session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
