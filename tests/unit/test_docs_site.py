@@ -116,6 +116,19 @@ def test_sphinx_roles_become_links_or_code() -> None:
     )
 
 
+def test_hidden_test_blocks_stay_out_of_the_site() -> None:
+    hook = load_hook("hidden_blocks.py")
+    page = (
+        "# T\n\n<!-- docs-test\nx = 1\n-->\n\n```python\nprint(x)\n```\n\n"
+        "<!-- docs-test raises: E -->\n```python\nraise E\n```\n<!-- a comment -->\n"
+    )
+    shown = hook.on_page_markdown(page, None, None, None)
+    assert (
+        shown
+        == "# T\n\n\n```python\nprint(x)\n```\n\n```python\nraise E\n```\n<!-- a comment -->\n"
+    )
+
+
 def test_the_readme_links_the_documentation_after_its_two_commands() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     first_block = readme.index("```sh")
