@@ -36,8 +36,8 @@ What hidden blocks find in the namespace:
 - ``docs_stack``: an ``AsyncExitStack`` for anything else to undo when the page ends.
 
 ```console blocks run too: each ``$ mailoauth ...`` line is run as ``python -m
-mailoauth.cli ...`` (what the ``mailoauth`` script runs) and must exit 0; only harmless
-commands belong in them (``--help``, ``demo``). Commands that need an account are shown
+mailoauth ...`` and must exit 0; only harmless commands belong in them (``--help``,
+``demo``). Commands that need an account are shown
 in ```sh blocks, which do not run.
 """
 
@@ -353,7 +353,7 @@ def console_commands(block: Block) -> Iterator[list[str]]:
 def run_command(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MAILOAUTH_STORE": str(tmp_path / "tokens.json")}
     return subprocess.run(
-        [sys.executable, "-m", "mailoauth.cli", *args],
+        [sys.executable, "-m", "mailoauth", *args],
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT,
