@@ -66,6 +66,7 @@ from typing import Any
 import pytest
 
 from mailoauth._util import routing
+from mailoauth.security import default_ssl_context
 from mailoauth.testing.certs import SERVER_NAMES, TestCA
 from mailoauth.testing.personality import Personality
 from mailoauth.testing.sandbox import MailSandbox
@@ -293,6 +294,10 @@ class PageRun:
         if trusted_as:
             ca.server_cert = ca.ca.issue_cert(*SERVER_NAMES, *trusted_as)
             self.monkeypatch.setenv("SSL_CERT_FILE", str(ca.files.ca))
+            # The system's CAs are read once per process, into one shared context: make
+            # it again now, and again (from the real system's) when the page ends.
+            default_ssl_context.cache_clear()
+            self.stack.callback(default_ssl_context.cache_clear)
         self.stack.callback(ca.cleanup)
         sandbox = MailSandbox(personality=personality, ca=ca)
         sandbox = await self.stack.enter_async_context(sandbox)
