@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck bench``, and ``lowest`` / ``newest``.
+"""Developer sessions: ``nox -s tests lint typecheck bench docs``, and ``lowest`` / ``newest``.
 
 ``lowest`` runs the suite with every direct dependency at the lower bound pyproject.toml
 declares (:func:`lowest_pins` reads them from there: nothing is copied by hand), and
@@ -27,8 +27,19 @@ PYTHON = "3.11"
 ROOT = Path(__file__).parent
 #: The extras whose requirements ``lowest`` pins at their floors, besides the runtime
 #: dependencies: what the suite imports (the sandbox's trustme and aiosmtpd, pytest,
-#: pytest-asyncio, hypothesis, redis, cryptography, import-linter).
-LOWEST_EXTRAS = ("sandbox", "testing", "redis", "crypto", "keyring", "proxy", "metrics", "dev")
+#: pytest-asyncio, hypothesis, redis, cryptography, import-linter) and the documentation
+#: site's builders (tests/unit/test_docs_site.py builds it).
+LOWEST_EXTRAS = (
+    "sandbox",
+    "testing",
+    "redis",
+    "crypto",
+    "keyring",
+    "proxy",
+    "docs",
+    "metrics",
+    "dev",
+)
 #: Tools in those extras that do not take part in a test run (lint, type check, the
 #: session runner): they stay at their newest, where lint and typecheck run them.
 NOT_IN_TEST_RUN = frozenset({"nox", "ruff", "mypy"})
@@ -95,6 +106,20 @@ def bench(session: nox.Session) -> None:
     """The benchmarks in benchmarks/, side by side; see benchmarks/README.md."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site, strictly: any warning (a broken link or cross-reference,
+    a page missing from the nav, a docstring griffe cannot read) fails. ``nox -s docs --
+    serve`` serves it on http://127.0.0.1:8000 instead."""
+    # mkdocstrings formats the signatures with ruff when it is there.
+    session.install("-e", ".[docs]", "ruff>=0.6")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -64,7 +64,8 @@ class ConnectionSettings:
     """How to reach one mail server; checked once, when made.
 
     Arguments:
-        host, port: the server, as users type it (``imap.gmail.com``, 993).
+        host: the server's name, as users type it (``imap.gmail.com``).
+        port: the server's port (993).
         security: :class:`~mailoauth.SecurityOptions` (``AUTO``: implicit TLS on
             465/993/995, required STARTTLS elsewhere).
         ssl_context: the TLS context (default: the system's CAs, TLS 1.2+).

@@ -135,8 +135,8 @@ class TestImapServer(BearerMailServer):
             :attr:`delegations`, a new empty one if omitted).
         ssl_context: the server's TLS context. Without one there is only a plaintext
             port, where AUTHENTICATE is allowed (test use only).
-        implicit_tls / starttls: listen on :attr:`tls_port` (993-style) and/or
-            :attr:`starttls_port` (143-style, offering STARTTLS).
+        implicit_tls: listen on :attr:`tls_port` (993-style).
+        starttls: listen on :attr:`starttls_port` (143-style, offering STARTTLS).
         require_tls: refuse AUTHENTICATE before STARTTLS on the plain port.
         timeout: seconds any read may wait (IDLE included) before the session closes.
 

@@ -89,8 +89,8 @@ class TestPop3Server(BearerMailServer):
             :attr:`delegations`, a new empty one if omitted).
         ssl_context: the server's TLS context; without one only a plaintext port where
             AUTH is allowed (test use only).
-        implicit_tls / starttls: listen on :attr:`tls_port` (995-style) and/or
-            :attr:`starttls_port` (110-style, offering STLS).
+        implicit_tls: listen on :attr:`tls_port` (995-style).
+        starttls: listen on :attr:`starttls_port` (110-style, offering STLS).
         require_tls: refuse AUTH before STLS on the plain port.
 
     Attributes: :attr:`host`, :attr:`tls_port`, :attr:`starttls_port`, :attr:`port`,

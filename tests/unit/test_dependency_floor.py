@@ -41,6 +41,7 @@ def test_every_runtime_dependency_is_pinned_at_its_floor(noxfile: ModuleType) ->
     assert pins["python-socks"] == "3.0" and "socksio" in pins  # the proxy extra
     assert pins["keyring"] == "24.0"  # the keyring extra (KeyringTokenStore)
     assert pins["prometheus-client"] == "0.20.0"  # the metrics extra (mailoauth poll)
+    assert pins["mkdocs"] == "1.6.0"  # the docs extra: test_docs_site.py builds the site
     assert not {"nox", "ruff", "mypy", "mailoauth"} & set(pins)
     assert pins["aiosmtplib"] == "5.1.3"  # the first release with _on_connection_lost
 
@@ -51,7 +52,7 @@ def test_a_requirement_without_a_floor_is_refused(noxfile: ModuleType, tmp_path:
         '[project]\nname = "mailoauth"\ndependencies = ["httpx>=0.27", "anyio"]\n'
         "[project.optional-dependencies]\n"
         "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\n"
-        "metrics = []\n"
+        "metrics = []\ndocs = []\n"
         'dev = ["mailoauth[testing]", "ruff"]\n'
     )
     with pytest.raises(ValueError, match="'anyio' has no lower bound"):
@@ -65,7 +66,7 @@ def test_extras_and_markers_are_kept_and_dropped(noxfile: ModuleType, tmp_path: 
         'dependencies = ["httpx[http2]>=0.27,<1", "tomli>=2; python_version < \'3.11\'"]\n'
         "[project.optional-dependencies]\n"
         "sandbox = []\ntesting = []\nredis = []\ncrypto = []\nkeyring = []\nproxy = []\n"
-        "metrics = []\n"
+        "metrics = []\ndocs = []\n"
         'dev = ["nox>=2024.4"]\n'
     )
     assert noxfile.lowest_pins(pyproject) == [
