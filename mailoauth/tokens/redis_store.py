@@ -38,7 +38,13 @@ from mailoauth.tokens.stores import StoredCredential
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["DEFAULT_LOCK_LEASE", "DEFAULT_LOCK_TIMEOUT", "RedisTokenStore"]
+__all__ = [
+    "DEFAULT_LOCK_LEASE",
+    "DEFAULT_LOCK_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_POOL_TIMEOUT",
+    "RedisTokenStore",
+]
 
 log = logging.getLogger("mailoauth.tokens")
 
@@ -46,6 +52,10 @@ DEFAULT_LOCK_LEASE: Final = 30.0
 """Seconds a lock lives without renewal: how long a dead holder can block the others."""
 DEFAULT_LOCK_TIMEOUT: Final = 60.0
 """Seconds to wait for a lock held by another worker before giving up."""
+DEFAULT_MAX_CONNECTIONS: Final = 32
+"""Connections to Redis a store made from a URL opens at most."""
+DEFAULT_POOL_TIMEOUT: Final = 20.0
+"""Seconds a call waits for a free connection of a store made from a URL."""
 _LOCK_POLL: Final = 0.05
 
 # Writes only while the fence counter still holds the writer's token (KEYS[1] the
@@ -97,10 +107,14 @@ class RedisTokenStore:
     """A :class:`~mailoauth.tokens.stores.LockingTokenStore` in Redis.
 
     ``redis`` is a URL (``redis://host:6379/0``; the store then owns the client and
-    :meth:`aclose` closes it) or a ``redis.asyncio.Redis`` client to share. Keys begin
-    with ``prefix``. ``lock_lease`` bounds how long a dead lock holder blocks the fleet;
+    :meth:`aclose` closes it) or a ``redis.asyncio.Redis`` client to share. A client
+    made from a URL has a blocking pool of ``max_connections`` (a ``max_connections``
+    in the URL wins): hundreds of first refreshes at once queue for a connection, up to
+    ``pool_timeout`` seconds each, instead of failing. Keys begin with ``prefix``.
+    ``lock_lease`` bounds how long a dead lock holder blocks the fleet;
     ``lock_timeout`` how long :meth:`lock` waits. Raises
-    :class:`~mailoauth.errors.ConfigurationError` when redis-py is not installed, and
+    :class:`~mailoauth.errors.ConfigurationError` when redis-py is not installed or for
+    a bad value, and
     :class:`~mailoauth.errors.TransientTokenError` when Redis cannot be reached or a
     lock is not granted in time. Stored values hold secrets: protect the Redis server
     (``requirepass``/ACLs, TLS with ``rediss://``).
@@ -113,12 +127,29 @@ class RedisTokenStore:
         prefix: str = "mailoauth:",
         lock_lease: float = DEFAULT_LOCK_LEASE,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     ) -> None:
         module = _import_redis()
         if not lock_lease > 0 or not lock_timeout >= 0:
             raise ConfigurationError("lock_lease must be > 0 and lock_timeout >= 0 seconds")
+        if isinstance(max_connections, bool) or not (
+            isinstance(max_connections, int) and max_connections >= 1
+        ):
+            raise ConfigurationError(
+                f"max_connections must be an int >= 1, not {max_connections!r}"
+            )
+        if not (isinstance(pool_timeout, int | float) and 0 < pool_timeout < float("inf")):
+            raise ConfigurationError(
+                f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}"
+            )
         if isinstance(redis, str):
-            self._redis: Redis = module.asyncio.Redis.from_url(redis)
+            # Blocking: a burst of callers waits (bounded) for a connection rather than
+            # failing with MaxConnectionsError once the pool is exhausted.
+            pool = module.asyncio.BlockingConnectionPool.from_url(
+                redis, max_connections=max_connections, timeout=pool_timeout
+            )
+            self._redis: Redis = module.asyncio.Redis(connection_pool=pool)
             self._owns = True
         else:
             self._redis = redis
@@ -236,9 +267,11 @@ class RedisTokenStore:
                 log.warning("could not renew the Redis token lock for %s: %r", key, exc)
 
     async def aclose(self) -> None:
-        """Close the Redis client if this store created it."""
+        """Close the Redis client (and its pool) if this store created it."""
         if self._owns:
             await self._redis.aclose()
+            # A pool given to a client is not closed with it (redis-py 5.0 to 8).
+            await self._redis.connection_pool.disconnect()
 
     def __repr__(self) -> str:
         return f"RedisTokenStore(prefix={self.prefix!r})"

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from mailoauth.errors import ConfigurationError
 from mailoauth.poll.fleet._redis import Keys, connect, decode, redis_errors
-from mailoauth.poll.fleet.worker import DEFAULT_PREFIX
+from mailoauth.poll.fleet.worker import DEFAULT_PREFIX, budget_prefix
 from mailoauth.poll.mailbox_spec import MailboxSpec
 
 __all__ = ["Fleet", "FleetStatus", "WorkerStatus"]
@@ -22,11 +22,13 @@ ADMIN_TIMEOUT: Final = 10.0
 @dataclass(frozen=True)
 class WorkerStatus:
     """A live worker: its id, its last heartbeat (seconds since the epoch, by the Redis
-    server's clock) and the keys of the mailboxes it holds."""
+    server's clock), the keys of the mailboxes it holds and how many mail connections
+    it holds open now (by its connection budget)."""
 
     worker_id: str
     last_heartbeat: float
     keys: tuple[str, ...]
+    connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,11 @@ class FleetStatus:
     ``leases`` maps each leased mailbox to its worker; ``failures`` each failing mailbox
     to why (``"permanent: ..."`` or ``"transient: ..."``, as its worker last reported
     it); ``lag`` each mailbox to how many seconds its oldest unacknowledged event has
-    waited (0.0: none in flight).
+    waited (0.0: none in flight). ``connections`` maps each capped scope that has a
+    connection open now to how many, fleet-wide, as the workers' default connection
+    budgets count them: ``"account:{host}|{username}"`` (hosts with a per-account cap),
+    ``"host:{host}"`` (with a per-host cap) and ``"worker:{id}"`` (every connection).
+    Workers given ``budgets=`` of their own are not counted.
     """
 
     mailboxes: tuple[str, ...]
@@ -44,6 +50,7 @@ class FleetStatus:
     leases: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     lag: dict[str, float] = field(default_factory=dict)
+    connections: dict[str, int] = field(default_factory=dict)
 
     @property
     def unleased(self) -> tuple[str, ...]:
@@ -115,10 +122,14 @@ class Fleet:
         return {decode(k): MailboxSpec.from_json(json.loads(decode(v))) for k, v in raw.items()}
 
     async def status(self) -> FleetStatus:
-        """Workers (with their last heartbeat and the mailboxes they hold), leases,
-        failures and lag, read in one pipeline (a snapshot, not a transaction)."""
+        """Workers (with their last heartbeat, the mailboxes they hold and their open
+        connections), leases, failures, lag and connection counts, read in one pipeline
+        (a snapshot, not a transaction)."""
         with redis_errors("reading the fleet's status"):
-            keys = sorted(decode(k) for k in await self._redis.hkeys(self.keys.specs))
+            raw_specs = await self._redis.hgetall(self.keys.specs)
+            specs = {decode(k): decode(v) for k, v in raw_specs.items()}
+            keys = sorted(specs)
+            seconds, micros = await self._redis.time()
             pipe = self._redis.pipeline(transaction=False)
             pipe.zrange(self.keys.workers, 0, -1, withscores=True)
             pipe.hgetall(self.keys.failures)
@@ -126,7 +137,9 @@ class Fleet:
                 pipe.get(self.keys.lease(key))
                 pipe.hvals(self.keys.inflight(key))
             results = await pipe.execute()
-        beats = {decode(w): float(score) / 1000 for w, score in results[0]}
+            beats = {decode(w): float(score) / 1000 for w, score in results[0]}
+            scopes = sorted(_scopes(specs.values()) | {f"worker:{w}" for w in beats})
+            counts = await self._connections(scopes, int(seconds) * 1000 + int(micros) // 1000)
         failures = {decode(k): decode(v) for k, v in results[1].items()}
         leases: dict[str, str] = {}
         lag: dict[str, float] = {}
@@ -148,9 +161,37 @@ class Fleet:
         for key, owner in leases.items():
             held.setdefault(owner, []).append(key)
         workers = {
-            w: WorkerStatus(w, beats[w], tuple(sorted(held.get(w, [])))) for w in sorted(beats)
+            w: WorkerStatus(
+                w, beats[w], tuple(sorted(held.get(w, []))), counts.get(f"worker:{w}", 0)
+            )
+            for w in sorted(beats)
         }
-        return FleetStatus(tuple(keys), workers, leases, failures, lag)
+        return FleetStatus(tuple(keys), workers, leases, failures, lag, counts)
+
+    async def _connections(self, scopes: list[str], now_ms: int) -> dict[str, int]:
+        """Live slots of each budget scope in ``scopes`` (those with none left out): one
+        ZCOUNT each, in one pipeline."""
+        prefix = budget_prefix(self.keys.prefix)
+        pipe = self._redis.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.zcount(f"{prefix}sem:{scope}", now_ms, "+inf")
+        found = await pipe.execute()
+        return {scope: int(n) for scope, n in zip(scopes, found, strict=True) if int(n)}
 
     def __repr__(self) -> str:
         return f"Fleet(prefix={self.keys.prefix!r})"
+
+
+def _scopes(specs: Any) -> set[str]:
+    """The account and host budget scopes of the mailbox specs (JSON) in ``specs``;
+    a spec that does not parse is skipped (status must not fail on it)."""
+    scopes: set[str] = set()
+    for raw in specs:
+        try:
+            data = json.loads(raw)
+            host, user = str(data["host"]).lower(), str(data["username"]).lower()
+        except (ValueError, KeyError, TypeError):
+            continue
+        scopes.add(f"account:{host}|{user}")
+        scopes.add(f"host:{host}")
+    return scopes

@@ -18,14 +18,15 @@ from typing import Any, Final
 
 from mailoauth.errors import ConfigurationError, LockLostError, TransportError
 from mailoauth.poll.backoff import backoff_delay
+from mailoauth.poll.budgets import MAX_REDIS_CALLS, ConnectionBudgets, RedisBudgets
 from mailoauth.poll.fleet._redis import Keys, connect, redis_errors
 from mailoauth.poll.fleet.leases import LeaseKeeper
 from mailoauth.poll.fleet.store import FencedStateStore
 from mailoauth.poll.mailbox_spec import MailboxSpec
 from mailoauth.poll.poller import Poller
-from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent
+from mailoauth.poll.spec import Mailbox, MailboxFailed, NewMessage, PollEvent, PollLimits
 
-__all__ = ["DEFAULT_LEASE", "DEFAULT_PREFIX", "FleetWorker", "Resolver"]
+__all__ = ["DEFAULT_LEASE", "DEFAULT_PREFIX", "FleetWorker", "Resolver", "budget_prefix"]
 
 log = logging.getLogger("mailoauth.poll.fleet")
 
@@ -41,6 +42,29 @@ _MAX_REASON: Final = 300
 Resolver = Callable[[MailboxSpec], "Mailbox | Awaitable[Mailbox]"]
 """Turns a spec into a watchable :class:`~mailoauth.poll.Mailbox` (its token provider
 included); may be a coroutine function."""
+
+
+def budget_prefix(prefix: str) -> str:
+    """The key prefix of a fleet's connection budgets (:class:`RedisBudgets`), from the
+    fleet's ``prefix``: ``"{prefix}:budget:"``."""
+    return f"{prefix}:budget:"
+
+
+def _limits_of(options: dict[str, Any]) -> PollLimits:
+    """The :class:`PollLimits` the poller options ask for (``limits``, or the loose
+    ``max_*`` keywords), popped from ``options``. Raises ConfigurationError for both."""
+    loose = {k: options.pop(k) for k in _LIMIT_KEYWORDS if k in options}
+    limits = options.pop("limits", None)
+    if limits is None:
+        return PollLimits(**loose)
+    if loose:
+        raise ConfigurationError(f"give limits= or {', '.join(sorted(loose))}, not both")
+    if not isinstance(limits, PollLimits):
+        raise ConfigurationError(f"limits must be a PollLimits, not {type(limits).__name__}")
+    return limits
+
+
+_LIMIT_KEYWORDS: Final = ("max_connections", "max_per_host", "max_per_account")
 
 
 def default_worker_id() -> str:
@@ -76,6 +100,15 @@ class FleetWorker:
     ``auto_ack``, else :meth:`ack`). An event a previous holder yielded but did not
     acknowledge comes again with ``redelivered=True``.
 
+    Connection caps and throttling hold-backs are fleet-wide: unless ``budgets`` is
+    given (then it wins, with its own limits), the worker makes a
+    :class:`~mailoauth.poll.RedisBudgets` on the same Redis with the ``limits`` of
+    ``poller_options`` (default :class:`~mailoauth.poll.PollLimits`), keys under
+    :func:`budget_prefix` of ``prefix``, this worker's id and slots of ``lease``
+    seconds (a dead worker's connections free their slots as its leases expire), on a
+    Redis client of its own so that budget calls never delay lease renewals; it is
+    closed on exit. Give every worker of a fleet the same limits.
+
     :meth:`stop` ends the iteration; leaving ``async with`` hands every lease over at
     once (the other workers are notified). Raises
     :class:`~mailoauth.errors.ConfigurationError` for a lease that is not a positive
@@ -93,6 +126,7 @@ class FleetWorker:
         prefix: str = DEFAULT_PREFIX,
         auto_ack: bool = True,
         rng: random.Random | None = None,
+        budgets: ConnectionBudgets | None = None,
         **poller_options: Any,
     ) -> None:
         if isinstance(lease, bool) or not isinstance(lease, int | float):
@@ -126,8 +160,29 @@ class FleetWorker:
             rng=self._rng,
         )
         self.store = FencedStateStore(self._redis, self.keys, self.keeper.token, timeout=lease / 3)
+        self._owned_budgets: RedisBudgets | None = None
+        self._budget_redis: Any = None
+        if budgets is None:
+            limits = _limits_of(poller_options)
+            # A client of its own (when made from a URL): a thousand mailboxes waiting
+            # for slots must not queue ahead of lease renewals or state writes.
+            self._budget_redis, owns_budget_redis = connect(
+                redis, timeout=lease / 3, max_connections=MAX_REDIS_CALLS + 2
+            )
+            if not owns_budget_redis:
+                self._budget_redis = None
+            budgets = self._owned_budgets = RedisBudgets(
+                self._budget_redis if self._budget_redis is not None else redis,
+                limits=limits,
+                prefix=budget_prefix(prefix),
+                worker_id=worker_id,
+                lease=lease,
+                timeout=lease / 3,
+            )
+        #: The connection budgets the poller asks before every connection.
+        self.budgets: ConnectionBudgets = budgets
         self.poller = Poller(
-            state_store=self.store, auto_ack=False, rng=self._rng, **poller_options
+            state_store=self.store, auto_ack=False, rng=self._rng, budgets=budgets, **poller_options
         )
         #: key -> dedupe keys a previous holder yielded and nobody acknowledged.
         self._redeliver: dict[str, set[str]] = {}
@@ -287,13 +342,19 @@ class FleetWorker:
                 for task in self._tasks:
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+                if self._owned_budgets is not None:
+                    with contextlib.suppress(Exception):
+                        await self._owned_budgets.aclose()
                 for client, owned in (
                     (self._redis, self._owns_redis),
                     (self._lease_redis, self._owns_lease_redis),
+                    (self._budget_redis, self._budget_redis is not None),
                 ):
                     if owned:
                         with contextlib.suppress(Exception):
                             await client.aclose()
+                            # A pool given to a client is not closed with it.
+                            await client.connection_pool.disconnect()
 
     # -- consuming ----------------------------------------------------------------
 
