@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from benchmarks._common import Report, Samples, pct, servers
 from mailoauth.tokens import OAuth2TokenProvider, RefreshTokenGrant, wrap_provider
@@ -38,7 +39,9 @@ async def one_round(provider: OAuth2TokenProvider, callers: int) -> tuple[list[f
     return latencies, time.perf_counter() - start
 
 
-async def bench(token_url: str, refresh: str, callers: int, repeat: int, stats: object) -> dict:
+async def bench(
+    token_url: str, refresh: str, callers: int, repeat: int, stats: object
+) -> dict[str, Any]:
     provider = OAuth2TokenProvider(token_url, RefreshTokenGrant(refresh), client_id="bench")
     async with provider:
         await provider.get_access_token()  # the HTTP client and connection are warm

@@ -273,3 +273,48 @@ async def test_a_provider_whose_lock_lapsed_raises_and_keeps_nothing_stale(
                 await refresh
         stored = await store.load("fleet-key")
         assert stored is not None and stored.refresh_token == "rt-other"
+
+
+async def test_300_concurrent_locks_and_loads_queue_on_a_small_pool(redis_url: str) -> None:
+    """A store made from a URL has a blocking pool: 300 first refreshes at once (lock,
+    load, save) wait for one of its 4 connections instead of failing, and Redis never
+    sees more than 4 connections from it."""
+    import redis.asyncio
+
+    prefix = f"t{os.urandom(4).hex()}:"
+    store = RedisTokenStore(redis_url, prefix=prefix, max_connections=4, lock_timeout=60.0)
+    observer = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        baseline = int((await observer.info("clients"))["connected_clients"])
+        most = 0
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                clients = int((await observer.info("clients"))["connected_clients"])
+                most = max(most, clients - baseline)
+                await asyncio.sleep(0.01)
+
+        async def first_refresh(i: int) -> StoredCredential | None:
+            key = f"k{i % 100}"  # three callers per credential: they queue on its lock
+            async with store.lock(key):
+                found = await store.load(key)
+                if found is None:
+                    await store.save(key, StoredCredential(refresh_token=f"rt-{key}"))
+            return await store.load(key)
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            async with asyncio.timeout(120):
+                loaded = await asyncio.gather(*(first_refresh(i) for i in range(300)))
+        finally:
+            done.set()
+            await watcher
+        assert [c.refresh_token if c else None for c in loaded] == [
+            f"rt-k{i % 100}" for i in range(300)
+        ]
+        assert 1 <= most <= 4
+    finally:
+        await observer.aclose()
+        await store.aclose()
