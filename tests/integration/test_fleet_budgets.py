@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from mailoauth.poll import Backoff, MailboxFailed, MailboxSpec, PollLimits, RedisBudgets
+from mailoauth.errors import ConfigurationError
+from mailoauth.poll import (
+    Backoff,
+    LocalBudgets,
+    MailboxFailed,
+    MailboxSpec,
+    PollLimits,
+    RedisBudgets,
+)
 from mailoauth.poll.fleet import Fleet, FleetStatus, FleetWorker
 from mailoauth.poll.spec import Mailbox
 from mailoauth.security import SecurityOptions
@@ -205,3 +213,26 @@ async def test_a_throttled_answer_in_one_worker_holds_the_account_back_in_anothe
     assert imap.fake.logins[busy] == 1
     assert imap.fake.logins[calm] >= 1
     assert b is not None and b.events == []
+
+
+async def test_given_budgets_win_and_limits_are_given_once(redis_url: str) -> None:  # noqa: F811
+    mine = LocalBudgets(PollLimits(max_per_account=3))
+    given = FleetWorker(redis_url, resolve, budgets=mine, prefix="b-given")
+    assert given.budgets is mine and given.poller.budgets is mine
+    assert given._owned_budgets is None and given._budget_redis is None
+    made = FleetWorker(redis_url, resolve, prefix="b-made", max_per_account=2)
+    assert isinstance(made.budgets, RedisBudgets)
+    assert made.budgets.limits.max_per_account == 2
+    assert made.budgets.prefix == "b-made:budget:" and made.budgets.lease == made.lease
+    bad: tuple[dict[str, Any], ...] = (
+        {"limits": PollLimits(), "max_per_account": 2},
+        {"budgets": mine, "limits": PollLimits()},
+    )
+    for options in bad:
+        with pytest.raises(ConfigurationError):
+            FleetWorker(redis_url, resolve, prefix="b-bad", **options)
+    for worker in (given, made):  # never entered: close the clients they made
+        for client in (worker._redis, worker._lease_redis, worker._budget_redis):
+            if client is not None:
+                await client.aclose()
+                await client.connection_pool.disconnect()
