@@ -1,6 +1,6 @@
 """Every code block of the documentation runs, so that no example can rot.
 
-Each page of docs/ is one test. Its ```python blocks run in order, in one namespace (as
+Each page of docs/, and README.md, is one test. Its ```python blocks run in order, in one namespace (as
 a reader would paste them into one file or one ``python -m asyncio`` session); a block
 may use top-level ``await``. ``__name__`` is not ``"__main__"``, so a program's
 ``if __name__ == "__main__": asyncio.run(main(...))`` (which would reach the real Gmail
@@ -73,6 +73,7 @@ from mailoauth.testing.sandbox import MailSandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 #: Seconds one block may run (the sandbox answers in milliseconds; a poller is stopped
 #: by its page well before this).
 BLOCK_TIMEOUT = 60.0
@@ -140,8 +141,14 @@ def blocks(text: str) -> list[Block]:
 
 
 def pages() -> list[Path]:
-    """Every page with something to run."""
-    return [p for p in sorted(DOCS.rglob("*.md")) if blocks(p.read_text(encoding="utf-8"))]
+    """Every page with something to run: README.md and the pages of docs/."""
+    candidates = [README, *sorted(DOCS.rglob("*.md"))]
+    return [p for p in candidates if blocks(p.read_text(encoding="utf-8"))]
+
+
+def page_id(page: Path) -> str:
+    """A page's test id: its path under docs/, or README.md."""
+    return str(page.relative_to(DOCS if page.is_relative_to(DOCS) else ROOT))
 
 
 @contextlib.contextmanager
@@ -368,7 +375,7 @@ def run_command(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", pages(), ids=page_id)
 def test_page_runs(
     page: Path,
     capsys: pytest.CaptureFixture[str],
@@ -419,8 +426,9 @@ def test_a_block_that_would_escape_is_refused(page: str) -> None:
 def test_every_page_with_code_is_run() -> None:
     with_code = {
         p
-        for p in DOCS.rglob("*.md")
+        for p in [README, *DOCS.rglob("*.md")]
         if re.search(r"^\s*```(python|console)\s*$", p.read_text(encoding="utf-8"), re.M)
     }
+    assert README in with_code  # its python blocks run, every one of them
     assert with_code <= set(pages())
     assert len(pages()) >= 10  # the guides, the architecture, the upstream reports
