@@ -1,8 +1,8 @@
 """Every code block of the documentation runs, so that no example can rot.
 
-Each page of docs/, and README.md, is one test. Its ```python blocks run in order, in one namespace (as
-a reader would paste them into one file or one ``python -m asyncio`` session); a block
-may use top-level ``await``. ``__name__`` is not ``"__main__"``, so a program's
+Each page of docs/, and README.md, is one test. Its ```python blocks run in order, in
+one namespace (as a reader would paste them into one file or one ``python -m asyncio``
+session); a block may use top-level ``await``. ``__name__`` is not ``"__main__"``, so a program's
 ``if __name__ == "__main__": asyncio.run(main(...))`` (which would reach the real Gmail
 or Office 365) is skipped, and a hidden block calls ``main`` against the sandbox instead.
 
