@@ -22,6 +22,8 @@ Redis keys (``prefix`` first, ``mailoauth:budget:`` by default), by scope name
 - ``sem:{scope}``: sorted set of holders, scored by expiry (ms, Redis clock);
 - ``wait:{scope}``: sorted set of waiters for a full ``sem:``, scored the same way;
   a holder seeing one gives its slot up between polls;
+- ``queue:{scope}``: the same waiters scored by when they first asked: free slots go
+  to the oldest live ones first, so mailboxes that outnumber the slots take turns;
 - ``hold:{scope}``: present while the scope is held back (PX expiry; the value says
   which scope kind it was set for).
 
@@ -262,52 +264,105 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# All or none. KEYS: n semaphores, their n waiter sets, then the hold-back keys of the
-# holder's scopes. ARGV: holder, lease ms, waiter ttl ms, n, then the n caps. Returns
-# minus the milliseconds left when a scope is held back (nothing taken), 0 when taken,
-# else the index of a full semaphore (the holder is then listed as a waiter of each
-# full one).
+# All or none, first come first served. KEYS: n semaphores, their n waiter sets, their
+# n queues, then the hold-back keys of the holder's scopes. ARGV: holder, lease ms,
+# waiter ttl ms, n, then the n caps. Returns minus the milliseconds left when a scope is
+# held back (nothing taken), 0 when taken, else the index of a semaphore it may not
+# take (full, or its free slots are owed to older waiters).
+#
+# A waiter is listed in the waiter set (scored by expiry: alive while it keeps asking)
+# and in the queue (scored by its ticket: when it first asked, the same in every queue)
+# of each semaphore it waits for. A free slot goes to the oldest live waiters first: a
+# holder that just gave its slot up, asking again, queues behind them. One ticket
+# across queues orders waiters the same way everywhere, so two waiters cannot each
+# hold a place the other needs. A dead waiter's queue entry is dropped when met.
 _ACQUIRE: Final = (
     _NOW
     + """
 local holder, lease, wttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local held = 0
-for i = 2 * n + 1, #KEYS do
+for i = 3 * n + 1, #KEYS do
   held = math.max(held, redis.call('PTTL', KEYS[i]))
 end
 if held > 0 then
   return -held
 end
+local ticket = now
+for i = 1, n do
+  local s = redis.call('ZSCORE', KEYS[2 * n + i], holder)
+  if s and tonumber(s) < ticket then
+    ticket = tonumber(s)
+  end
+end
+-- live waiters queued before the holder, counted up to free
+local function ahead(wait, queue, free)
+  local count, start = 0, 0
+  while true do
+    local batch = redis.call('ZRANGE', queue, start, start + 31)
+    if #batch == 0 then
+      return count
+    end
+    local kept = 0
+    for _, m in ipairs(batch) do
+      if m == holder then
+        return count
+      end
+      if redis.call('ZSCORE', wait, m) then
+        count = count + 1
+        kept = kept + 1
+        if count >= free then
+          return count
+        end
+      else
+        redis.call('ZREM', queue, m)
+      end
+    end
+    start = start + kept
+  end
+end
 local full = 0
 for i = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if not redis.call('ZSCORE', KEYS[i], holder)
-      and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[4 + i]) then
-    full = i
-    redis.call('ZADD', KEYS[n + i], now + wttl, holder)
-    redis.call('PEXPIRE', KEYS[n + i], wttl * 2)
+  local sem, wait, queue = KEYS[i], KEYS[n + i], KEYS[2 * n + i]
+  redis.call('ZREMRANGEBYSCORE', sem, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', wait, '-inf', now)
+  if not redis.call('ZSCORE', sem, holder) then
+    local free = tonumber(ARGV[4 + i]) - redis.call('ZCARD', sem)
+    if free <= 0 or ahead(wait, queue, free) >= free then
+      full = i
+      redis.call('ZADD', queue, ticket, holder)
+    end
   end
 end
 if full > 0 then
+  for i = 1, n do  -- keep every place held (and its ticket) alive
+    local queue = KEYS[2 * n + i]
+    if redis.call('ZSCORE', queue, holder) then
+      redis.call('ZADD', queue, ticket, holder)
+      redis.call('PEXPIRE', queue, wttl * 2)
+      redis.call('ZADD', KEYS[n + i], now + wttl, holder)
+      redis.call('PEXPIRE', KEYS[n + i], wttl * 2)
+    end
+  end
   return full
 end
 for i = 1, n do
   redis.call('ZADD', KEYS[i], now + lease, holder)
   redis.call('PEXPIRE', KEYS[i], lease * 2)
   redis.call('ZREM', KEYS[n + i], holder)
+  redis.call('ZREM', KEYS[2 * n + i], holder)
 end
 return 0
 """
 )
 
-# KEYS and ARGV[1..2] as for _ACQUIRE. Returns -1 when a slot was lost (expired and
+# KEYS (without hold-backs) and ARGV[1..2] as for _ACQUIRE. Returns -1 when a slot was lost (expired and
 # perhaps taken: the holder must stop), else 1 when someone waits for one of them, 0
 # when nobody does.
 _RENEW: Final = (
     _NOW
     + """
-local n = #KEYS / 2
+local n = #KEYS / 3
 local holder, lease = ARGV[1], tonumber(ARGV[2])
 for i = 1, n do
   local score = redis.call('ZSCORE', KEYS[i], holder)
@@ -327,7 +382,7 @@ return waiting
 """
 )
 
-# KEYS: the semaphores and waiter sets; ARGV[1]: the holder.
+# KEYS: the semaphores, waiter sets and queues; ARGV[1]: the holder.
 _RELEASE: Final = """
 for i = 1, #KEYS do
   redis.call('ZREM', KEYS[i], ARGV[1])
@@ -418,7 +473,8 @@ class RedisBudgets:
     dies frees its slots within one lease, and a worker that cannot renew closes its
     connection after four fifths of one. ``timeout`` bounds each call to Redis;
     ``poll_interval`` is the first wait between tries at a full semaphore (growing,
-    with jitter, to a second).
+    with jitter from ``rng``, to a second). Waiters are served in the order they first
+    asked: a holder that gives its slot up to a waiter queues behind it.
 
     Fails safe: while Redis cannot be reached, no slot is taken (callers wait and
     retry, with a warning) and hold-backs are kept in this process too; connections
@@ -438,6 +494,7 @@ class RedisBudgets:
         lease: float = DEFAULT_LEASE,
         timeout: float = 5.0,
         poll_interval: float = 0.1,
+        rng: random.Random | None = None,
     ) -> None:
         module = _import_redis()
         for name, value in (
@@ -466,6 +523,7 @@ class RedisBudgets:
         self.lease = float(lease)
         self.timeout = float(timeout)
         self.poll_interval = float(poll_interval)
+        self._rng = rng or random.Random()
         self._renew_every = self.lease / 3
         self._acquire_script = self._redis.register_script(_ACQUIRE)
         self._renew_script = self._redis.register_script(_RENEW)
@@ -534,7 +592,7 @@ class RedisBudgets:
         """Wait out hold-backs, then take every semaphore of ``sems`` at once."""
         lease = _Lease(
             holder=f"{self.worker_id}:{secrets.token_hex(6)}",
-            keys=[self._key("sem", k) for k, _ in sems] + [self._key("wait", k) for k, _ in sems],
+            keys=[self._key(kind, k) for kind in ("sem", "wait", "queue") for k, _ in sems],
         )
         caps = [cap for _, cap in sems]
         holds = [self._key("hold", k) for k in backs]
@@ -560,7 +618,7 @@ class RedisBudgets:
                     outage += 1
                     self._note_outage(exc)
                     ceiling = min(_MAX_OUTAGE_WAIT, self.poll_interval * 2.0 ** min(outage, 10))
-                    await anyio.sleep(random.uniform(ceiling / 2, ceiling))
+                    await anyio.sleep(self._rng.uniform(ceiling / 2, ceiling))
                     continue
                 outage = 0
                 self._note_recovery()
@@ -574,7 +632,7 @@ class RedisBudgets:
                     return lease
                 tries += 1
                 ceiling = min(_MAX_POLL, self.poll_interval * 1.5 ** min(tries, 20))
-                await anyio.sleep(random.uniform(ceiling / 2, ceiling))
+                await anyio.sleep(self._rng.uniform(ceiling / 2, ceiling))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._release(lease, quiet=True)  # its waiter entries

@@ -466,3 +466,27 @@ async def test_without_redis_nobody_connects(caplog: pytest.LogCaptureFixture) -
         await budgets.aclose()
     assert not entered
     assert "cannot be reached" in caplog.text
+
+
+async def test_mailboxes_outnumbering_a_redis_slot_take_turns(
+    imap: tuple[FakeImap, int], fleet: Callable[..., RedisBudgets]
+) -> None:
+    """Six mailboxes of one account, one slot, a short interval, over two workers: a
+    holder that gives its slot up to a waiter queues behind the waiters, so every
+    mailbox is served in turn (before the queue, the one that let go mostly took it
+    back and some mailboxes never connected)."""
+    fake, port = imap
+    user = "turns@example.test"
+    folders = [f"t{i}" for i in range(6)]
+    limits = PollLimits(max_per_account=1)
+    a = poller([mailbox(port, user, f) for f in folders[:3]], budgets=fleet(limits=limits))
+    b = poller([mailbox(port, user, f) for f in folders[3:]], budgets=fleet(limits=limits))
+    async with a, b:
+        # Eighteen turns: served in order, each mailbox had about three of them.
+        async with asyncio.timeout(WAIT * 2):
+            while sum(fake.examined[f] for f in folders) < 18:
+                fake.progress.clear()
+                await fake.progress.wait()
+        turns = {f: fake.examined[f] for f in folders}
+    assert min(turns.values()) >= 2, turns
+    assert a.failed == b.failed == {}
