@@ -237,3 +237,30 @@ async def test_given_budgets_win_and_limits_are_given_once(redis_url: str) -> No
             if client is not None:
                 await client.aclose()
                 await client.connection_pool.disconnect()
+
+
+async def test_clients_made_from_a_url_close_their_pools(
+    redis_url: str,  # noqa: F811
+    fleet: Fleet,
+) -> None:
+    """The admin's and the worker's Redis clients made from a URL leave no connection
+    open once closed (a client given a pool did not close it)."""
+    import redis.asyncio
+
+    probe = redis.asyncio.Redis.from_url(redis_url)
+
+    async def connections(name: str) -> int:
+        return sum(1 for c in await probe.client_list() if c.get("name") == name)
+
+    try:
+        async with Fleet(f"{redis_url}?client_name=fair-admin", prefix=fleet.keys.prefix) as admin:
+            await admin.status()
+            assert await connections("fair-admin") >= 1
+        assert await connections("fair-admin") == 0
+        async with worker(f"{redis_url}?client_name=fair-worker", fleet, "w-close"):
+            async with asyncio.timeout(WAIT):  # its clients connect as it starts
+                while await connections("fair-worker") < 2:  # state, leases
+                    await asyncio.sleep(0.05)
+        assert await connections("fair-worker") == 0
+    finally:
+        await probe.aclose()

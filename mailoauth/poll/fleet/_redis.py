@@ -161,9 +161,10 @@ def connect(
     redis: Any, *, timeout: float, max_connections: int = MAX_CONNECTIONS
 ) -> tuple[Any, bool]:
     """``(client, owned)``: a ``redis.asyncio.Redis`` made from a URL (owned: the caller
-    closes it), or the given client as is. A URL client gets ``timeout`` as its socket
-    timeouts and a blocking pool of ``max_connections``, so no Redis call hangs longer
-    than that and a burst of calls queues rather than failing."""
+    closes it with ``aclose()``, which closes its pool too), or the given client as is.
+    A URL client gets ``timeout`` as its socket timeouts and a blocking pool of
+    ``max_connections``, so no Redis call hangs longer than that and a burst of calls
+    queues rather than failing."""
     module = import_redis()
     if isinstance(redis, str):
         pool = module.asyncio.BlockingConnectionPool.from_url(
@@ -174,7 +175,9 @@ def connect(
             socket_connect_timeout=timeout,
             health_check_interval=timeout,
         )
-        return module.asyncio.Redis(connection_pool=pool), True
+        # from_pool (redis-py >= 5.0.1): the client owns the pool and disconnects it on
+        # aclose(); Redis(connection_pool=pool) would leave its sockets open.
+        return module.asyncio.Redis.from_pool(pool), True
     return redis, False
 
 

@@ -352,9 +352,7 @@ class FleetWorker:
                 ):
                     if owned:
                         with contextlib.suppress(Exception):
-                            await client.aclose()
-                            # A pool given to a client is not closed with it.
-                            await client.connection_pool.disconnect()
+                            await client.aclose()  # and its pool: see connect()
 
     # -- consuming ----------------------------------------------------------------
 
