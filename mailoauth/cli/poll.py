@@ -45,7 +45,6 @@ from typing import Any, Final, Protocol
 from mailoauth._util.text import escape_controls
 from mailoauth.cli.metrics import PollMetrics
 from mailoauth.errors import ConfigurationError, LockLostError, TransportError
-from mailoauth.poll.budgets import RedisBudgets
 from mailoauth.poll.config import PollConfig, TokenSources, load_config
 from mailoauth.poll.fleet import DEFAULT_PREFIX, Fleet, FleetStatus, FleetWorker
 from mailoauth.poll.mailbox_spec import MailboxSpec
@@ -375,36 +374,28 @@ async def _fleet_worker(
     options: dict[str, Any] = dict(config.poll_options)
     if args.lease is not None:
         options["lease"] = args.lease
-    # The connection caps hold across the fleet, not per worker (Gmail's and Exchange's
-    # limits count an account's connections wherever they come from).
-    budgets = RedisBudgets(
+    # The worker makes its connection budgets itself (a RedisBudgets with its own id,
+    # lease and the [poll] limits): the caps hold across the fleet, not per worker
+    # (Gmail's and Exchange's limits count an account's connections wherever they come
+    # from), and `poll status` counts each worker's connections under its id.
+    worker = FleetWorker(
         args.redis,
-        limits=options.pop("limits", None),
-        prefix=f"{args.prefix}:budget:",
+        resolve,
         worker_id=args.worker_id,
+        prefix=args.prefix,
+        auto_ack=False,
+        **options,
     )
-    try:
-        worker = FleetWorker(
-            args.redis,
-            resolve,
-            worker_id=args.worker_id,
-            prefix=args.prefix,
-            auto_ack=False,
-            budgets=budgets,
-            **options,
+    async with worker:
+        log.info(
+            "fleet worker %s on %s (prefix %s); %d mailbox(es) of %s added",
+            worker.worker_id,
+            safe_url(args.redis),
+            args.prefix,
+            len(config.mailboxes),
+            config.path,
         )
-        async with worker:
-            log.info(
-                "fleet worker %s on %s (prefix %s); %d mailbox(es) of %s added",
-                worker.worker_id,
-                safe_url(args.redis),
-                args.prefix,
-                len(config.mailboxes),
-                config.path,
-            )
-            yield worker
-    finally:
-        await budgets.aclose()
+        yield worker
 
 
 def _write_line(data: Mapping[str, Any]) -> None:

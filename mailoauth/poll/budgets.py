@@ -356,9 +356,9 @@ return 0
 """
 )
 
-# KEYS (without hold-backs) and ARGV[1..2] as for _ACQUIRE. Returns -1 when a slot was lost (expired and
-# perhaps taken: the holder must stop), else 1 when someone waits for one of them, 0
-# when nobody does.
+# KEYS (without hold-backs) and ARGV[1..2] as for _ACQUIRE. Returns -1 when a slot was
+# lost (expired and perhaps taken: the holder must stop), else 1 when someone waits
+# for one of them, 0 when nobody does.
 _RENEW: Final = (
     _NOW
     + """

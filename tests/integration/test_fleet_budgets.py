@@ -6,17 +6,20 @@ other worker too."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
 import contextvars
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from mailoauth.cli.poll import _fleet_worker
 from mailoauth.errors import ConfigurationError
 from mailoauth.poll import (
     Backoff,
@@ -26,6 +29,7 @@ from mailoauth.poll import (
     PollLimits,
     RedisBudgets,
 )
+from mailoauth.poll.config import PollConfig
 from mailoauth.poll.fleet import Fleet, FleetStatus, FleetWorker
 from mailoauth.poll.spec import Mailbox
 from mailoauth.security import SecurityOptions
@@ -259,8 +263,28 @@ async def test_clients_made_from_a_url_close_their_pools(
         assert await connections("fair-admin") == 0
         async with worker(f"{redis_url}?client_name=fair-worker", fleet, "w-close"):
             async with asyncio.timeout(WAIT):  # its clients connect as it starts
-                while await connections("fair-worker") < 2:  # state, leases
+                while await connections("fair-worker") < 2:  # noqa: ASYNC110  (state, leases)
                     await asyncio.sleep(0.05)
         assert await connections("fair-worker") == 0
     finally:
         await probe.aclose()
+
+
+async def test_the_poll_command_worker_makes_its_own_budgets(
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`mailoauth poll --redis` leaves the budgets to FleetWorker: the worker's id (so
+    that `poll status` counts its connections under it), its lease, the [poll] caps."""
+    config = PollConfig(tmp_path / "w.toml", {}, (), poll_options={"max_per_account": 1})
+    args = argparse.Namespace(
+        redis=redis_url, prefix=f"c{uuid.uuid4().hex[:8]}", lease=2.0, worker_id=None
+    )
+    async with config.sources() as sources, _fleet_worker(config, sources, args) as stream:
+        assert isinstance(stream, FleetWorker)
+        budgets = stream.budgets
+        assert isinstance(budgets, RedisBudgets) and budgets is stream._owned_budgets
+        assert budgets.worker_id == stream.worker_id
+        assert budgets.lease == stream.lease == 2.0
+        assert budgets.limits.max_per_account == 1
+        assert budgets.prefix == f"{args.prefix}:budget:"
