@@ -94,7 +94,7 @@ def imaplib_session(spec: dict[str, Any], ctx: ssl.SSLContext, user: str, token:
             socket.create_connection((HOST, spec["port"])), server_hostname=HOST
         ) as tls:
             tls.recv(4096)
-            return tls.session_reused
+            return bool(tls.session_reused)  # None: no session, so not resumed
     imap = imaplib.IMAP4_SSL(HOST, spec["port"], ssl_context=ctx, timeout=TIMEOUT)
     raw = XOAuth2(user, token).initial_response()
     imap.authenticate("XOAUTH2", lambda _: raw)
