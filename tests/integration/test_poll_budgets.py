@@ -490,3 +490,39 @@ async def test_mailboxes_outnumbering_a_redis_slot_take_turns(
         turns = {f: fake.examined[f] for f in folders}
     assert min(turns.values()) >= 2, turns
     assert a.failed == b.failed == {}
+
+
+async def test_a_free_redis_slot_goes_to_the_oldest_waiter(
+    fleet: Callable[..., RedisBudgets],
+) -> None:
+    """First come, first served: two waiters queue in order; the holder lets go and
+    asks again at once, and is served last."""
+    budgets = fleet(limits=PollLimits(max_per_account=1))
+    box = Mailbox("imap", "imap.example.test", 993, "fifo@example.test", "at-f")
+    queue = f"{budgets.prefix}queue:account:imap.example.test|fifo@example.test"
+    order: list[str] = []
+
+    async def turn(name: str) -> None:
+        async with budgets.slots(box).hold():
+            order.append(name)
+            await asyncio.sleep(0.05)
+
+    async def queued(count: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while await budgets._redis.zcard(queue) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    async with asyncio.timeout(WAIT):
+        first = budgets.slots(box).hold()
+        await first.__aenter__()
+        try:
+            waiters = [asyncio.create_task(turn("w1"))]
+            await queued(1)
+            waiters.append(asyncio.create_task(turn("w2")))
+            await queued(2)
+        finally:
+            await first.__aexit__(None, None, None)
+        await turn("again")  # the one that let go, asking at once
+        await asyncio.gather(*waiters)
+    assert order == ["w1", "w2", "again"]
+    assert await budgets._redis.zcard(queue) == 0

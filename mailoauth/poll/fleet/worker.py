@@ -178,6 +178,7 @@ class FleetWorker:
                 worker_id=worker_id,
                 lease=lease,
                 timeout=lease / 3,
+                rng=self._rng,
             )
         #: The connection budgets the poller asks before every connection.
         self.budgets: ConnectionBudgets = budgets
