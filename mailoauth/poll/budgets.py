@@ -268,7 +268,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # n queues, then the hold-back keys of the holder's scopes. ARGV: holder, lease ms,
 # waiter ttl ms, n, then the n caps. Returns minus the milliseconds left when a scope is
 # held back (nothing taken), 0 when taken, else the index of a semaphore it may not
-# take (full, or its free slots are owed to older waiters).
+# take (full, or its free slots are owed to older waiters), plus n when no live waiter
+# is ahead of it in any semaphore it waits for (it is next: it asks again soon).
 #
 # A waiter is listed in the waiter set (scored by expiry: alive while it keeps asking)
 # and in the queue (scored by its ticket: when it first asked, the same in every queue)
@@ -321,15 +322,19 @@ local function ahead(wait, queue, free)
     start = start + kept
   end
 end
-local full = 0
+local full, first = 0, true
 for i = 1, n do
   local sem, wait, queue = KEYS[i], KEYS[n + i], KEYS[2 * n + i]
   redis.call('ZREMRANGEBYSCORE', sem, '-inf', now)
   redis.call('ZREMRANGEBYSCORE', wait, '-inf', now)
   if not redis.call('ZSCORE', sem, holder) then
     local free = tonumber(ARGV[4 + i]) - redis.call('ZCARD', sem)
-    if free <= 0 or ahead(wait, queue, free) >= free then
+    local before = ahead(wait, queue, math.max(free, 1))
+    if free <= 0 or before >= free then
       full = i
+      if before > 0 then
+        first = false
+      end
       redis.call('ZADD', queue, ticket, holder)
     end
   end
@@ -343,6 +348,9 @@ if full > 0 then
       redis.call('ZADD', KEYS[n + i], now + wttl, holder)
       redis.call('PEXPIRE', KEYS[n + i], wttl * 2)
     end
+  end
+  if first then
+    return n + full
   end
   return full
 end
@@ -630,7 +638,9 @@ class RedisBudgets:
                     self._leases.add(lease)
                     self._start_renewer()
                     return lease
-                tries += 1
+                # Next in line: ask again soon, so that a slot let go is not left idle;
+                # behind others: back off.
+                tries = 0 if int(answer) > len(sems) else tries + 1
                 ceiling = min(_MAX_POLL, self.poll_interval * 1.5 ** min(tries, 20))
                 await anyio.sleep(self._rng.uniform(ceiling / 2, ceiling))
         except BaseException:
