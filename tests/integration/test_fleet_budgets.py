@@ -158,8 +158,8 @@ async def test_two_workers_share_one_account_cap_fleet_wide(
         assert a.worker.budgets.worker_id == "wa"
         await until(lambda: len(a.worker.owned) == len(b.worker.owned) == 2, "no even share")
         # Four mailboxes of one account, one slot between two workers: each is served
-        # in turn (a turn lasts until the holder's renewal sees a waiter, and who comes
-        # next is random), six turns in all, while the fleet's status is sampled.
+        # in turn (a turn lasts until the holder's renewal sees a waiter; the oldest
+        # waiter comes next), six turns in all, while the fleet's status is sampled.
         async with asyncio.timeout(WAIT * 1.5):
             while (
                 min(imap.fake.examined[f] for f in folders) < 1
