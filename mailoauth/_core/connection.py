@@ -8,6 +8,10 @@ A connection is a plain-TCP asyncio protocol that does TLS itself, inline, with 
 the same callback and handed on at once. That keeps memory down (asyncio's own TLS
 transport holds a 256 KiB read buffer for every connection, most of what an idle IMAPS
 session costs) and costs no extra task, event-loop iteration or system call per read.
+The socket is read (``asyncio.BufferedProtocol``) into one buffer shared by all the
+connections of a thread, not into a new 256 KiB ``bytes`` per read (whose allocation,
+shrink and free are an mmap, mremap and munmap each): the bytes go from it into the TLS
+memory BIO, or are copied out at their exact size for plaintext.
 The plaintext goes either to an attached asyncio protocol (aiosmtplib's, aioimaplib's:
 see :meth:`Connection.attach`), which may pause the socket's reading while its reader is
 behind, or to a queue read with :meth:`Connection.receive` (the POP3 driver), which
@@ -30,6 +34,7 @@ import re
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -90,6 +95,20 @@ CLOSE_TIMEOUT: Final = 2.0
 #: later. (Each look copies the session: the ssl module re-encodes and re-parses it,
 #: the server's certificate included.)
 SESSION_LOOKS: Final = 2
+#: Bytes asked of the socket per read (what asyncio's transports read at a time).
+READ_SIZE: Final = 256 * 1024
+
+
+class _ReadBuffers(threading.local):
+    """One read buffer per thread, for all the connections its event loop runs: a
+    transport fills it (``get_buffer``) and hands it over (``buffer_updated``) in one
+    synchronous step, so no two reads ever share it at once."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_SIZE))
+
+
+_read_buffers: Final = _ReadBuffers()
 
 
 @contextmanager
@@ -155,7 +174,7 @@ def _os_error_text(exc: OSError, what: str, host: str, port: int) -> str:
     return f"could not connect to {where}: {detail}"
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """A connection to one server, plain or TLS, with a timeout on every wait.
 
     Use :meth:`open`; upgrade with :meth:`start_tls`. Read with :meth:`receive` or hand
@@ -182,6 +201,7 @@ class Connection(asyncio.Protocol):
         "_outgoing",
         "_raw",
         "_raw_paused",
+        "_read_buffer",
         "_reading_paused",
         "_route",
         "_session_key",
@@ -191,6 +211,7 @@ class Connection(asyncio.Protocol):
         "_sink_paused",
         "_ssl",
         "_ssl_context",
+        "_timed_out",
         "_tls_hostname",
         "_tls_resumption",
         "_waiter",
@@ -238,6 +259,7 @@ class Connection(asyncio.Protocol):
         self.plaintext_hint = PLAINTEXT_HINT
         self._handshake_head = b""
         self._loop = asyncio.get_running_loop()
+        self._read_buffer = _read_buffers.view  # this thread's, shared: see get_buffer()
         self._raw: asyncio.Transport | None = None
         self._ssl: ssl.SSLObject | None = None
         self._incoming = ssl.MemoryBIO()
@@ -249,6 +271,7 @@ class Connection(asyncio.Protocol):
         self._eof = False
         self._error: MailOAuthError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timed_out = False  # receive()'s timer fired
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         # receive() mode: plaintext waiting to be read
@@ -505,12 +528,22 @@ class Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._raw = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The thread's shared read buffer: it is only borrowed until
+        :meth:`buffer_updated`, which takes the bytes out of it before returning."""
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the socket, possibly a view of the shared read buffer: written
+        into the TLS memory BIO, or copied out as ``bytes`` for plaintext, never kept."""
         self.bytes_received += len(data)
         if self.on_progress is not None:
             self.on_progress()
         if self._ssl is None:
-            self._deliver(data)
+            self._deliver(bytes(data))
             return
         self._incoming.write(data)
         if self._handshaking:
@@ -649,6 +682,24 @@ class Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    async def _wait_for_chunks(self, timeout: float) -> None:
+        """Wait until plaintext is queued, for at most ``timeout`` seconds; raises
+        :class:`TimeoutError` then, and what :meth:`_wait` raises. One loop timer, not
+        a cancel scope: this is the wait of every POP3 reply and every RETR."""
+        self._timed_out = False
+        timer = self._loop.call_later(timeout, self._time_out)
+        try:
+            while not self._chunks:
+                if self._timed_out:
+                    raise TimeoutError
+                await self._wait()
+        finally:
+            timer.cancel()
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._wake()
+
     def _fail(self, error: MailOAuthError) -> None:
         if self._error is None:
             self._error = error
@@ -710,12 +761,8 @@ class Connection(asyncio.Protocol):
         :class:`MailTimeoutError` (closing the connection) when nothing comes."""
         if not self._chunks:
             try:
-                with (
-                    map_io_errors("reading from", self.host, self.port),
-                    anyio.fail_after(self.timeout if timeout is None else timeout),
-                ):
-                    while not self._chunks:
-                        await self._wait()
+                with map_io_errors("reading from", self.host, self.port):
+                    await self._wait_for_chunks(self.timeout if timeout is None else timeout)
             except BaseException:
                 self.close()
                 raise

@@ -700,3 +700,56 @@ async def test_a_peer_sending_more_than_the_bound_waits_for_a_slow_consumer(tls:
             await conn.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_connections_of_a_thread_read_into_one_shared_buffer() -> None:
+    """Reads borrow the thread's buffer (no 256 KiB allocation per read); plaintext is
+    copied out of it, so a chunk queued unread survives the next read."""
+    conn, _sock = connect()
+    other, _ = connect()
+    buffer = conn.get_buffer(-1)
+    assert buffer is other.get_buffer(-1) and len(buffer) == connection_module.READ_SIZE
+    buffer[:5] = b"first"
+    conn.buffer_updated(5)
+    buffer[:6] = b"second"
+    conn.buffer_updated(6)
+    assert await conn.receive() == b"firstsecond"
+    assert conn.bytes_received == 11
+
+    def in_another_thread() -> memoryview:
+        return connection_module._ReadBuffers().view
+
+    assert await asyncio.to_thread(in_another_thread) is not buffer
+
+
+async def test_tls_reads_through_the_shared_buffer() -> None:
+    ca = trustme.CA()
+    conn, sock = connect(ctx=client_context(ca))
+    peer = TlsPeer(ca, conn, sock)
+    await peer.handshake_with(asyncio.ensure_future(conn.start_tls()))
+    peer.ssl.write(b"+OK over TLS\r\n")
+    record = peer.outgoing.read()
+    buffer = conn.get_buffer(-1)
+    buffer[: len(record)] = record
+    conn.buffer_updated(len(record))
+    buffer[: len(record)] = b"\x00" * len(record)  # the next read overwrites it
+    assert await conn.receive() == b"+OK over TLS\r\n"
+
+
+async def test_receive_times_out_even_when_woken_without_data() -> None:
+    conn, sock = connect(timeout=5.0)
+    loop = asyncio.get_running_loop()
+    waking = loop.call_later(0.01, conn._wake)  # a wake with nothing queued
+    with pytest.raises(MailTimeoutError, match="timed out reading from localhost:1"):
+        await conn.receive(timeout=0.05)
+    waking.cancel()
+    assert conn.closed and sock.closed
+
+
+async def test_receive_leaves_no_timer_behind() -> None:
+    conn, _sock = connect(timeout=30.0)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.01, conn.data_received, b"+OK\r\n")
+    assert await conn.receive() == b"+OK\r\n"
+    timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert not any(getattr(h, "_callback", None) == conn._time_out for h in timers)
