@@ -20,6 +20,7 @@ import asyncio
 import collections
 import logging
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -83,18 +84,39 @@ _LITERAL_ENDS: Final = (b"}", b"}\n")
 _CAPABILITY_CODE: Final = re.compile(rb"\[CAPABILITY ([^\]\r\n]+)\]", re.IGNORECASE)
 
 
-def capabilities_in_code(line: bytes) -> set[str] | None:
+#: Capability sets already seen, by the text they were read from: one shared frozenset
+#: for all the connections to a server instead of ~40 strings and a set each (4.4 KB
+#: per connection). Bounded: cleared when full (a server per entry, or two).
+_CAPABILITY_SETS: dict[bytes, frozenset[str]] = {}
+_CAPABILITY_SETS_MAX: Final = 256
+
+
+def capability_set(text: bytes) -> frozenset[str]:
+    """The capabilities named (space-separated) in ``text``, as a frozenset shared with
+    every other connection that read the same text, of interned strings."""
+    shared = _CAPABILITY_SETS.get(text)
+    if shared is None:
+        names = text.decode("ascii", "replace").split()
+        shared = frozenset(sys.intern(name) for name in names)
+        if len(_CAPABILITY_SETS) >= _CAPABILITY_SETS_MAX:
+            _CAPABILITY_SETS.clear()
+        _CAPABILITY_SETS[bytes(text)] = shared
+    return shared
+
+
+def capabilities_in_code(line: bytes) -> frozenset[str] | None:
     """The capabilities in a ``[CAPABILITY ...]`` response code that opens the text of
     a status response (``* OK [CAPABILITY ...] ready``, or a tagged completion's text
-    as aioimaplib keeps it, ``[CAPABILITY ...] Logged in``); None without one."""
+    as aioimaplib keeps it, ``[CAPABILITY ...] Logged in``); None without one. Shared
+    and immutable (see :func:`capability_set`)."""
     if line.startswith(b"* "):
         parts = line.split(b" ", 2)  # "*", the status, the text
         line = parts[2] if len(parts) == 3 else b""
     code = _CAPABILITY_CODE.match(line)
-    return None if code is None else set(code.group(1).decode("ascii", "replace").split())
+    return None if code is None else capability_set(code.group(1))
 
 
-def _imap4rev1(capabilities: set[str]) -> bool:
+def _imap4rev1(capabilities: frozenset[str]) -> bool:
     return any(c.upper() == "IMAP4REV1" for c in capabilities)
 
 
@@ -122,6 +144,117 @@ class _FetchCommand(_aio.FetchCommand):  # type: ignore[misc]
         return self._depth != 0
 
 
+class _Signal:
+    """What aioimaplib uses of an ``asyncio.Event`` (``set``, ``clear``, ``is_set``,
+    ``wait``), slotted and holding a list of waiters only while someone waits: an
+    Event costs ~800 bytes (its deque) on every connection, idle or not."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        """Return True once set (at once if it is). Cancellable."""
+        if self._set:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
+class _NoTimer:
+    """The timer of a command without a timeout: aioimaplib makes an ``asyncio.Handle``
+    (and a context copy) per command just to cancel it."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+_NO_TIMER: Final = _NoTimer()
+
+
+class _LineQueue:
+    """What aioimaplib and :class:`ImapProtocol` use of the ``asyncio.Queue`` of IDLE
+    lines (``put_nowait``, ``put``, ``get``, ``get_nowait``, ``empty``, ``qsize``),
+    unbounded as aioimaplib's is (the protocol bounds it: ``IDLE_PAUSE_READING_AT``),
+    slotted, holding a list only while items or getters exist: an asyncio.Queue costs
+    ~3 KB per connection (three deques and an Event). An item stays queued until a
+    getter returns it, so a getter cancelled after being woken loses nothing."""
+
+    __slots__ = ("_getters", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.append(item)
+        getters, self._getters = self._getters, None
+        for getter in getters or ():
+            if not getter.done():
+                getter.set_result(None)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        """The oldest item; raises ``asyncio.QueueEmpty`` when there is none."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item = self._items.pop(0)
+        if not self._items:
+            self._items = None
+        return item
+
+    async def get(self) -> Any:
+        """The oldest item, waiting for one. Cancellable."""
+        while not self._items:
+            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            finally:
+                if self._getters is not None and getter in self._getters:
+                    self._getters.remove(getter)
+        return self.get_nowait()
+
+
 class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     """aioimaplib's protocol, plus: BYE is recorded; a lost connection fails every
     pending command, and the wait for the greeting, at once instead of leaving them to
@@ -137,6 +270,10 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self, loop: asyncio.AbstractEventLoop, *, max_response: int = MAX_RESPONSE
     ) -> None:
         super().__init__(loop, conn_lost_cb=None)
+        # Lighter stand-ins for aioimaplib's per-connection asyncio objects (memory
+        # per idle connection; see _Signal, _LineQueue and state_condition).
+        self.idle_queue = _LineQueue()
+        self._idle_event = _Signal()
         self.max_response = max_response
         self.bye: bytes | None = None
         self.lost = False
@@ -170,6 +307,21 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         #: (:meth:`pipeline`), in the order sent: each becomes the pending one in turn.
         self._pipelined: collections.deque[_aio.Command] = collections.deque()
         self._wire_lines: dict[str, str] = {}
+
+    @property
+    def state_condition(self) -> asyncio.Condition:
+        """aioimaplib's lock around its state-changing commands (LOGIN, SELECT, CLOSE,
+        LOGOUT methods, which mailoauth does not call): made on first use, not for
+        every connection (~1 KB each)."""
+        condition: asyncio.Condition | None = self.__dict__.get("_state_condition")
+        if condition is None:
+            condition = self.__dict__["_state_condition"] = asyncio.Condition()
+        return condition
+
+    @state_condition.setter
+    def state_condition(self, condition: asyncio.Condition) -> None:
+        # aioimaplib's __init__ assigns one: dropped, made again when first used.
+        self.__dict__["_state_condition"] = None
 
     def _greet(self, line: bytes) -> None:
         """Take the greeting, in the callback that received it (aioimaplib starts a task
@@ -410,6 +562,41 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
+
+    async def start_idle(self) -> _aio.IdleCommand:
+        """Send IDLE (after any pending command, as ``execute`` does) and return its
+        command without waiting for its completion: no task is held per connection
+        while it idles. Wait for the ``+`` with ``wait_for_idle_response``, end it with
+        :meth:`idle_done` then :meth:`end_idle`. Raises aioimaplib's ``Abort`` when the
+        server has no IDLE or no mailbox is selected."""
+        if "IDLE" not in self.capabilities:
+            raise _aio.Abort("server has not IDLE capability")
+        if self.state not in _aio.Commands["IDLE"].valid_states:
+            raise _aio.Abort(f"command IDLE illegal in state {self.state}")
+        command = _IdleCommand(self.new_tag(), self.idle_queue, loop=self.loop)
+        command._event = _Signal()  # what an idle connection holds: no asyncio.Event
+        command._timer = _NO_TIMER  # nor a Handle (IDLE has no aioimaplib timeout)
+        if self.pending_sync_command is not None:
+            await self.pending_sync_command.wait()
+        if self.pending_async_commands:
+            await self.wait_async_pending_commands()
+        self._idle_event.clear()
+        self.pending_sync_command = command
+        self.send(str(command))
+        return command
+
+    async def end_idle(self, command: _aio.IdleCommand) -> _aio.Response:
+        """Wait for the completion of an IDLE from :meth:`start_idle` (after
+        :meth:`idle_done`). Raises what failed it (a lost connection, a limit)."""
+        try:
+            await command.wait()
+        finally:
+            self._idle_event.clear()
+        return command.response
+
+    async def idle(self) -> _aio.Response:
+        """aioimaplib's ``idle()``: IDLE until its completion (see :meth:`start_idle`)."""
+        return await self.end_idle(await self.start_idle())
 
     def idle_done(self) -> None:
         """DONE; reads again if the socket was paused: the IDLE's completion must come."""

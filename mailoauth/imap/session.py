@@ -41,6 +41,7 @@ from mailoauth.imap._aioimaplib import (
     ImapProtocol,
     RawCommand,
     capabilities_in_code,
+    capability_set,
 )
 from mailoauth.sasl import Mechanism
 from mailoauth.security import SecurityOptions
@@ -174,7 +175,7 @@ class ImapSession(BaseClient):
 
         await transport.start_tls(discard)
         # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
-        protocol.capabilities = set()
+        protocol.capabilities = frozenset()
         await self._guard(protocol.capability(), "reading capabilities from")
 
     async def _authenticate(self, protocol: ImapProtocol, transport: ProtocolTransport) -> None:
@@ -413,7 +414,9 @@ class ImapSession(BaseClient):
                 event = _idle_event(line)
                 if event is not None:
                     yield event
-            idle_task = asyncio.ensure_future(protocol.idle())
+            # No task waits on the IDLE while it runs: its completion is awaited once
+            # DONE is sent (memory per idle connection).
+            idle = await protocol.start_idle()
             try:
                 await self._guard(protocol.wait_for_idle_response(), "starting IDLE on")
                 while (left := renew_at - anyio.current_time()) > 0:
@@ -432,17 +435,12 @@ class ImapSession(BaseClient):
                     if protocol.lost:
                         break
             finally:
-                try:
-                    if not protocol.lost and not idle_task.done():
-                        protocol.idle_done()
-                        try:
-                            await self._guard(idle_task, "ending IDLE on")
-                        except Exception as exc:  # the next command will reconnect
-                            log.debug("ending IDLE on %s failed: %r", self.host, exc)
-                finally:
-                    idle_task.cancel()  # also when we are cancelled while ending IDLE
-                    if idle_task.done() and not idle_task.cancelled():
-                        idle_task.exception()  # seen: the connection's end is reported
+                if not protocol.lost and protocol.pending_sync_command is idle:
+                    protocol.idle_done()
+                    try:
+                        await self._guard(protocol.end_idle(idle), "ending IDLE on")
+                    except Exception as exc:  # the next command will reconnect
+                        log.debug("ending IDLE on %s failed: %r", self.host, exc)
             if protocol.lost:
                 await self._reconnect()
             if deadline is not None and anyio.current_time() >= deadline:
@@ -458,15 +456,16 @@ def _idle_event(line: bytes) -> IdleEvent | None:
     return None
 
 
-def _capabilities_sent(lines: list[bytes | bytearray]) -> set[str] | None:
-    """The capabilities in a command's response, if the server volunteered them."""
+def _capabilities_sent(lines: list[bytes | bytearray]) -> frozenset[str] | None:
+    """The capabilities in a command's response, if the server volunteered them (a
+    frozenset shared by the connections that read the same list: memory per session)."""
     for line in lines:
         raw = bytes(line)
         coded = capabilities_in_code(raw)
         if coded is not None:
             return coded
         if raw[:11].upper() == b"CAPABILITY ":
-            return set(raw[11:].decode("ascii", "replace").split())
+            return capability_set(raw[11:])
     return None
 
 

@@ -133,7 +133,7 @@ MEMBERS: tuple[Member, ...] = (
         IMAP_PROTOCOL,
         "_idle_event",
         "attribute",
-        "imap/_aioimaplib.py ImapProtocol._give_up (wakes a wait for IDLE to start)",
+        "imap/_aioimaplib.py ImapProtocol: replaced by a _Signal; _give_up, start_idle",
         value_type=asyncio.Event,
     ),
     Member(
@@ -161,7 +161,7 @@ MEMBERS: tuple[Member, ...] = (
         IMAP_COMMAND,
         "_event",
         "attribute",
-        "imap/_aioimaplib.py (failing pending commands)",
+        "imap/_aioimaplib.py (failing pending commands; start_idle replaces it)",
         value_type=asyncio.Event,
     ),
     Member(
@@ -175,7 +175,7 @@ MEMBERS: tuple[Member, ...] = (
         IMAP_COMMAND,
         "_timer",
         "attribute",
-        "imap/_aioimaplib.py (failing pending commands)",
+        "imap/_aioimaplib.py (failing pending commands; start_idle replaces it)",
         value_type=asyncio.Handle,
     ),
 )

@@ -1,0 +1,148 @@
+"""What an idle IMAP connection holds: ImapProtocol's light stand-ins for aioimaplib's
+per-connection asyncio objects, a capability set shared between connections, and an
+IDLE that runs with no task waiting on it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+
+import pytest
+from aioimaplib import aioimaplib as _aio
+
+from mailoauth.errors import ConnectionLostError
+from mailoauth.imap._aioimaplib import (
+    ImapProtocol,
+    _LineQueue,
+    _Signal,
+    capabilities_in_code,
+    capability_set,
+)
+from mailoauth.imap.session import _capabilities_sent
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def selected() -> tuple[ImapProtocol, FakeTransport]:
+    protocol = ImapProtocol(asyncio.get_running_loop())
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    protocol.state = _aio.SELECTED
+    protocol.capabilities = capability_set(b"IMAP4rev1 IDLE")
+    return protocol, transport
+
+
+async def test_connections_share_one_capability_set_of_interned_names() -> None:
+    greeting = b"* OK [CAPABILITY IMAP4rev1 SASL-IR IDLE AUTH=XOAUTH2] ready"
+    first, second = capabilities_in_code(greeting), capabilities_in_code(bytes(greeting))
+    assert first is second and first == frozenset({"IMAP4rev1", "SASL-IR", "IDLE", "AUTH=XOAUTH2"})
+    assert isinstance(first, frozenset)
+    assert all(sys.intern(name) is name for name in first)
+    untagged = _capabilities_sent([bytearray(b"CAPABILITY IMAP4rev1 SASL-IR IDLE AUTH=XOAUTH2")])
+    assert untagged is first  # the same list, read another way: the same set
+
+
+async def test_the_shared_capability_sets_are_bounded() -> None:
+    for n in range(600):
+        capability_set(f"IMAP4rev1 X-{n}".encode())
+    from mailoauth.imap import _aioimaplib
+
+    assert len(_aioimaplib._CAPABILITY_SETS) <= _aioimaplib._CAPABILITY_SETS_MAX
+
+
+async def test_no_asyncio_queue_event_or_condition_per_connection() -> None:
+    protocol, _ = selected()
+    assert type(protocol.idle_queue) is _LineQueue
+    assert type(protocol._idle_event) is _Signal
+    assert protocol.__dict__["_state_condition"] is None  # made on first use only
+    condition = protocol.state_condition
+    assert isinstance(condition, asyncio.Condition) and protocol.state_condition is condition
+
+
+async def test_signal_wakes_every_waiter_and_survives_cancellation() -> None:
+    signal = _Signal()
+    waiters = [asyncio.ensure_future(signal.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    signal.set()
+    assert await asyncio.gather(*waiters[1:]) == [True, True]
+    assert signal.is_set() and await signal.wait()
+    signal.clear()
+    assert not signal.is_set()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(signal.wait(), 0.01)
+    assert signal._waiters == []  # the timed-out waiter did not stay behind
+
+
+async def test_line_queue_keeps_order_and_loses_nothing_to_a_cancelled_getter() -> None:
+    queue = _LineQueue()
+    assert queue.empty() and queue.qsize() == 0
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait([b"1 EXISTS"])
+    getter.cancel()  # woken, then cancelled before it ran: the item stays queued
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    await queue.put([b"2 EXISTS"])
+    assert queue.qsize() == 2
+    assert await queue.get() == [b"1 EXISTS"]
+    assert queue.get_nowait() == [b"2 EXISTS"]
+    assert queue.empty() and queue._items is None and not queue._getters
+
+
+async def test_idle_runs_with_no_task_and_ends_with_its_completion() -> None:
+    protocol, transport = selected()
+    tasks_before = len(asyncio.all_tasks())
+    idle = await protocol.start_idle()
+    assert len(asyncio.all_tasks()) == tasks_before  # nothing waits on it while it idles
+    tag = bytes(transport.written).split(b" ", 1)[0]
+    assert bytes(transport.written) == tag + b" IDLE\r\n"
+    protocol.data_received(b"+ idling\r\n")
+    await asyncio.wait_for(protocol.wait_for_idle_response(), 5)
+    protocol.data_received(b"* 4 EXISTS\r\n")
+    assert await protocol.next_idle_lines() == [b"4 EXISTS"]
+    protocol.idle_done()
+    protocol.data_received(tag + b" OK Idle completed.\r\n")
+    response = await asyncio.wait_for(protocol.end_idle(idle), 5)
+    assert response.result == "OK" and protocol.pending_sync_command is None
+    assert not protocol._idle_event.is_set()
+
+
+async def test_a_lost_connection_fails_an_idle_without_a_task() -> None:
+    protocol, _ = selected()
+    idle = await protocol.start_idle()
+    protocol.connection_lost(None)
+    with pytest.raises(ConnectionLostError):
+        await asyncio.wait_for(protocol.end_idle(idle), 5)
+    gc.collect()  # no "exception never retrieved": there is no future to forget
+
+
+async def test_start_idle_refuses_without_the_capability_or_a_mailbox() -> None:
+    protocol, _ = selected()
+    protocol.capabilities = capability_set(b"IMAP4rev1")
+    with pytest.raises(_aio.Abort, match="IDLE"):
+        await protocol.start_idle()
+    protocol.capabilities = capability_set(b"IMAP4rev1 IDLE")
+    protocol.state = _aio.AUTH
+    with pytest.raises(_aio.Abort, match="illegal in state"):
+        await protocol.start_idle()
