@@ -22,7 +22,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aioimaplib import aioimaplib as _aio
 
@@ -240,19 +240,37 @@ class _LineQueue:
             self._items = None
         return item
 
-    async def get(self) -> Any:
-        """The oldest item, waiting for one. Cancellable."""
+    async def get(self, timeout: float | None = None) -> Any:
+        """The oldest item, waiting for one; :data:`TIMED_OUT` when ``timeout``
+        seconds pass first (one loop timer: no cancel scope is held while waiting).
+        Cancellable."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._items:
-            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if deadline is not None and loop.time() >= deadline:
+                return TIMED_OUT
+            getter: asyncio.Future[None] = loop.create_future()
             if self._getters is None:
                 self._getters = []
             self._getters.append(getter)
+            timer = None if deadline is None else loop.call_at(deadline, _wake, getter)
             try:
                 await getter
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if self._getters is not None and getter in self._getters:
                     self._getters.remove(getter)
         return self.get_nowait()
+
+
+#: What :meth:`_LineQueue.get` returns when its timeout passed first.
+TIMED_OUT: Final = object()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -652,10 +670,14 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._idle_unread = 0
         self._flow()
 
-    async def next_idle_lines(self) -> list[bytes]:
+    async def next_idle_lines(self, timeout: float | None = None) -> list[bytes] | None:
         """The next batch of lines the server pushed during IDLE (empty when the
-        connection is gone: check :attr:`lost` and :attr:`fatal_error`)."""
-        lines: list[bytes] = await self.idle_queue.get()
+        connection is gone: check :attr:`lost` and :attr:`fatal_error`); None when
+        ``timeout`` seconds pass first."""
+        lines = await self.idle_queue.get(timeout)
+        if lines is TIMED_OUT:
+            return None
+        lines = cast("list[bytes]", lines)
         if lines and self._idle_batches:
             taken = self._idle_batches.popleft()
             self._response_size = max(0, self._response_size - taken)

@@ -420,9 +420,8 @@ class ImapSession(BaseClient):
             try:
                 await self._guard(protocol.wait_for_idle_response(), "starting IDLE on")
                 while (left := renew_at - anyio.current_time()) > 0:
-                    lines = None
-                    with anyio.move_on_after(left):
-                        lines = await protocol.next_idle_lines()
+                    # A loop timer, not a cancel scope held per idle connection.
+                    lines = await protocol.next_idle_lines(left)
                     if lines is None:
                         break
                     for line in lines:

@@ -146,3 +146,16 @@ async def test_start_idle_refuses_without_the_capability_or_a_mailbox() -> None:
     protocol.state = _aio.AUTH
     with pytest.raises(_aio.Abort, match="illegal in state"):
         await protocol.start_idle()
+
+
+async def test_next_idle_lines_times_out_with_a_timer_and_keeps_later_lines() -> None:
+    protocol, _ = selected()
+    idle = await protocol.start_idle()
+    protocol.data_received(b"+ idling\r\n")
+    assert await protocol.next_idle_lines(0.01) is None
+    assert not protocol.idle_queue._getters  # the timed-out wait left nothing behind
+    protocol.data_received(b"* 7 EXISTS\r\n")
+    assert await protocol.next_idle_lines(5) == [b"7 EXISTS"]
+    protocol.connection_lost(None)
+    with pytest.raises(ConnectionLostError):
+        await protocol.end_idle(idle)
