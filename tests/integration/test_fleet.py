@@ -311,7 +311,14 @@ async def test_a_stalled_worker_can_neither_watch_nor_commit(
         event = await first_message(stalled)
         token = stalled.keeper.token(box.key)
         assert token is not None
-        # The stall: renewals stop (the keeper and the listener never run again).
+
+        # The stall: renewals stop (the keeper and the listener never run again). A tick
+        # under way when cancelled may still finish its renewal; none comes after it.
+        async def frozen_tick() -> bool:
+            await asyncio.Event().wait()
+            return False
+
+        stalled.keeper.tick = frozen_tick  # type: ignore[method-assign]
         for task in stalled._tasks[1:]:
             task.cancel()
         # Its own watchdog stops watching within the local share of the lease.

@@ -146,6 +146,11 @@ class LeaseKeeper:
                 failures = 0
                 delay = min(GRANT_PAUSE, self.lease / 3) if more else self.lease / 3
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # A library below turned our cancellation into an error: stop anyway,
+                    # or leaving would wait for a keeper that renews for ever.
+                    raise asyncio.CancelledError from exc
                 delay = backoff_delay(failures, 0.1, self.lease / 3, self._rng)
                 failures += 1
                 log.warning(
