@@ -3,11 +3,20 @@ the personality, on top of :class:`~mailoauth.testing._serving.StreamServer`."""
 
 from __future__ import annotations
 
+import base64
 import ssl
 from typing import TYPE_CHECKING
 
-from mailoauth.testing._serving import StreamServer
-from mailoauth.testing.bearer_auth import TokenChecker, Validator, oauth_validator
+from mailoauth.testing._serving import Channel, StreamServer
+from mailoauth.testing.bearer_auth import (
+    AuthResult,
+    SaslParseError,
+    TokenChecker,
+    Validator,
+    decode_sasl_response,
+    oauth_validator,
+    run_exchange,
+)
 from mailoauth.testing.mailstore import MailStore
 from mailoauth.testing.personality import Delegations, Personality, TenantStates
 
@@ -70,3 +79,30 @@ class BearerMailServer(StreamServer):
     def fail_next(self, count: int = 1) -> None:
         """Reject the next ``count`` authentications whatever their token."""
         self.checker.fail_next(count)
+
+    async def authenticate(
+        self, channel: Channel, mechanism: str, initial: bytes | None, *, protocol: str
+    ) -> AuthResult:
+        """Run one SASL exchange on a line ``channel`` (IMAP's and POP3's framing):
+        each challenge goes out as ``+ <base64>``; an answer of ``*``, or one that is
+        not base64, aborts it. ``protocol`` names the service to the personality."""
+
+        async def ask(challenge: bytes) -> bytes | None:
+            await channel.send_line(b"+ " + base64.b64encode(challenge))
+            answer = await channel.readline()
+            if answer.strip() == b"*":
+                return None
+            try:
+                return decode_sasl_response(answer)
+            except SaslParseError:
+                return None
+
+        return await run_exchange(
+            mechanism,
+            initial,
+            ask,
+            self.checker,
+            self.personality,
+            tenant=self.tenant,
+            protocol=protocol,
+        )

@@ -14,7 +14,6 @@ the server's :class:`~mailoauth.testing.personality.Personality`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import re
 from collections.abc import Awaitable, Callable
@@ -48,7 +47,6 @@ from mailoauth.testing.bearer_auth import (
     BearerCredentials,
     SaslParseError,
     decode_sasl_response,
-    run_exchange,
 )
 from mailoauth.testing.mailstore import INBOX, StoredMessage, Subscription
 
@@ -376,27 +374,9 @@ class _ImapSession:
                 await self._tagged(tag, "BAD Invalid base64 in the initial response.")
                 return
 
-        async def ask(challenge: bytes) -> bytes | None:
-            await self.ch.send_line(b"+ " + base64.b64encode(challenge))
-            answer = await self.ch.readline()
-            if answer.strip() == b"*":
-                return None
-            try:
-                return decode_sasl_response(answer)
-            except SaslParseError:
-                return None
-
         server = self.server
         replies = server.personality.replies
-        result = await run_exchange(
-            mechanism,
-            initial,
-            ask,
-            server.checker,
-            server.personality,
-            tenant=server.tenant,
-            protocol="imap",
-        )
+        result = await server.authenticate(self.ch, mechanism, initial, protocol="imap")
         if result.outcome is AuthOutcome.ABORTED:
             await self._tagged(tag, "BAD Authentication aborted by client.")
         elif result.outcome is AuthOutcome.OK:

@@ -10,7 +10,6 @@ time and answered in order, so PIPELINING is safe.
 
 from __future__ import annotations
 
-import base64
 import enum
 import re
 from typing import TYPE_CHECKING, Final
@@ -21,7 +20,6 @@ from mailoauth.testing.bearer_auth import (
     AuthOutcome,
     SaslParseError,
     decode_sasl_response,
-    run_exchange,
 )
 from mailoauth.testing.mailstore import INBOX, StoredMessage
 
@@ -193,27 +191,9 @@ class _Pop3Session:
                 await self.ch.send_line("-ERR Invalid base64 in the initial response.")
                 return
 
-        async def ask(challenge: bytes) -> bytes | None:
-            await self.ch.send_line(b"+ " + base64.b64encode(challenge))
-            answer = await self.ch.readline()
-            if answer.strip() == b"*":
-                return None
-            try:
-                return decode_sasl_response(answer)
-            except SaslParseError:
-                return None
-
         server = self.server
         replies = server.personality.replies
-        result = await run_exchange(
-            mechanism,
-            initial,
-            ask,
-            server.checker,
-            server.personality,
-            tenant=server.tenant,
-            protocol="pop3",
-        )
+        result = await server.authenticate(self.ch, mechanism, initial, protocol="pop3")
         if result.outcome is AuthOutcome.ABORTED:
             await self.ch.send_line("-ERR Authentication aborted.")
         elif result.outcome is AuthOutcome.OK:
