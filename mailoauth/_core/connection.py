@@ -485,13 +485,17 @@ class Connection(asyncio.BufferedProtocol):
         """Keep this connection's session for the next one with the same key, if it is
         one a server can resume (TLS 1.3: once its ticket has arrived)."""
         assert self._ssl is not None and self._ssl_context is not None
-        session = self._ssl.session
         key = self._session_key
-        if session is None or key is None:
+        cache = session_cache_for(self._ssl_context)
+        if key is None or not cache.wants(key):
+            self._session_looks = 0  # another connection has kept one since
+            return False
+        session = self._ssl.session
+        if session is None:
             return False
         if self._ssl.version() == "TLSv1.3" and not session.has_ticket:
             return False
-        session_cache_for(self._ssl_context).put(key, session)
+        cache.put(key, session)
         self._session_looks = 0
         return True
 

@@ -117,6 +117,26 @@ def test_a_resumed_session_is_offered_again_and_no_new_one_taken() -> None:
         assert not cache.outcome(key(), offered, True)  # resumed: nothing to copy
 
 
+def test_a_session_is_wanted_until_one_is_kept() -> None:
+    clock = Clock()
+    cache = TLSSessionCache(clock=clock)
+    assert cache.wants(key())  # nothing kept yet
+    cache.put(key(), session(start=1000, lifetime=60))
+    assert not cache.wants(key())  # another connection kept one: reading ours is waste
+    assert cache.wants(key(port=143))
+    clock.now = 1061
+    assert cache.wants(key())  # the kept one expired
+    cache.put(key(), session(start=1061))
+    assert cache.outcome(key(), cache.get(key()), False)  # a fresh one refused: want another
+    assert cache.wants(key())
+    cache.put(key(), session(start=1061))
+    assert not cache.wants(key())
+    assert not cache.outcome(key(), cache.get(key()), True)
+    assert cache.outcome(key(), cache.get(key()), False)  # resumed once, refused now
+    cache.put(key(), session(start=1061))
+    assert cache.wants(key())  # single use: every connection takes the next ticket
+
+
 def test_a_server_taking_each_ticket_once_gets_a_fresh_one_every_time() -> None:
     cache = TLSSessionCache(clock=Clock())
     first = session()
@@ -244,6 +264,32 @@ async def test_tls13_ticket_is_kept_once_data_arrives_and_resumes_the_next() -> 
     peer2.send(b"* OK again\r\n")
     assert await again.receive() == b"* OK again\r\n"
     assert cache.get(key) is kept  # resumed: offered again, no copy of the new ticket
+
+
+@pytest.mark.asyncio
+async def test_connections_opened_together_read_one_session_between_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca = trustme.CA()
+    server_ctx, client_ctx = server_context(ca), client_context(ca)
+    first, peer1 = await tls_connection(server_ctx, client_ctx)
+    second, peer2 = await tls_connection(server_ctx, client_ctx)  # no ticket kept yet
+    assert not first.tls_resumed and not second.tls_resumed
+    reads: list[bool] = []
+    real = ssl.SSLObject.session
+
+    def counted(self: ssl.SSLObject) -> ssl.SSLSession | None:
+        reads.append(True)
+        return real.__get__(self)
+
+    monkeypatch.setattr(ssl.SSLObject, "session", property(counted, real.fset))
+    peer1.send(b"* OK one\r\n")
+    assert await first.receive() == b"* OK one\r\n"
+    assert len(reads) == 1 and len(session_cache_for(client_ctx)) == 1
+    peer2.send(b"* OK two\r\n")
+    assert await second.receive() == b"* OK two\r\n"
+    assert len(reads) == 1  # the second saw the first's session kept and read none
+    assert second._session_looks == 0
 
 
 @pytest.mark.asyncio
