@@ -276,11 +276,11 @@ async def test_connections_opened_together_read_one_session_between_them(
     second, peer2 = await tls_connection(server_ctx, client_ctx)  # no ticket kept yet
     assert not first.tls_resumed and not second.tls_resumed
     reads: list[bool] = []
-    real = ssl.SSLObject.session
+    real = cast(property, vars(ssl.SSLObject)["session"])
 
     def counted(self: ssl.SSLObject) -> ssl.SSLSession | None:
         reads.append(True)
-        return real.__get__(self)
+        return cast("ssl.SSLSession | None", real.fget(self) if real.fget else None)
 
     monkeypatch.setattr(ssl.SSLObject, "session", property(counted, real.fset))
     peer1.send(b"* OK one\r\n")
