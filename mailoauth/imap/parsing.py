@@ -156,6 +156,11 @@ def parse_list(lines: list[bytes | bytearray]) -> list[Folder]:
     return folders
 
 
+_EXISTS = re.compile(rb"(\d+) EXISTS")
+_SELECT_CODE = re.compile(rb"\[(UIDVALIDITY|UIDNEXT) (\d+)\]")
+_SELECT_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+
+
 def parse_select(name: str, lines: list[bytes | bytearray], readonly: bool) -> MailboxInfo:
     """EXISTS, UIDVALIDITY, UIDNEXT and FLAGS from a SELECT/EXAMINE response."""
     exists = 0
@@ -164,13 +169,14 @@ def parse_select(name: str, lines: list[bytes | bytearray], readonly: bool) -> M
     for line in lines:
         if not isinstance(line, bytes):
             continue
-        if m := re.match(rb"^(\d+) EXISTS", line):
+        if m := _EXISTS.match(line):
             exists = int(m.group(1))
-        elif m := re.search(rb"\[UIDVALIDITY (\d+)\]", line):
-            uidvalidity = int(m.group(1))
-        elif m := re.search(rb"\[UIDNEXT (\d+)\]", line):
-            uidnext = int(m.group(1))
-        elif m := re.match(rb"^FLAGS \(([^)]*)\)", line):
+        elif m := _SELECT_CODE.search(line):
+            if m.group(1) == b"UIDVALIDITY":
+                uidvalidity = int(m.group(2))
+            else:
+                uidnext = int(m.group(2))
+        elif m := _SELECT_FLAGS.match(line):
             flags = frozenset(m.group(1).decode("utf-8", "replace").split())
         elif b"[READ-ONLY]" in line:
             readonly = True
