@@ -134,9 +134,9 @@ async def authenticate(
         scrubber = Scrubber(token.value, mech.initial_response(), *extra)
         with scrubber.active():
             outcome = await exchange(mech)
-            outcome = _scrubbed(outcome, scrubber)
         if outcome.ok:
-            return token
+            return token  # its reply goes nowhere: nothing to scrub
+        outcome = _scrubbed(outcome, scrubber)
         detail = f"; server challenge: {outcome.challenge.describe()}" if outcome.challenge else ""
         if outcome.temporary:
             raise AuthenticationError(

@@ -69,16 +69,27 @@ class Scrubber:
     """Removes the given secrets from text. Use :meth:`active` around a SASL exchange
     so that log records are scrubbed too."""
 
+    __slots__ = ("_forms", "_secrets")
+
     def __init__(self, *secrets: bytes | str) -> None:
-        forms: set[str] = set()
-        for secret in secrets:
-            forms |= secret_forms(secret.encode() if isinstance(secret, str) else secret)
-        # Longest first: the initial response's base64 goes whole, not in pieces.
-        self._forms = sorted(forms, key=len, reverse=True)
+        # The forms are worked out on the first scrub: most exchanges succeed without
+        # a log record or an error, and never need them.
+        self._secrets: tuple[bytes | str, ...] | None = secrets
+        self._forms: list[str] = []
+
+    def _all_forms(self) -> list[str]:
+        if self._secrets is not None:
+            forms: set[str] = set()
+            for secret in self._secrets:
+                forms |= secret_forms(secret.encode() if isinstance(secret, str) else secret)
+            # Longest first: the initial response's base64 goes whole, not in pieces.
+            self._forms = sorted(forms, key=len, reverse=True)
+            self._secrets = None
+        return self._forms
 
     def scrub(self, text: str) -> str:
         """``text`` with every form of every secret replaced by :data:`REDACTED`."""
-        for form in self._forms:
+        for form in self._all_forms():
             if form in text:
                 text = text.replace(form, REDACTED)
         return text

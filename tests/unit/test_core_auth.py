@@ -67,6 +67,28 @@ async def test_accepted_first_time() -> None:
     assert token.value == "token-1" and provider.calls == 1
 
 
+async def test_an_accepted_exchange_works_out_no_secret_forms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailoauth._core import scrub
+
+    calls: list[bytes] = []
+    real = scrub.secret_forms
+
+    def counted(secret: bytes) -> set[str]:
+        calls.append(secret)
+        return real(secret)
+
+    monkeypatch.setattr(scrub, "secret_forms", counted)
+    tokens, _ = manager()
+    await run(tokens, ScriptedServer({"token-1"}))
+    assert calls == []  # no log record, no error: the forms were never needed
+    with pytest.raises(AuthenticationError) as info:
+        await run(tokens, ScriptedServer(set()))
+    assert calls  # a rejection's reply is scrubbed
+    assert "token-" not in str(info.value)
+
+
 async def test_rejected_then_refreshed_and_retried_once() -> None:
     tokens, provider = manager()
     server = ScriptedServer({"token-2"})
