@@ -195,24 +195,30 @@ class Pop3Client(BaseClient):
                     self._broken = True
                     raise ConnectionLostError(f"{self.host}:{self.port} closed the connection")
                 return event
-            try:
-                data = await conn.receive(timeout=self._wait_budget())
-            except ConnectionLostError:
-                self._broken = True
-                data = b""  # let the protocol say what was cut short
-            except MailTimeoutError as exc:
-                self._broken = True
-                raise self._timeout_error() from exc
-            except BaseException:
-                self._broken = True
-                raise
-            if self._streamed is not None:
-                self._streamed += len(data)
-            try:
-                proto.receive_data(data)
-            except MailOAuthError:
-                self._broken = True
-                raise
+            await self._receive_more(conn)
+
+    async def _receive_more(self, conn: Connection) -> None:
+        """Wait for more of the awaited reply (within its deadline) and hand it to the
+        protocol; the end of the stream is handed on as ``b""``, for the protocol to
+        say what it cut short."""
+        try:
+            data = await conn.receive(timeout=self._wait_budget())
+        except ConnectionLostError:
+            self._broken = True
+            data = b""
+        except MailTimeoutError as exc:
+            self._broken = True
+            raise self._timeout_error() from exc
+        except BaseException:
+            self._broken = True
+            raise
+        if self._streamed is not None:
+            self._streamed += len(data)
+        try:
+            self._proto.receive_data(data)
+        except MailOAuthError:
+            self._broken = True
+            raise
 
     def _timeout_error(self) -> MailTimeoutError:
         where = f"{self.host}:{self.port}"
@@ -479,7 +485,8 @@ class Pop3Client(BaseClient):
         else as soon as that many bytes have come (the session is then closed without
         QUIT). Stream such a message with :meth:`iter_message` instead.
         """
-        self._check_size(number)
+        if self._sizes:
+            self._check_size(number)
         conn = self._live()
         command = self._proto.retr(number)
         try:
@@ -487,45 +494,59 @@ class Pop3Client(BaseClient):
         except BaseException:
             self._broken = True
             raise
-        return await self._bounded_message(number, "RETR")
+        return await self._bounded_message(conn, number, "RETR")
 
-    async def _bounded_message(self, number: int, verb: str) -> bytes:
-        """The status reply and the data of a RETR or TOP just sent, within
-        ``max_message_size``. Events already parsed are taken straight from the
-        protocol; only when it needs data does this await :meth:`_next_event`: for a
-        small message the wrappers would cost as much as the parsing."""
-        next_buffered = self._proto.next_event
+    async def _bounded_message(self, conn: Connection, number: int, verb: str) -> bytes:
+        """The reply to a RETR or TOP just sent: the message, within
+        ``max_message_size``. A small one is taken whole once it is buffered
+        (:meth:`Pop3Protocol.next_message`: one step, not three events); a longer one
+        is read chunk by chunk, events already parsed straight from the protocol."""
+        next_message = self._proto.next_message
         self._reply_start = self._loop_time()
         self._awaiting = "the reply to " + verb
         self._streamed = None
         try:  # the protocol raises for a server that breaks it: the session is over
-            event = next_buffered()
-            if event is NEED_DATA or type(event) is ConnectionClosed:
-                event = await self._next_event()
+            while (event := next_message()) is NEED_DATA:
+                await self._receive_more(conn)
+                # Under way: from now on it may take longer, at min_rate.
+                if self._streamed is None:
+                    self._streamed = 0
         except MailOAuthError:
             self._broken = True
             raise
+        if type(event) is bytes:
+            if len(event) > self.max_message_size:
+                await self._too_large(number, len(event))
+            return event
         if type(event) is not Reply:
             self._broken = True
             raise ProtocolError(f"expected a status reply from {self.host}, got {event!r}")
         if not event.ok:
             raise CommandError(
-                f"{self.host}:{self.port} refused {event.command}: -ERR {event.text}",
+                f"{self.host}:{self.port} refused {event.command} {number}: -ERR {event.text}",
                 command=event.command,
                 reply=f"-ERR {event.text}",
                 response_code=event.code,
                 host=self.host,
                 port=self.port,
             )
-        self._streamed = 0
+        return await self._streamed_message(conn, number)
+
+    async def _streamed_message(self, conn: Connection, number: int) -> bytes:
+        """The data of a message whose ``+OK`` was read, joined, within
+        ``max_message_size`` (checked as it comes)."""
+        next_buffered = self._proto.next_event
+        if self._streamed is None:
+            self._streamed = 0
         chunks = []
         size = 0
         limit = self.max_message_size
         while True:
             try:
                 event = next_buffered()
-                if event is NEED_DATA or type(event) is ConnectionClosed:
-                    event = await self._next_event()
+                while event is NEED_DATA:
+                    await self._receive_more(conn)
+                    event = next_buffered()
             except MailOAuthError:
                 self._broken = True
                 raise
@@ -592,9 +613,7 @@ class Pop3Client(BaseClient):
                 refused, todo = number, todo[:index]
                 break
         window = PIPELINE_WINDOW if self._caps and "PIPELINING" in self._caps else 1
-        next_buffered = self._proto.next_event
-        limit = self.max_message_size
-        loop_time = self._loop_time
+        conn = self._live()
         sent = 0
         for done, number in enumerate(todo):
             # Keep between window/2 and window commands in flight.
@@ -602,47 +621,12 @@ class Pop3Client(BaseClient):
                 batch = todo[sent : done + window]
                 await self._send(self._proto.retr_many(batch))
                 sent += len(batch)
-            # Events already buffered come straight from the protocol; only when it
-            # needs data does the loop await _next_event(). Per small message, the
-            # wrappers would cost as much as the parsing.
-            self._reply_start = loop_time()
-            self._awaiting = "the reply to RETR"
-            self._streamed = None
             try:
-                event = next_buffered()
-                if event is NEED_DATA or type(event) is ConnectionClosed:
-                    event = await self._next_event()
-                if type(event) is Reply and event.ok:
-                    self._streamed = 0
-                    chunks = []
-                    size = 0
-                    while True:
-                        event = next_buffered()
-                        if event is NEED_DATA or type(event) is ConnectionClosed:
-                            event = await self._next_event()
-                        if type(event) is not MessageData:
-                            break
-                        size += len(event.data)
-                        if size > limit:
-                            await self._too_large(number, size)
-                        chunks.append(event.data)
-            except MailOAuthError:  # the server broke the protocol: session unusable
-                self._broken = True
-                raise
-            if type(event) is Reply:  # -ERR
+                message = await self._bounded_message(conn, number, "RETR")
+            except CommandError:
                 self._broken = sent > done + 1  # replies still in flight: session unusable
-                raise CommandError(
-                    f"{self.host}:{self.port} refused RETR {number}: -ERR {event.text}",
-                    command="RETR",
-                    reply=f"-ERR {event.text}",
-                    response_code=event.code,
-                    host=self.host,
-                    port=self.port,
-                )
-            if type(event) is not MessageEnd:
-                self._broken = True
-                raise ProtocolError(f"unexpected {event!r} inside a message from {self.host}")
-            yield number, b"".join(chunks)
+                raise
+            yield number, message
         if refused is not None:
             raise self._too_large_error(
                 refused, f"LIST gives {self._sizes[refused]} octets", closed=False
@@ -653,7 +637,7 @@ class Pop3Client(BaseClient):
         ``max_message_size`` like :meth:`retrieve` (checked while reading)."""
         conn = self._live()
         await self._io(conn.send(self._proto.top(number, lines)))
-        return await self._bounded_message(number, "TOP")
+        return await self._bounded_message(conn, number, "TOP")
 
     async def delete(self, number: int) -> None:
         """DELE: mark for deletion. Applied only at a clean QUIT (:meth:`aclose`)."""

@@ -86,6 +86,7 @@ from mailoauth.pop3.readers import (
     dot_stuff,
     response_code,
     split_status,
+    whole_message,
 )
 from mailoauth.sasl import (
     POP3_MAX_AUTH_LINE,
@@ -138,6 +139,10 @@ class _AuthExchange:
     initial_sent: bool
     challenge: bytes | None = None  # the raw challenge awaiting auth_continue()
     error_answered: bool = False
+
+
+# What a RETR awaits (immutable: one serves them all).
+_RETR: Final = _Pending("RETR", _K.MESSAGE)
 
 
 def _check_arg(value: str, what: str) -> None:
@@ -236,6 +241,33 @@ class Pop3Protocol:
         except ConnectionLostError:
             self._transition(Trigger.PEER_CLOSED)
             raise
+
+    def next_message(self) -> bytes | Event | Literal[NeedData.NEED_DATA]:
+        """:meth:`next_event`, with a fast path for a small RETR/TOP reply.
+
+        When the next response is a message, returns its content (dot-unstuffed, the
+        :class:`MessageData` chunks joined) once the status line, the body and the
+        terminator are all buffered, in one step instead of :class:`Reply`,
+        :class:`MessageData`... and :class:`MessageEnd`; :data:`NEED_DATA` until then
+        while it may still come whole within
+        :data:`~mailoauth.pop3.readers.WHOLE_MESSAGE_MAX` bytes. Otherwise (a ``-ERR``,
+        a longer message, any other response, the data of a message already begun)
+        it is :meth:`next_event`: the :class:`Reply`, then the message's events. Raises
+        what :meth:`next_event` raises.
+        """
+        pending = self._pending
+        if (
+            self._reader is None
+            and pending
+            and pending[0].kind is _K.MESSAGE
+            and self._state is not State.ERROR
+        ):
+            content = whole_message(self._buf)
+            if content is not None:
+                if content is not NEED_DATA:
+                    pending.popleft()  # neither a barrier nor a state change
+                return content
+        return self.next_event()
 
     def start_tls(self) -> bytes:
         """Prepare for the TLS handshake after ``Reply("STLS", ok=True)``.
@@ -352,7 +384,12 @@ class Pop3Protocol:
     def retr(self, number: int) -> bytes:
         """``RETR n``. Raises ConfigurationError if illegal now or n < 1."""
         _check_msg_number(number)
-        return self._command("RETR", _K.MESSAGE, str(number))
+        line = b"RETR %d\r\n" % number
+        if len(line) > MAX_COMMAND_LINE:
+            return self._command("RETR", _K.MESSAGE, str(number))  # which refuses it
+        self._check_can_send("RETR")
+        self._pending.append(_RETR)
+        return line
 
     def retr_many(self, numbers: Sequence[int]) -> bytes:
         """``RETR n`` for each of ``numbers``, as one write (for PIPELINING, RFC 2449;
@@ -361,8 +398,7 @@ class Pop3Protocol:
         for number in numbers:
             _check_msg_number(number)
         self._check_can_send("RETR")
-        pending = _Pending("RETR", _K.MESSAGE)  # immutable: one serves them all
-        self._pending.extend(pending for _ in numbers)
+        self._pending.extend(_RETR for _ in numbers)
         return b"".join(b"RETR %d\r\n" % number for number in numbers)
 
     def top(self, number: int, lines: int) -> bytes:

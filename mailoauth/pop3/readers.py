@@ -51,6 +51,7 @@ __all__ = [
     "MAX_LINE",
     "MAX_LISTING_SIZE",
     "READERS",
+    "WHOLE_MESSAGE_MAX",
     "ListingReader",
     "MessageReader",
     "Reader",
@@ -61,6 +62,7 @@ __all__ = [
     "dot_stuff",
     "response_code",
     "split_status",
+    "whole_message",
 ]
 
 #: Longest status line, listing line or CAPA line accepted, CRLF included. RFC 1939
@@ -73,6 +75,10 @@ MAX_LINE: Final = 8192
 #: beyond any real maildrop served over POP3 -- while a hostile server can make us hold
 #: at most this much (plus the parsed tuples) in memory.
 MAX_LISTING_SIZE: Final = 16 * 1024 * 1024
+#: Largest RETR/TOP response :func:`whole_message` waits for and returns in one piece
+#: (status line, body and terminator); a longer one is streamed chunk by chunk, so
+#: that the receive buffer stays bounded by about this much plus one read.
+WHOLE_MESSAGE_MAX: Final = 64 * 1024
 
 _CRLF: Final = b"\r\n"
 _DOT: Final = 0x2E
@@ -81,6 +87,8 @@ _LF: Final = 0x0A
 # RFC 2449 §8: resp-code = "[" resp-level *("/" resp-level) "]"
 _RESP_CODE: Final = re.compile(rb"\[([A-Za-z0-9-]+(?:/[A-Za-z0-9-]+)*)\]")
 _LINE_DOT: Final = re.compile(rb"\r\n\.")
+_TERMINATOR: Final = b"\r\n.\r\n"
+_OK: Final = b"+OK"
 # Dots not at a line start tolerated before the body scan stops using memchr for the
 # rest of the session (see unstuff).
 _DOT_SCAN_MISSES: Final = 8
@@ -103,7 +111,7 @@ class ReceiveBuffer:
     that a message body passes through without copies.
     """
 
-    __slots__ = ("data", "eof", "scan_dots", "scan_from")
+    __slots__ = ("data", "eof", "scan_dots", "scan_from", "whole_from")
 
     def __init__(self) -> None:
         self.data: bytes | bytearray = b""
@@ -114,6 +122,8 @@ class ReceiveBuffer:
         # Whether a body is scanned with a memchr for "." (see unstuff); once dots turn
         # out to be common, a CRLF "." search for the rest of the session.
         self.scan_dots = True
+        # Offset from which whole_message() looks for the terminator again.
+        self.whole_from = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -155,6 +165,7 @@ class ReceiveBuffer:
 
     def consume(self, count: int) -> None:
         """Drop the first ``count`` bytes."""
+        self.whole_from = 0
         buf = self.data
         if count == len(buf):
             self.data = b""
@@ -169,7 +180,7 @@ class ReceiveBuffer:
         """Empty the buffer; what it held."""
         held = bytes(self.data)
         self.data = b""
-        self.scan_from = 0
+        self.scan_from = self.whole_from = 0
         return held
 
 
@@ -323,6 +334,48 @@ class MessageReader:
         elif not content:
             return NEED_DATA
         return MessageData(content)
+
+
+def whole_message(buf: ReceiveBuffer) -> bytes | _NeedData | None:
+    """A whole ``+OK`` RETR/TOP response at the start of ``buf``: consumed, and its
+    content returned dot-unstuffed (what the :class:`MessageReader` chunks joined give).
+
+    One scan for the terminator and bytes operations instead of events: the fast path
+    of a small message. :data:`NEED_DATA` while the response may still come whole within
+    :data:`WHOLE_MESSAGE_MAX` bytes; ``None`` (nothing consumed) when it will not be
+    taken whole -- a ``-ERR``, anything malformed, a longer message, the end of the
+    stream: read it with :class:`MessageReader` then, which also raises the errors.
+    """
+    data = buf.data
+    n = len(data)
+    if not data.startswith(_OK):
+        return NEED_DATA if n < 3 and _OK.startswith(data) and not buf.eof else None
+    eol = data.find(_CRLF, 3, MAX_LINE)
+    if eol < 0 or (eol > 3 and data[3] != 0x20):  # "+OK" then CRLF or a space
+        return NEED_DATA if n < MAX_LINE and eol < 0 and not buf.eof else None
+    # The body is dot-stuffed, so the first CRLF "." CRLF after the status line's CRLF
+    # ends it (a line that is a lone "." in the content goes as "..").
+    end = data.find(_TERMINATOR, max(eol, buf.whole_from), WHOLE_MESSAGE_MAX)
+    if end < 0:
+        if n >= WHOLE_MESSAGE_MAX or buf.eof:
+            return None
+        buf.whole_from = max(n - 4, eol)  # the terminator may have begun
+        return NEED_DATA
+    if end == eol:
+        body = b""
+    elif type(data) is bytes:
+        body = data[eol + 2 : end + 2]
+    else:
+        with memoryview(data) as view, view[eol + 2 : end + 2] as part:
+            body = part.tobytes()
+    # Unstuff: a line's leading ".." loses a dot; a lone leading dot is kept (as
+    # MessageReader and poplib keep it). bytes.replace returns body itself when it
+    # finds nothing, so a message without such lines is not copied again.
+    body = body.replace(b"\r\n..", b"\r\n.")
+    if body.startswith(b".."):
+        body = body[1:]
+    buf.consume(end + 5)
+    return body
 
 
 # -- parsers of the data ----------------------------------------------------------------
