@@ -190,6 +190,7 @@ class Connection(asyncio.BufferedProtocol):
         "_buffered",
         "_chunks",
         "_closed",
+        "_deadline",
         "_drain_waiter",
         "_eof",
         "_error",
@@ -212,6 +213,7 @@ class Connection(asyncio.BufferedProtocol):
         "_ssl",
         "_ssl_context",
         "_timed_out",
+        "_timer",
         "_tls_hostname",
         "_tls_resumption",
         "_waiter",
@@ -272,6 +274,8 @@ class Connection(asyncio.BufferedProtocol):
         self._error: MailOAuthError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timed_out = False  # receive()'s timer fired
+        self._deadline: float | None = None  # of the receive() under way
+        self._timer: asyncio.TimerHandle | None = None  # see _wait_for_chunks()
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         # receive() mode: plaintext waiting to be read
@@ -566,6 +570,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._stop_timer()
         if not self._lost.done():
             self._lost.set_result(None)
         if self._abort_later is not None:
@@ -688,21 +693,44 @@ class Connection(asyncio.BufferedProtocol):
 
     async def _wait_for_chunks(self, timeout: float) -> None:
         """Wait until plaintext is queued, for at most ``timeout`` seconds; raises
-        :class:`TimeoutError` then, and what :meth:`_wait` raises. One loop timer, not
-        a cancel scope: this is the wait of every POP3 reply and every RETR."""
+        :class:`TimeoutError` then, and what :meth:`_wait` raises.
+
+        This is the wait of every POP3 reply and every RETR, so it costs no timer of
+        its own: one loop timer serves the waits that follow each other, re-armed only
+        when a wait must end before it fires; one that fires before the current wait's
+        deadline re-arms itself for it (:meth:`_time_out`)."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        self._deadline = deadline
         self._timed_out = False
-        timer = self._loop.call_later(timeout, self._time_out)
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._time_out)
         try:
             while not self._chunks:
                 if self._timed_out:
                     raise TimeoutError
                 await self._wait()
         finally:
-            timer.cancel()
+            self._deadline = None
 
     def _time_out(self) -> None:
+        timer, self._timer = self._timer, None
+        deadline = self._deadline
+        if deadline is None:
+            return  # no wait under way
+        if timer is not None and timer.when() < deadline:
+            self._timer = self._loop.call_at(deadline, self._time_out)  # an earlier wait's
+            return
         self._timed_out = True
         self._wake()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _fail(self, error: MailOAuthError) -> None:
         if self._error is None:
@@ -765,11 +793,11 @@ class Connection(asyncio.BufferedProtocol):
         :class:`MailTimeoutError` (closing the connection) when nothing comes."""
         if not self._chunks:
             try:
-                with map_io_errors("reading from", self.host, self.port):
-                    await self._wait_for_chunks(self.timeout if timeout is None else timeout)
+                await self._wait_for_chunks(self.timeout if timeout is None else timeout)
             except BaseException:
                 self.close()
-                raise
+                with map_io_errors("reading from", self.host, self.port):
+                    raise
         chunks = self._chunks
         data = chunks.popleft()
         if len(data) > max_bytes:
@@ -794,6 +822,7 @@ class Connection(asyncio.BufferedProtocol):
         """Hand every byte from now on (and any already received) to ``protocol``,
         whose output goes back through the returned transport."""
         transport = ProtocolTransport(self, protocol)
+        self._stop_timer()  # receive() is over for this connection
         self._sink = protocol
         protocol.connection_made(transport)
         while self._chunks:
@@ -817,6 +846,7 @@ class Connection(asyncio.BufferedProtocol):
             self._raw.close()
             if not self._lost.done():
                 self._abort_later = self._loop.call_later(CLOSE_TIMEOUT, self._raw.abort)
+        self._stop_timer()
         if not self._closed:
             self._closed = True
             self._wake()

@@ -746,10 +746,41 @@ async def test_receive_times_out_even_when_woken_without_data() -> None:
     assert conn.closed and sock.closed
 
 
-async def test_receive_leaves_no_timer_behind() -> None:
+def receive_timers(conn: Connection) -> list[asyncio.TimerHandle]:
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
+    return [h for h in timers if not h.cancelled() and h._callback == conn._time_out]  # type: ignore[attr-defined]
+
+
+async def test_receive_waits_share_one_timer_and_close_removes_it() -> None:
+    """One loop timer serves waits that follow each other (no timer created and
+    cancelled per RETR), and none is left once the connection is closed."""
     conn, _sock = connect(timeout=30.0)
     loop = asyncio.get_running_loop()
-    loop.call_later(0.01, conn.data_received, b"+OK\r\n")
-    assert await conn.receive() == b"+OK\r\n"
-    timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
-    assert not any(getattr(h, "_callback", None) == conn._time_out for h in timers)
+    for n in range(50):
+        loop.call_soon(conn.data_received, b"+OK %d\r\n" % n)
+        assert await conn.receive() == b"+OK %d\r\n" % n
+        assert len(receive_timers(conn)) == 1
+    conn.close()
+    assert receive_timers(conn) == []
+
+
+async def test_a_wait_outlives_the_timer_armed_by_an_earlier_shorter_wait() -> None:
+    conn, _sock = connect(timeout=30.0)
+    loop = asyncio.get_running_loop()
+    loop.call_soon(conn.data_received, b"first")
+    assert await conn.receive(timeout=0.05) == b"first"
+    # The timer still fires at the first wait's deadline: it re-arms for this one.
+    loop.call_later(0.1, conn.data_received, b"second")
+    assert await conn.receive(timeout=0.3) == b"second"
+    assert not conn.closed
+
+
+async def test_a_shorter_wait_after_a_longer_one_still_times_out() -> None:
+    conn, sock = connect(timeout=30.0)
+    loop = asyncio.get_running_loop()
+    loop.call_soon(conn.data_received, b"first")
+    assert await conn.receive() == b"first"  # arms the timer 30 s out
+    with pytest.raises(MailTimeoutError, match="timed out reading from localhost:1"):
+        await conn.receive(timeout=0.05)
+    assert conn.closed and sock.closed and receive_timers(conn) == []
