@@ -679,40 +679,48 @@ class Connection(asyncio.BufferedProtocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        """Wait for more bytes (or the end); raises if the connection is gone."""
+    def _check_open(self) -> None:
+        """Raise if no more bytes can come: the error that ended the connection, or
+        :class:`ConnectionLostError` at the end of the stream."""
         if self._error is not None:
             raise self._error
         if self._eof or self._closed:
             raise ConnectionLostError(f"{self.host}:{self.port} closed the connection")
+
+    async def _wait(self) -> None:
+        """Wait for more bytes (or the end); raises if the connection is gone."""
+        self._check_open()
         self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
 
-    async def _wait_for_chunks(self, timeout: float) -> None:
-        """Wait until plaintext is queued, for at most ``timeout`` seconds; raises
-        :class:`TimeoutError` then, and what :meth:`_wait` raises.
+    async def _wait_for_chunks(self, deadline: float) -> None:
+        """Wait until plaintext is queued, until loop time ``deadline``; raises
+        :class:`TimeoutError` then, and what :meth:`_check_open` raises.
 
         This is the wait of every POP3 reply and every RETR, so it costs no timer of
         its own: one loop timer serves the waits that follow each other, re-armed only
         when a wait must end before it fires; one that fires before the current wait's
         deadline re-arms itself for it (:meth:`_time_out`)."""
-        loop = self._loop
-        deadline = loop.time() + timeout
         self._deadline = deadline
         self._timed_out = False
         timer = self._timer
         if timer is None or timer.when() > deadline:
             if timer is not None:
                 timer.cancel()
-            self._timer = loop.call_at(deadline, self._time_out)
+            self._timer = self._loop.call_at(deadline, self._time_out)
         try:
             while not self._chunks:
                 if self._timed_out:
                     raise TimeoutError
-                await self._wait()
+                self._check_open()
+                waiter = self._waiter = self._loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
         finally:
             self._deadline = None
 
@@ -785,15 +793,23 @@ class Connection(asyncio.BufferedProtocol):
     # -- reading (receive() mode) -----------------------------------------------------
 
     async def receive(
-        self, max_bytes: int = RECEIVE_CHUNK, *, timeout: float | None = None
+        self,
+        max_bytes: int = RECEIVE_CHUNK,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> bytes:
         """At least one byte, at most ``max_bytes`` (whole chunks as they were read,
-        joined up to that size: fewer awaits when the reader is behind). Raises
+        joined up to that size: fewer awaits when the reader is behind), waiting at
+        most ``timeout`` seconds (default: the connection's), or until the event loop's
+        :meth:`~asyncio.AbstractEventLoop.time` reaches ``deadline`` if given. Raises
         :class:`ConnectionLostError` at the end of the stream, and
         :class:`MailTimeoutError` (closing the connection) when nothing comes."""
         if not self._chunks:
+            if deadline is None:
+                deadline = self._loop.time() + (self.timeout if timeout is None else timeout)
             try:
-                await self._wait_for_chunks(self.timeout if timeout is None else timeout)
+                await self._wait_for_chunks(deadline)
             except BaseException:
                 self.close()
                 with map_io_errors("reading from", self.host, self.port):

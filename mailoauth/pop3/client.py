@@ -174,12 +174,11 @@ class Pop3Client(BaseClient):
             loop = self._loop = asyncio.get_running_loop()
         return loop.time()
 
-    def _wait_budget(self) -> float:
+    def _reply_deadline(self) -> float:
+        """The loop time by which the awaited reply (or its next bytes) must come."""
         if self._streamed is None:
-            deadline = self._reply_start + self.timeout
-        else:
-            deadline = self.transfer_deadline(self._reply_start, self._streamed)
-        return max(deadline - self._loop_time(), 0.0)
+            return self._reply_start + self.timeout
+        return self.transfer_deadline(self._reply_start, self._streamed)
 
     async def _next_event(self) -> Event:
         conn = self._live()
@@ -202,7 +201,7 @@ class Pop3Client(BaseClient):
         protocol; the end of the stream is handed on as ``b""``, for the protocol to
         say what it cut short."""
         try:
-            data = await conn.receive(timeout=self._wait_budget())
+            data = await conn.receive(deadline=self._reply_deadline())
         except ConnectionLostError:
             self._broken = True
             data = b""
@@ -501,16 +500,20 @@ class Pop3Client(BaseClient):
         ``max_message_size``. A small one is taken whole once it is buffered
         (:meth:`Pop3Protocol.next_message`: one step, not three events); a longer one
         is read chunk by chunk, events already parsed straight from the protocol."""
-        next_message = self._proto.next_message
+        proto = self._proto
+        next_message = proto.next_message
         self._reply_start = self._loop_time()
         self._awaiting = "the reply to " + verb
         self._streamed = None
         try:  # the protocol raises for a server that breaks it: the session is over
-            while (event := next_message()) is NEED_DATA:
+            # Nothing buffered (the usual case, one RETR at a time): wait at once.
+            event = next_message() if proto.buffered_bytes else NEED_DATA
+            while event is NEED_DATA:
                 await self._receive_more(conn)
                 # Under way: from now on it may take longer, at min_rate.
                 if self._streamed is None:
                     self._streamed = 0
+                event = next_message()
         except MailOAuthError:
             self._broken = True
             raise

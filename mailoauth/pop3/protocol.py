@@ -168,6 +168,7 @@ class Pop3Protocol:
 
     def __init__(self) -> None:
         self._state = State.GREETING
+        self._allowed = ALLOWED_COMMANDS[self._state]  # the commands legal in it
         self._buf = ReceiveBuffer()
         self._pending: deque[_Pending] = deque([_Pending("GREETING", _K.GREETING)])
         self._barrier: str | None = None
@@ -434,7 +435,7 @@ class Pop3Protocol:
             raise ConfigurationError(
                 f"cannot send {verb} before the reply to {self._barrier} has been read"
             )
-        if verb not in ALLOWED_COMMANDS[self._state]:
+        if verb not in self._allowed:
             raise ConfigurationError(f"{verb} is not allowed in the {self._state.value} state")
 
     def _enqueue(self, verb: str, kind: ResponseKind) -> None:
@@ -463,6 +464,7 @@ class Pop3Protocol:
             raise ProtocolError(
                 f"no POP3 transition from {self._state.value} on {trigger.value}"
             ) from None
+        self._allowed = ALLOWED_COMMANDS[self._state]
 
     # -- internals: parsing -----------------------------------------------------------
 
