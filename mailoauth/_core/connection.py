@@ -275,7 +275,7 @@ class Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._timed_out = False  # receive()'s timer fired
         self._deadline: float | None = None  # of the receive() under way
-        self._timer: asyncio.TimerHandle | None = None  # see _wait_for_chunks()
+        self._timer: asyncio.TimerHandle | None = None  # see receive()
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         # receive() mode: plaintext waiting to be read
@@ -696,34 +696,6 @@ class Connection(asyncio.BufferedProtocol):
         finally:
             self._waiter = None
 
-    async def _wait_for_chunks(self, deadline: float) -> None:
-        """Wait until plaintext is queued, until loop time ``deadline``; raises
-        :class:`TimeoutError` then, and what :meth:`_check_open` raises.
-
-        This is the wait of every POP3 reply and every RETR, so it costs no timer of
-        its own: one loop timer serves the waits that follow each other, re-armed only
-        when a wait must end before it fires; one that fires before the current wait's
-        deadline re-arms itself for it (:meth:`_time_out`)."""
-        self._deadline = deadline
-        self._timed_out = False
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._time_out)
-        try:
-            while not self._chunks:
-                if self._timed_out:
-                    raise TimeoutError
-                self._check_open()
-                waiter = self._waiter = self._loop.create_future()
-                try:
-                    await waiter
-                finally:
-                    self._waiter = None
-        finally:
-            self._deadline = None
-
     def _time_out(self) -> None:
         timer, self._timer = self._timer, None
         deadline = self._deadline
@@ -806,14 +778,36 @@ class Connection(asyncio.BufferedProtocol):
         :class:`ConnectionLostError` at the end of the stream, and
         :class:`MailTimeoutError` (closing the connection) when nothing comes."""
         if not self._chunks:
+            # The wait of every POP3 reply and every RETR, so it costs no timer of its
+            # own: one loop timer serves the waits that follow each other, re-armed only
+            # when a wait must end before it fires; one that fires before the current
+            # wait's deadline re-arms itself for it (_time_out).
+            loop = self._loop
             if deadline is None:
-                deadline = self._loop.time() + (self.timeout if timeout is None else timeout)
+                deadline = loop.time() + (self.timeout if timeout is None else timeout)
+            self._deadline = deadline
+            self._timed_out = False
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._time_out)
             try:
-                await self._wait_for_chunks(deadline)
+                while not self._chunks:
+                    if self._timed_out:
+                        raise TimeoutError
+                    self._check_open()
+                    waiter = self._waiter = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
             except BaseException:
                 self.close()
                 with map_io_errors("reading from", self.host, self.port):
                     raise
+            finally:
+                self._deadline = None
         chunks = self._chunks
         data = chunks.popleft()
         if len(data) > max_bytes:

@@ -86,6 +86,8 @@ PIPELINE_WINDOW: Final = 1024
 DEFAULT_MAX_MESSAGE_SIZE: Final = 200 * 1024 * 1024
 
 _parser = BytesParser(policy=email.policy.default)
+# What a timeout says was awaited, by command (not formatted per message).
+_REPLY_TO: Final = {"RETR": "the reply to RETR", "TOP": "the reply to TOP"}
 
 
 @dataclass(frozen=True)
@@ -202,15 +204,22 @@ class Pop3Client(BaseClient):
         say what it cut short."""
         try:
             data = await conn.receive(deadline=self._reply_deadline())
-        except ConnectionLostError:
-            self._broken = True
-            data = b""
-        except MailTimeoutError as exc:
-            self._broken = True
+        except BaseException as exc:
+            data = self._receive_failed(exc)
+        self._received(data)
+
+    def _receive_failed(self, exc: BaseException) -> bytes:
+        """After ``receive()`` raised ``exc``: the session is over. ``b""`` (the end of
+        the stream, for the protocol to say what it cut short) for a lost connection;
+        else raises (a timeout as one naming the reply awaited)."""
+        self._broken = True
+        if isinstance(exc, ConnectionLostError):
+            return b""
+        if isinstance(exc, MailTimeoutError):
             raise self._timeout_error() from exc
-        except BaseException:
-            self._broken = True
-            raise
+        raise exc
+
+    def _received(self, data: bytes) -> None:
         if self._streamed is not None:
             self._streamed += len(data)
         try:
@@ -503,13 +512,17 @@ class Pop3Client(BaseClient):
         proto = self._proto
         next_message = proto.next_message
         self._reply_start = self._loop_time()
-        self._awaiting = "the reply to " + verb
+        self._awaiting = _REPLY_TO[verb]
         self._streamed = None
         try:  # the protocol raises for a server that breaks it: the session is over
             # Nothing buffered (the usual case, one RETR at a time): wait at once.
             event = next_message() if proto.buffered_bytes else NEED_DATA
             while event is NEED_DATA:
-                await self._receive_more(conn)
+                try:
+                    data = await conn.receive(deadline=self._reply_deadline())
+                except BaseException as exc:
+                    data = self._receive_failed(exc)
+                self._received(data)
                 # Under way: from now on it may take longer, at min_rate.
                 if self._streamed is None:
                     self._streamed = 0
