@@ -87,7 +87,6 @@ _LF: Final = 0x0A
 # RFC 2449 §8: resp-code = "[" resp-level *("/" resp-level) "]"
 _RESP_CODE: Final = re.compile(rb"\[([A-Za-z0-9-]+(?:/[A-Za-z0-9-]+)*)\]")
 _LINE_DOT: Final = re.compile(rb"\r\n\.")
-_TERMINATOR: Final = b"\r\n.\r\n"
 _OK: Final = b"+OK"
 # Dots not at a line start tolerated before the body scan stops using memchr for the
 # rest of the session (see unstuff).
@@ -340,8 +339,9 @@ def whole_message(buf: ReceiveBuffer) -> bytes | _NeedData | None:
     """A whole ``+OK`` RETR/TOP response at the start of ``buf``: consumed, and its
     content returned dot-unstuffed (what the :class:`MessageReader` chunks joined give).
 
-    One scan for the terminator and bytes operations instead of events: the fast path
-    of a small message. :data:`NEED_DATA` while the response may still come whole within
+    The fast path of a small message: one scan for the lines that begin with a dot
+    (the terminator, and any stuffed line) and bytes operations, instead of events.
+    :data:`NEED_DATA` while the response may still come whole within
     :data:`WHOLE_MESSAGE_MAX` bytes; ``None`` (nothing consumed) when it will not be
     taken whole -- a ``-ERR``, anything malformed, a longer message, the end of the
     stream: read it with :class:`MessageReader` then, which also raises the errors.
@@ -353,29 +353,51 @@ def whole_message(buf: ReceiveBuffer) -> bytes | _NeedData | None:
     eol = data.find(_CRLF, 3, MAX_LINE)
     if eol < 0 or (eol > 3 and data[3] != 0x20):  # "+OK" then CRLF or a space
         return NEED_DATA if n < MAX_LINE and eol < 0 and not buf.eof else None
-    # The body is dot-stuffed, so the first CRLF "." CRLF after the status line's CRLF
-    # ends it (a line that is a lone "." in the content goes as "..").
-    end = data.find(_TERMINATOR, max(eol, buf.whole_from), WHOLE_MESSAGE_MAX)
-    if end < 0:
-        if n >= WHOLE_MESSAGE_MAX or buf.eof:
-            return None
-        buf.whole_from = max(n - 4, eol)  # the terminator may have begun
-        return NEED_DATA
-    if end == eol:
-        body = b""
-    elif type(data) is bytes:
-        body = data[eol + 2 : end + 2]
+    # Every line of the body follows a CRLF, the first one the status line's. A line
+    # that begins with a dot is the terminator (a lone "."), stuffed (".." loses a
+    # dot), or kept as it is (a dot the server did not stuff, as MessageReader and
+    # poplib keep it). Dots that begin lines are rare: one search finds each.
+    stuffed: list[int] = []  # the dots to drop
+    search = _LINE_DOT.search
+    pos = max(eol, buf.whole_from)
+    while (match := search(data, pos, WHOLE_MESSAGE_MAX)) is not None:
+        i = match.start()
+        if i + 5 > n:  # the line is not all here: look at it again with more bytes
+            pos = i
+            break
+        after = data[i + 3 : i + 5]
+        if after == _CRLF:
+            return _take(buf, eol + 2, i + 2, stuffed)
+        if after[0] == _DOT:
+            stuffed.append(i + 2)
+        pos = i + 3
     else:
-        with memoryview(data) as view, view[eol + 2 : end + 2] as part:
-            body = part.tobytes()
-    # Unstuff: a line's leading ".." loses a dot; a lone leading dot is kept (as
-    # MessageReader and poplib keep it). bytes.replace returns body itself when it
-    # finds nothing, so a message without such lines is not copied again.
-    body = body.replace(b"\r\n..", b"\r\n.")
-    if body.startswith(b".."):
-        body = body[1:]
-    buf.consume(end + 5)
-    return body
+        pos = max(pos, n - 2)  # the next CRLF "." may have begun
+    if n >= WHOLE_MESSAGE_MAX or buf.eof:
+        return None
+    # Resume the scan there with more bytes, unless dots to drop were found before it.
+    buf.whole_from = eol if stuffed else pos
+    return NEED_DATA
+
+
+def _take(buf: ReceiveBuffer, start: int, stop: int, stuffed: list[int]) -> bytes:
+    """``buf.data[start:stop]`` without the bytes at ``stuffed``, as bytes; consumes up
+    to the terminator after ``stop``."""
+    data = buf.data
+    if stuffed:
+        pieces = []
+        for dot in stuffed:
+            pieces.append(data[start:dot])
+            start = dot + 1
+        pieces.append(data[start:stop])
+        content = b"".join(pieces)
+    elif type(data) is bytes:
+        content = data[start:stop]
+    else:
+        with memoryview(data) as view, view[start:stop] as part:
+            content = part.tobytes()
+    buf.consume(stop + 3)
+    return content
 
 
 # -- parsers of the data ----------------------------------------------------------------

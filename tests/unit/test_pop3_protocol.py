@@ -41,6 +41,7 @@ from mailoauth.pop3.protocol import (
     UidListing,
     dot_stuff,
 )
+from mailoauth.pop3.readers import WHOLE_MESSAGE_MAX
 from mailoauth.sasl import POP3_MAX_AUTH_LINE, OAuthBearer, XOAuth2
 
 TRAILING = b"+OK trailing bytes of the next response\r\n"
@@ -1042,3 +1043,132 @@ def test_dot_scan_gives_way_for_the_session_when_dots_are_common() -> None:
     assert proto._scan_dots is False  # many dots not at a line start: CRLF-dot search
     events = drain(proto, b"+OK\r\n..stuffed\r\n" + dotted + b".\r\n")
     assert [e.data for e in events if isinstance(e, MessageData)] == [b".stuffed\r\n" + dotted]
+
+
+# -- next_message: a small RETR/TOP reply taken whole ------------------------------------
+
+
+def messages_of(proto: Pop3Protocol, data: bytes, pieces: list[int]) -> list[object]:
+    """Feed ``data`` cut at ``pieces`` and collect what next_message() gives until no
+    response is pending: whole messages as bytes, anything else as its events."""
+    out: list[object] = []
+    for lo, hi in zip([0, *pieces], [*pieces, len(data)], strict=True):
+        if hi > lo:
+            proto.receive_data(data[lo:hi])
+        while proto.pending_responses:
+            got = proto.next_message()
+            if got is NEED_DATA:
+                break
+            out.append(got)
+    return out
+
+
+@pytest.mark.parametrize("mode", FEED_MODES)
+@pytest.mark.parametrize("verb", ["RETR", "TOP"])
+def test_next_message_gives_a_small_reply_whole(mode: str, verb: str) -> None:
+    proto = transaction()
+    proto.retr(1) if verb == "RETR" else proto.top(1, 5)
+    wire = b"+OK 120 octets\r\n" + dot_stuff(RFC_MESSAGE)
+    if mode == "trailing":
+        wire += TRAILING
+    cuts = list(range(1, len(wire))) if mode == "bytewise" else []
+    assert messages_of(proto, wire, cuts) == [RFC_MESSAGE]
+    assert proto.pending_responses == 0
+    assert proto.buffered_bytes == (len(TRAILING) if mode == "trailing" else 0)
+
+
+@pytest.mark.parametrize(
+    ("wire", "content"),
+    [
+        (b".\r\n", b""),
+        (b"\r\n.\r\n", b"\r\n"),
+        (b"..\r\n.\r\n", b".\r\n"),
+        (b"...\r\n.\r\n", b"..\r\n"),
+        (b".x\r\n.\r\n", b".x\r\n"),  # unstuffed dot kept, as poplib does
+        (b"a\r\n.x\r\n..\r\n...y\r\n.\r\n", b"a\r\n.x\r\n.\r\n..y\r\n"),
+        (b"a\r\n.\rb\r\n.\r\n", b"a\r\n.\rb\r\n"),
+        (b"a\n.\r\n\r\n.\r\n", b"a\n.\r\n\r\n"),  # bare LF is not a line end
+    ],
+)
+def test_next_message_unstuffs_as_the_event_path_does(wire: bytes, content: bytes) -> None:
+    for cuts in ([], list(range(1, len(wire) + 5))):
+        proto = transaction()
+        proto.retr(1)
+        assert messages_of(proto, b"+OK\r\n" + wire, cuts) == [content]
+
+
+def test_next_message_then_the_next_reply_in_a_pipeline() -> None:
+    proto = transaction()
+    proto.retr_many([1, 2])
+    proto.noop()
+    wire = b"+OK\r\n" + dot_stuff(b"one\r\n") + b"+OK\r\n..two\r\n.\r\n+OK done\r\n"
+    assert messages_of(proto, wire, []) == [b"one\r\n", b".two\r\n", Reply("NOOP", True, "done")]
+    assert proto.pending_responses == 0 and proto.buffered_bytes == 0
+
+
+def test_next_message_gives_the_events_of_a_refusal() -> None:
+    proto = transaction()
+    proto.retr(9)
+    proto.stat()
+    assert messages_of(proto, b"-ERR no such message\r\n+OK 1 5\r\n", []) == [
+        Reply("RETR", False, "no such message"),
+        Reply("STAT", True, "1 5"),
+        Stat(1, 5),
+    ]
+
+
+def test_next_message_streams_a_reply_longer_than_the_whole_message_bound() -> None:
+    proto = transaction()
+    proto.retr(1)
+    content = b"z" * 70 + b"\r\n"
+    content *= WHOLE_MESSAGE_MAX // len(content) + 1
+    got = merge(cast(list[Event], messages_of(proto, b"+OK\r\n" + dot_stuff(content), [1000])))
+    assert got == [Reply("RETR", True, ""), MessageData(content), MessageEnd()]
+    # A reply that fits is waited for whole, however it is cut: no event before it.
+    proto.retr(2)
+    small = b"+OK\r\n" + dot_stuff(content[: WHOLE_MESSAGE_MAX // 2])
+    proto.receive_data(small[:-1])
+    assert proto.next_message() is NEED_DATA
+    assert proto.buffered_bytes == len(small) - 1
+    proto.receive_data(small[-1:])
+    assert proto.next_message() == normalized(content[: WHOLE_MESSAGE_MAX // 2])
+
+
+def test_next_message_leaves_errors_to_the_event_path() -> None:
+    proto = transaction()
+    proto.retr(1)
+    proto.receive_data(b"+OKAY\r\n")
+    with pytest.raises(ProtocolError):
+        proto.next_message()
+    proto = transaction()
+    proto.retr(1)
+    proto.receive_data(b"+OK " + b"x" * MAX_LINE)
+    with pytest.raises(LimitExceededError):
+        proto.next_message()
+    proto = transaction()
+    proto.retr(1)
+    proto.receive_data(b"+OK\r\npart of a messa")
+    assert proto.next_message() is NEED_DATA
+    proto.receive_data(b"")
+    with pytest.raises(ConnectionLostError):
+        while proto.next_message() is not NEED_DATA:
+            pass
+
+
+def test_next_message_is_next_event_for_other_replies() -> None:
+    proto = transaction()
+    proto.stat()
+    assert messages_of(proto, b"+OK 2 320\r\n", []) == [Reply("STAT", True, "2 320"), Stat(2, 320)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=content_strategy, data=st.data())
+def test_next_message_matches_the_event_path_in_any_chunking(
+    content: bytes, data: st.DataObject
+) -> None:
+    wire = b"+OK\r\n" + dot_stuff(content) + b"+OK\r\n"
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
+    proto = transaction()
+    proto.retr(1)
+    proto.noop()
+    assert messages_of(proto, wire, cuts) == [normalized(content), Reply("NOOP", True, "")]
