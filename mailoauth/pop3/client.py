@@ -511,7 +511,8 @@ class Pop3Client(BaseClient):
         is read chunk by chunk, events already parsed straight from the protocol."""
         proto = self._proto
         next_message = proto.next_message
-        self._reply_start = self._loop_time()
+        start = self._reply_start = self._loop_time()
+        deadline = start + self.timeout
         self._awaiting = _REPLY_TO[verb]
         self._streamed = None
         try:  # the protocol raises for a server that breaks it: the session is over
@@ -519,13 +520,15 @@ class Pop3Client(BaseClient):
             event = next_message() if proto.buffered_bytes else NEED_DATA
             while event is NEED_DATA:
                 try:
-                    data = await conn.receive(deadline=self._reply_deadline())
+                    data = await conn.receive(deadline=deadline)
                 except BaseException as exc:
                     data = self._receive_failed(exc)
-                self._received(data)
-                # Under way: from now on it may take longer, at min_rate.
                 if self._streamed is None:
-                    self._streamed = 0
+                    self._streamed = 0  # under way: what follows may take longer, at min_rate
+                else:
+                    self._streamed += len(data)
+                    deadline = self.transfer_deadline(start, self._streamed)
+                proto.receive_data(data)
                 event = next_message()
         except MailOAuthError:
             self._broken = True
