@@ -19,19 +19,29 @@ Also the tracemalloc peak of the streaming form for a 5 MB and a 50 MB message.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import cProfile
+import json
 import poplib
+import pstats
 import socket
 import ssl
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 from benchmarks._common import (
     HOST,
     Report,
     Samples,
     Servers,
+    client_context,
     cpu_seconds,
     interleaved,
     pct,
@@ -230,6 +240,10 @@ def measure(
     mbps: dict[str, Samples] = {n: Samples() for n in names}
     msgs: dict[str, Samples] = {n: Samples() for n in names}
     cpu_per_mb: dict[str, Samples] = {n: Samples() for n in names}
+    # Per message, in µs: the wall time, the client's CPU, and the rest (waiting).
+    wall_us: dict[str, Samples] = {n: Samples() for n in names}
+    cpu_us: dict[str, Samples] = {n: Samples() for n in names}
+    wait_us: dict[str, Samples] = {n: Samples() for n in names}
     sizes: dict[str, int] = {}
 
     def one(name: str) -> None:
@@ -238,6 +252,9 @@ def measure(
         mbps[name].add(total / elapsed / 1e6)
         msgs[name].add(len(numbers) / elapsed)
         cpu_per_mb[name].add(cpu / (total / 1e6) * 1000)
+        wall_us[name].add(elapsed / len(numbers) * 1e6)
+        cpu_us[name].add(cpu / len(numbers) * 1e6)
+        wait_us[name].add((elapsed - cpu) / len(numbers) * 1e6)
 
     interleaved(names, repeat, one)
     t = report.table(
@@ -269,8 +286,16 @@ def measure(
         "MB_per_s": {n: s.as_json() for n, s in mbps.items()},
         "msgs_per_s": {n: s.as_json() for n, s in msgs.items()},
         "client_cpu_ms_per_MB": {n: s.as_json() for n, s in cpu_per_mb.items()},
+        "per_message_us": {
+            n: {
+                "wall": wall_us[n].as_json(),
+                "cpu": cpu_us[n].as_json(),
+                "wait": wait_us[n].as_json(),
+            }
+            for n in names
+        },
     }
-    return {"MB/s": mbps, "CPU": cpu_per_mb}
+    return {"MB/s": mbps, "CPU": cpu_per_mb, "wall": wall_us, "cpu": cpu_us, "wait": wait_us}
 
 
 def run(quick: bool = False, repeat: int | None = None) -> Report:
@@ -303,6 +328,28 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
             repeat,
         )
         small, small_cpu = small_all["MB/s"], small_all["CPU"]
+        split = report.table(
+            "one RETR at a time: where the wall time per message goes (µs, medians)",
+            "variant",
+            "wall",
+            "client CPU",
+            "spread",
+            "waiting",
+            "spread",
+            "client CPU for 1.2x poplib's rate",
+        )
+        goal = small_all["wall"]["poplib"].median / 1.2
+        for name in ("poplib", "mo_retrieve", "core_rtt"):
+            cpu, wait = small_all["cpu"][name], small_all["wait"][name]
+            split.add(
+                name,
+                small_all["wall"][name].median,
+                cpu.median,
+                pct(cpu.spread),
+                wait.median,
+                pct(wait.spread),
+                max(goal - wait.median, 0.0),
+            )
         mem = report.table(
             "tracemalloc peak while reading one message (above the connected client)",
             "message",
@@ -357,8 +404,77 @@ def run(quick: bool = False, repeat: int | None = None) -> Report:
         "bare = pipelined RETRs on an ssl socket, counting terminators only; "
         "mo_retrieve, core_rtt and poplib send one RETR at a time"
     )
+    report.notes.append(
+        "waiting = wall - client CPU per message: the server (Dovecot's pop3-login TLS "
+        "proxy and pop3, on the same 2 cores) and the scheduler; the last column is the "
+        "client CPU per message at which that wait would give 1.2x poplib's rate"
+    )
     return report
 
 
+# -- per-message counts (load-independent): python -m benchmarks.pop3 --help -----------
+
+
+class _Running:
+    """The servers of ``serve``, as the variants see them, from another process."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.dovecot = SimpleNamespace(pop3s_port=info["port"])
+
+    def client_context(self) -> ssl.SSLContext:
+        return client_context(self.info["ca"])
+
+
+def _counts(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.pop3",
+        description="Count what one RETR at a time costs, per message, against a Dovecot "
+        "left running by 'serve': e.g. 'strace -c' or 'valgrind --tool=callgrind' "
+        "around 'once' at two values of N (the difference over the messages between "
+        "them is per message), or cProfile call counts with 'calls'.",
+    )
+    ap.add_argument("mode", choices=["serve", "once", "calls"])
+    ap.add_argument("info", help="JSON file written by serve: port, CA, token")
+    ap.add_argument("variant", nargs="?", choices=sorted(VARIANTS), default="mo_retrieve")
+    ap.add_argument("n", nargs="?", type=int, default=2000, help="messages 1..N (<= 2000)")
+    args = ap.parse_args(argv)
+    if args.mode == "serve":
+        with servers() as srv:
+            for n in range(2000):
+                srv.dovecot.deliver("small@example.test", small_message(n))
+            info = {"port": srv.dovecot.pop3s_port, "ca": srv.ca_file}
+            info["token"] = srv.token("small@example.test")
+            Path(args.info).write_text(json.dumps(info))
+            print("serving; Ctrl-C to stop", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        return
+    info = json.loads(Path(args.info).read_text())
+    srv = cast(Servers, _Running(info))
+    numbers = list(range(1, args.n + 1))
+
+    def once() -> tuple[float, int, float]:
+        return VARIANTS[args.variant](srv, "small@example.test", info["token"], numbers)
+
+    if args.mode == "once":
+        elapsed, _, cpu = once()
+        per = 1e6 / args.n
+        print(f"{args.variant}: {cpu * per:.1f} µs CPU, {elapsed * per:.1f} µs wall per message")
+        return
+    once()  # warm-up
+    profile = cProfile.Profile()
+    profile.runcall(once)
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = sorted(((v[1], k) for k, v in stats.items()), reverse=True)
+    print(f"{args.variant}: {sum(r[0] for r in rows) / args.n:.1f} Python calls per message")
+    for count, (path, line, name) in rows[:40]:
+        print(f"{count / args.n:7.2f}  {Path(path).name}:{line}({name})")
+
+
 if __name__ == "__main__":
-    print(run(quick=True).render())
+    if sys.argv[1:]:
+        _counts(sys.argv[1:])
+    else:
+        print(run(quick=True).render())
