@@ -25,7 +25,10 @@ transitions in :mod:`mailoauth.pop3._states`. Every name is also exported from h
 
 Message bodies are streamed: :class:`MessageData` chunks hold the bytes exactly as the
 server sent them after dot-unstuffing (the CRLF before the final ``.`` belongs to the
-message), never decoded and never collected whole.
+message), never decoded and never collected whole. The one exception is
+:meth:`Pop3Protocol.next_message`, for a driver that wants the message as one value: a
+reply of at most :data:`~mailoauth.pop3.readers.WHOLE_MESSAGE_MAX` bytes comes whole,
+in one step; a longer one streams as above.
 
 Errors: misuse by the caller (a command illegal in the current state, a command after a
 pipelining barrier, CR/LF/NUL in an argument) raises
