@@ -434,10 +434,11 @@ def _counts(argv: list[str]) -> None:
         "around 'once' at two values of N (the difference over the messages between "
         "them is per message), or cProfile call counts with 'calls'.",
     )
-    ap.add_argument("mode", choices=["serve", "once", "calls"])
+    ap.add_argument("mode", choices=["serve", "once", "calls", "cpu"])
     ap.add_argument("info", help="JSON file written by serve: port, CA, token")
     ap.add_argument("variant", nargs="?", choices=sorted(VARIANTS), default="mo_retrieve")
     ap.add_argument("n", nargs="?", type=int, default=2000, help="messages 1..N (<= 2000)")
+    ap.add_argument("--rounds", type=int, default=9, help="cpu: interleaved rounds")
     args = ap.parse_args(argv)
     if args.mode == "serve":
         with servers() as srv:
@@ -458,6 +459,27 @@ def _counts(argv: list[str]) -> None:
     def once() -> tuple[float, int, float]:
         return VARIANTS[args.variant](srv, "small@example.test", info["token"], numbers)
 
+    if args.mode == "cpu":  # poplib, the variant and core_rtt, interleaved, CPU per message
+        names = ["poplib", args.variant, "core_rtt"]
+        cpu_us: dict[str, Samples] = {name: Samples() for name in names}
+        wall_us: dict[str, Samples] = {name: Samples() for name in names}
+
+        def one(name: str) -> None:
+            elapsed, _, cpu = VARIANTS[name](srv, "small@example.test", info["token"], numbers)
+            cpu_us[name].add(cpu / args.n * 1e6)
+            wall_us[name].add(elapsed / args.n * 1e6)
+
+        for name in names:
+            one(name)  # warm-up
+            cpu_us[name], wall_us[name] = Samples(), Samples()
+        interleaved(names, args.rounds, one)
+        for name in names:
+            ratio = cpu_us[name].median / cpu_us["poplib"].median
+            print(
+                f"{name:12} CPU {cpu_us[name].median:6.1f} µs/msg ({pct(cpu_us[name].spread)}) "
+                f"= {ratio:.2f}x poplib; wall {wall_us[name].median:6.1f} µs/msg"
+            )
+        return
     if args.mode == "once":
         elapsed, _, cpu = once()
         per = 1e6 / args.n
