@@ -35,6 +35,7 @@ import socket
 import ssl
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -193,6 +194,7 @@ class Connection(asyncio.BufferedProtocol):
         "_drain_waiter",
         "_eof",
         "_error",
+        "_gone",
         "_handshake_head",
         "_handshaking",
         "_incoming",
@@ -266,7 +268,8 @@ class Connection(asyncio.BufferedProtocol):
         self._outgoing = ssl.MemoryBIO()
         self._handshaking = False
         self._closed = False
-        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._gone = False  # the socket is closed (connection_lost)
+        self._lost: asyncio.Future[None] | None = None  # made when aclose() waits for it
         self._abort_later: asyncio.TimerHandle | None = None
         self._eof = False
         self._error: MailOAuthError | None = None
@@ -562,7 +565,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if not self._lost.done():
+        self._gone = True
+        if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self._abort_later is not None:
             self._abort_later.cancel()
@@ -811,7 +815,7 @@ class Connection(asyncio.BufferedProtocol):
         still go out, for at most :data:`CLOSE_TIMEOUT` seconds."""
         if self._raw is not None and not self._raw.is_closing():
             self._raw.close()
-            if not self._lost.done():
+            if not self._gone:
                 self._abort_later = self._loop.call_later(CLOSE_TIMEOUT, self._raw.abort)
         if not self._closed:
             self._closed = True
@@ -840,11 +844,13 @@ class Connection(asyncio.BufferedProtocol):
         :data:`CLOSE_TIMEOUT` seconds, after which it is aborted. Never raises for a
         dead connection."""
         self.shutdown()
-        if self._raw is None or self._lost.done():
+        if self._raw is None or self._gone:
             return
+        if self._lost is None:
+            self._lost = self._loop.create_future()
         with anyio.move_on_after(CLOSE_TIMEOUT):
             await asyncio.shield(self._lost)
-        if not self._lost.done():
+        if not self._gone:
             self._raw.abort()
 
     def extra(self, name: str, default: Any = None) -> Any:
@@ -874,6 +880,10 @@ class Connection(asyncio.BufferedProtocol):
 _NO_CHUNKS: Final[collections.deque[bytes]] = collections.deque(maxlen=0)
 
 
+#: A ProtocolTransport's ``_extra``, which nothing reads: not a dict per connection.
+_NO_EXTRA: Final = types.MappingProxyType[str, Any]({})
+
+
 class _PlaintextAnswer(Exception):
     """The ``__cause__`` of the :class:`TLSError` for a plaintext answer to a TLS
     handshake; lets :meth:`Connection.open` fall back to STARTTLS under ``AUTO``."""
@@ -888,7 +898,7 @@ class ProtocolTransport(asyncio.Transport):
     __slots__ = ("_protocol", "connection")
 
     def __init__(self, connection: Connection, protocol: asyncio.Protocol) -> None:
-        super().__init__()
+        super().__init__(_NO_EXTRA)  # get_extra_info() asks the connection
         self.connection = connection
         self._protocol = protocol
 
