@@ -98,6 +98,18 @@ CLOSE_TIMEOUT: Final = 2.0
 SESSION_LOOKS: Final = 2
 #: Bytes asked of the socket per read (what asyncio's transports read at a time).
 READ_SIZE: Final = 256 * 1024
+#: Most bytes written into a TLS memory BIO at once. A BIO keeps the capacity of its
+#: largest write (4/3 of it) for the life of the connection: a whole 256 KiB socket
+#: read would leave 341 KiB behind in every connection that once received a big
+#: response, a 10 MB message sent in one write 13 MB. A socket read is fed in slices
+#: that end where a TLS record ends, each decrypted before the next (so no read is
+#: tried on a partial record: each such try raises, ~5 us); a write is encrypted a
+#: record's worth at a time. At least the largest record (2**14 + 256 + 5 bytes), so
+#: that every slice holds a record's end.
+FEED_SIZE: Final = 17 * 1024
+#: Plaintext encrypted per ``SSLObject.write`` call: one full TLS record.
+WRITE_SLICE: Final = 16 * 1024
+_RECORD_HEADER: Final = 5  # type, version (2), length (2)
 
 
 class _ReadBuffers(threading.local):
@@ -205,6 +217,8 @@ class Connection(asyncio.BufferedProtocol):
         "_raw_paused",
         "_read_buffer",
         "_reading_paused",
+        "_record_head",
+        "_record_left",
         "_route",
         "_session_key",
         "_session_looks",
@@ -266,6 +280,10 @@ class Connection(asyncio.BufferedProtocol):
         self._ssl: ssl.SSLObject | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # The TLS record framing of the bytes received since TLS started: how many bytes
+        # of the current record are still to come, and a header split between reads.
+        self._record_left = 0
+        self._record_head = b""
         self._handshaking = False
         self._closed = False
         self._gone = False  # the socket is closed (connection_lost)
@@ -548,6 +566,12 @@ class Connection(asyncio.BufferedProtocol):
         if self._ssl is None:
             self._deliver(bytes(data))
             return
+        if len(data) > FEED_SIZE and not self._handshaking:
+            parts = self._feed_records(data)
+            if parts is not None:
+                self._decrypt(parts)
+            return
+        self._frame(data)
         self._incoming.write(data)
         if self._handshaking:
             if len(self._handshake_head) < PLAINTEXT_HEAD:
@@ -555,6 +579,53 @@ class Connection(asyncio.BufferedProtocol):
             self._wake()
         else:
             self._decrypt()
+
+    def _frame(self, data: bytes | memoryview, ends: list[int] | None = None) -> None:
+        """Follow the TLS record framing over ``data``, the next bytes received in
+        TLS; append to ``ends`` the offset just past each record that ends in it."""
+        n = len(data)
+        pos = self._record_left  # where the current record ends (the next header starts)
+        if self._record_head:
+            header = self._record_head + bytes(data[: _RECORD_HEADER - len(self._record_head)])
+            if len(header) < _RECORD_HEADER:
+                self._record_head = header
+                return
+            pos = _RECORD_HEADER - len(self._record_head) + (header[3] << 8 | header[4])
+            self._record_head = b""
+        while pos <= n:
+            if pos and ends is not None:
+                ends.append(pos)
+            if pos + _RECORD_HEADER > n:  # the next header is not whole in data
+                self._record_head = bytes(data[pos:])
+                self._record_left = 0
+                return
+            pos += _RECORD_HEADER + (data[pos + 3] << 8 | data[pos + 4])
+        self._record_left = pos - n
+
+    def _feed_records(self, data: bytes | memoryview) -> list[bytes] | None:
+        """Write a big read's whole records into the incoming BIO at most
+        :data:`FEED_SIZE` bytes at a time, each slice decrypted before the next; the
+        partial record left at the end is written too, for :meth:`_decrypt`. Returns
+        the plaintext so far; None if TLS failed (the connection is closed)."""
+        ends: list[int] = []
+        self._frame(data, ends)
+        parts: list[bytes] = []
+        fed = 0
+        i = 0
+        while i < len(ends):
+            # the last record end within FEED_SIZE (there is one: FEED_SIZE >= a record)
+            while i + 1 < len(ends) and ends[i + 1] - fed <= FEED_SIZE:
+                i += 1
+            self._incoming.write(data[fed : ends[i]])
+            fed = ends[i]
+            i += 1
+            if not self._read_into(parts):
+                return None
+            if self._eof:
+                break
+        if fed < len(data):
+            self._incoming.write(data[fed:])
+        return parts
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -592,26 +663,13 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- decrypting and delivering ----------------------------------------------------
 
-    def _decrypt(self) -> None:
-        assert self._ssl is not None
-        parts = []
-        while True:
-            try:
-                chunk = self._ssl.read(RECEIVE_CHUNK)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLError as exc:
-                if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
-                    self._eof = True
-                    break
-                self._fail(TLSError(f"TLS failed reading from {self.host}:{self.port}: {exc}"))
-                return
-            if not chunk:
-                self._eof = True
-                break
-            parts.append(chunk)
-            if not self._incoming.pending and not self._ssl.pending():
-                break  # all read: skip the read that would only raise SSLWantReadError
+    def _decrypt(self, parts: list[bytes] | None = None) -> None:
+        """Decrypt what the incoming BIO holds and hand it on (after ``parts``, the
+        plaintext of the same read decrypted already)."""
+        if parts is None:
+            parts = []
+        if not self._read_into(parts):
+            return
         if self._session_looks and parts:
             self._session_looks -= 1
             self._keep_session()
@@ -625,6 +683,28 @@ class Connection(asyncio.BufferedProtocol):
                     self._deliver(part)
         if self._eof:
             self._wake()
+
+    def _read_into(self, parts: list[bytes]) -> bool:
+        """Decrypt all the incoming BIO holds into ``parts``; False if TLS failed (the
+        connection is closed then). Sets ``_eof`` at the peer's close_notify."""
+        assert self._ssl is not None
+        while True:
+            try:
+                chunk = self._ssl.read(RECEIVE_CHUNK)
+            except ssl.SSLWantReadError:
+                return True
+            except ssl.SSLError as exc:
+                if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+                    self._eof = True
+                    return True
+                self._fail(TLSError(f"TLS failed reading from {self.host}:{self.port}: {exc}"))
+                return False
+            if not chunk:
+                self._eof = True
+                return True
+            parts.append(chunk)
+            if not self._incoming.pending and not self._ssl.pending():
+                return True  # all read: skip the read that would only raise SSLWantReadError
 
     def _deliver(self, data: bytes) -> None:
         if self._sink is not None:
@@ -721,6 +801,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._closed or self._raw is None:
             return
         if self._ssl is not None:
+            if len(data) > WRITE_SLICE:
+                self._write_slices(data)
+                return
             try:
                 self._ssl.write(data)
             except ssl.SSLError as exc:
@@ -729,6 +812,22 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_outgoing()
         else:
             self._raw.write(data)
+
+    def _write_slices(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` a record at a time, taking each out of the outgoing BIO
+        before the next (see :data:`FEED_SIZE`); the records go to the socket in one
+        call."""
+        assert self._ssl is not None and self._raw is not None
+        view = memoryview(data)
+        records = []
+        try:
+            for start in range(0, len(view), WRITE_SLICE):
+                self._ssl.write(view[start : start + WRITE_SLICE])
+                records.append(self._outgoing.read())
+        except ssl.SSLError as exc:
+            self._fail(TLSError(f"TLS failed writing to {self.host}:{self.port}: {exc}"))
+            return
+        self._raw.writelines(records)
 
     async def send(self, data: bytes) -> None:
         """Write all of ``data``, waiting (with the timeout) while the socket's buffer
