@@ -38,6 +38,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from aioimaplib import IMAP4_SSL
@@ -213,9 +214,16 @@ async def hold(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+#: This checkout's root, stripped from the paths of its own files.
+_ROOT = str(Path(__file__).resolve().parents[1]) + os.sep
+
+
 def short_path(filename: str) -> str:
-    """``asyncio/sslproto.py`` rather than the interpreter's install path."""
-    for marker in ("site-packages/", "/lib/python3.11/", "/main/", "/wt-tlsidle/"):
+    """``asyncio/sslproto.py`` or ``mailoauth/imap/session.py`` rather than the
+    interpreter's or this checkout's path."""
+    if filename.startswith(_ROOT):
+        return filename[len(_ROOT) :]
+    for marker in ("site-packages/", f"/lib/python{sys.version_info[0]}.{sys.version_info[1]}/"):
         if marker in filename:
             return filename.split(marker)[-1]
     return filename

@@ -35,6 +35,7 @@ import socket
 import ssl
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -97,6 +98,18 @@ CLOSE_TIMEOUT: Final = 2.0
 SESSION_LOOKS: Final = 2
 #: Bytes asked of the socket per read (what asyncio's transports read at a time).
 READ_SIZE: Final = 256 * 1024
+#: Most bytes written into a TLS memory BIO at once. A BIO keeps the capacity of its
+#: largest write (4/3 of it) for the life of the connection: a whole 256 KiB socket
+#: read would leave 341 KiB behind in every connection that once received a big
+#: response, a 10 MB message sent in one write 13 MB. A socket read is fed in slices
+#: that end where a TLS record ends, each decrypted before the next (so no read is
+#: tried on a partial record: each such try raises, ~5 us); a write is encrypted a
+#: record's worth at a time. At least the largest record (2**14 + 256 + 5 bytes), so
+#: that every slice holds a record's end.
+FEED_SIZE: Final = 17 * 1024
+#: Plaintext encrypted per ``SSLObject.write`` call: one full TLS record.
+WRITE_SLICE: Final = 16 * 1024
+_RECORD_HEADER: Final = 5  # type, version (2), length (2)
 
 
 class _ReadBuffers(threading.local):
@@ -194,6 +207,7 @@ class Connection(asyncio.BufferedProtocol):
         "_drain_waiter",
         "_eof",
         "_error",
+        "_gone",
         "_handshake_head",
         "_handshaking",
         "_incoming",
@@ -204,6 +218,8 @@ class Connection(asyncio.BufferedProtocol):
         "_raw_paused",
         "_read_buffer",
         "_reading_paused",
+        "_record_head",
+        "_record_left",
         "_route",
         "_session_key",
         "_session_looks",
@@ -266,9 +282,14 @@ class Connection(asyncio.BufferedProtocol):
         self._ssl: ssl.SSLObject | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # The TLS record framing of the bytes received since TLS started: how many bytes
+        # of the current record are still to come, and a header split between reads.
+        self._record_left = 0
+        self._record_head = b""
         self._handshaking = False
         self._closed = False
-        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._gone = False  # the socket is closed (connection_lost)
+        self._lost: asyncio.Future[None] | None = None  # made when aclose() waits for it
         self._abort_later: asyncio.TimerHandle | None = None
         self._eof = False
         self._error: MailOAuthError | None = None
@@ -553,6 +574,12 @@ class Connection(asyncio.BufferedProtocol):
         if self._ssl is None:
             self._deliver(bytes(data))
             return
+        if len(data) > FEED_SIZE and not self._handshaking:
+            parts = self._feed_records(data)
+            if parts is not None:
+                self._decrypt(parts)
+            return
+        self._frame(data)
         self._incoming.write(data)
         if self._handshaking:
             if len(self._handshake_head) < PLAINTEXT_HEAD:
@@ -560,6 +587,53 @@ class Connection(asyncio.BufferedProtocol):
             self._wake()
         else:
             self._decrypt()
+
+    def _frame(self, data: bytes | memoryview, ends: list[int] | None = None) -> None:
+        """Follow the TLS record framing over ``data``, the next bytes received in
+        TLS; append to ``ends`` the offset just past each record that ends in it."""
+        n = len(data)
+        pos = self._record_left  # where the current record ends (the next header starts)
+        if self._record_head:
+            header = self._record_head + bytes(data[: _RECORD_HEADER - len(self._record_head)])
+            if len(header) < _RECORD_HEADER:
+                self._record_head = header
+                return
+            pos = _RECORD_HEADER - len(self._record_head) + (header[3] << 8 | header[4])
+            self._record_head = b""
+        while pos <= n:
+            if pos and ends is not None:
+                ends.append(pos)
+            if pos + _RECORD_HEADER > n:  # the next header is not whole in data
+                self._record_head = bytes(data[pos:])
+                self._record_left = 0
+                return
+            pos += _RECORD_HEADER + (data[pos + 3] << 8 | data[pos + 4])
+        self._record_left = pos - n
+
+    def _feed_records(self, data: bytes | memoryview) -> list[bytes] | None:
+        """Write a big read's whole records into the incoming BIO at most
+        :data:`FEED_SIZE` bytes at a time, each slice decrypted before the next; the
+        partial record left at the end is written too, for :meth:`_decrypt`. Returns
+        the plaintext so far; None if TLS failed (the connection is closed)."""
+        ends: list[int] = []
+        self._frame(data, ends)
+        parts: list[bytes] = []
+        fed = 0
+        i = 0
+        while i < len(ends):
+            # the last record end within FEED_SIZE (there is one: FEED_SIZE >= a record)
+            while i + 1 < len(ends) and ends[i + 1] - fed <= FEED_SIZE:
+                i += 1
+            self._incoming.write(data[fed : ends[i]])
+            fed = ends[i]
+            i += 1
+            if not self._read_into(parts):
+                return None
+            if self._eof:
+                break
+        if fed < len(data):
+            self._incoming.write(data[fed:])
+        return parts
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -571,7 +645,8 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._stop_timer()
-        if not self._lost.done():
+        self._gone = True
+        if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self._abort_later is not None:
             self._abort_later.cancel()
@@ -597,26 +672,13 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- decrypting and delivering ----------------------------------------------------
 
-    def _decrypt(self) -> None:
-        assert self._ssl is not None
-        parts = []
-        while True:
-            try:
-                chunk = self._ssl.read(RECEIVE_CHUNK)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLError as exc:
-                if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
-                    self._eof = True
-                    break
-                self._fail(TLSError(f"TLS failed reading from {self.host}:{self.port}: {exc}"))
-                return
-            if not chunk:
-                self._eof = True
-                break
-            parts.append(chunk)
-            if not self._incoming.pending and not self._ssl.pending():
-                break  # all read: skip the read that would only raise SSLWantReadError
+    def _decrypt(self, parts: list[bytes] | None = None) -> None:
+        """Decrypt what the incoming BIO holds and hand it on (after ``parts``, the
+        plaintext of the same read decrypted already)."""
+        if parts is None:
+            parts = []
+        if not self._read_into(parts):
+            return
         if self._session_looks and parts:
             self._session_looks -= 1
             self._keep_session()
@@ -630,6 +692,28 @@ class Connection(asyncio.BufferedProtocol):
                     self._deliver(part)
         if self._eof:
             self._wake()
+
+    def _read_into(self, parts: list[bytes]) -> bool:
+        """Decrypt all the incoming BIO holds into ``parts``; False if TLS failed (the
+        connection is closed then). Sets ``_eof`` at the peer's close_notify."""
+        assert self._ssl is not None
+        while True:
+            try:
+                chunk = self._ssl.read(RECEIVE_CHUNK)
+            except ssl.SSLWantReadError:
+                return True
+            except ssl.SSLError as exc:
+                if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+                    self._eof = True
+                    return True
+                self._fail(TLSError(f"TLS failed reading from {self.host}:{self.port}: {exc}"))
+                return False
+            if not chunk:
+                self._eof = True
+                return True
+            parts.append(chunk)
+            if not self._incoming.pending and not self._ssl.pending():
+                return True  # all read: skip the read that would only raise SSLWantReadError
 
     def _deliver(self, data: bytes) -> None:
         if self._sink is not None:
@@ -729,6 +813,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._closed or self._raw is None:
             return
         if self._ssl is not None:
+            if len(data) > WRITE_SLICE:
+                self._write_slices(data)
+                return
             try:
                 self._ssl.write(data)
             except ssl.SSLError as exc:
@@ -737,6 +824,22 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_outgoing()
         else:
             self._raw.write(data)
+
+    def _write_slices(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` a record at a time, taking each out of the outgoing BIO
+        before the next (see :data:`FEED_SIZE`); the records go to the socket in one
+        call."""
+        assert self._ssl is not None and self._raw is not None
+        view = memoryview(data)
+        records = []
+        try:
+            for start in range(0, len(view), WRITE_SLICE):
+                self._ssl.write(view[start : start + WRITE_SLICE])
+                records.append(self._outgoing.read())
+        except ssl.SSLError as exc:
+            self._fail(TLSError(f"TLS failed writing to {self.host}:{self.port}: {exc}"))
+            return
+        self._raw.writelines(records)
 
     async def send(self, data: bytes) -> None:
         """Write all of ``data``, waiting (with the timeout) while the socket's buffer
@@ -854,7 +957,7 @@ class Connection(asyncio.BufferedProtocol):
         still go out, for at most :data:`CLOSE_TIMEOUT` seconds."""
         if self._raw is not None and not self._raw.is_closing():
             self._raw.close()
-            if not self._lost.done():
+            if not self._gone:
                 self._abort_later = self._loop.call_later(CLOSE_TIMEOUT, self._raw.abort)
         self._stop_timer()
         if not self._closed:
@@ -884,11 +987,13 @@ class Connection(asyncio.BufferedProtocol):
         :data:`CLOSE_TIMEOUT` seconds, after which it is aborted. Never raises for a
         dead connection."""
         self.shutdown()
-        if self._raw is None or self._lost.done():
+        if self._raw is None or self._gone:
             return
+        if self._lost is None:
+            self._lost = self._loop.create_future()
         with anyio.move_on_after(CLOSE_TIMEOUT):
             await asyncio.shield(self._lost)
-        if not self._lost.done():
+        if not self._gone:
             self._raw.abort()
 
     def extra(self, name: str, default: Any = None) -> Any:
@@ -918,6 +1023,10 @@ class Connection(asyncio.BufferedProtocol):
 _NO_CHUNKS: Final[collections.deque[bytes]] = collections.deque(maxlen=0)
 
 
+#: A ProtocolTransport's ``_extra``, which nothing reads: not a dict per connection.
+_NO_EXTRA: Final = types.MappingProxyType[str, Any]({})
+
+
 class _PlaintextAnswer(Exception):
     """The ``__cause__`` of the :class:`TLSError` for a plaintext answer to a TLS
     handshake; lets :meth:`Connection.open` fall back to STARTTLS under ``AUTO``."""
@@ -932,7 +1041,7 @@ class ProtocolTransport(asyncio.Transport):
     __slots__ = ("_protocol", "connection")
 
     def __init__(self, connection: Connection, protocol: asyncio.Protocol) -> None:
-        super().__init__()
+        super().__init__(_NO_EXTRA)  # get_extra_info() asks the connection
         self.connection = connection
         self._protocol = protocol
 

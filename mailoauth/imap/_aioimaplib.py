@@ -17,11 +17,10 @@ dispatch (``_handle_line``) unchanged. Upstream reports: docs/upstream/aioimapli
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
 from aioimaplib import aioimaplib as _aio
@@ -240,15 +239,18 @@ class _LineQueue:
             self._items = None
         return item
 
-    async def get(self, timeout: float | None = None) -> Any:
-        """The oldest item, waiting for one; :data:`TIMED_OUT` when ``timeout``
-        seconds pass first (one loop timer: no cancel scope is held while waiting).
-        Cancellable."""
+    async def get(
+        self, timeout: float | None = None, taken: Callable[[Any], None] | None = None
+    ) -> Any:
+        """The oldest item, waiting for one (items are never None); None when
+        ``timeout`` seconds pass first (one loop timer: no cancel scope is held while
+        waiting). ``taken`` is called with the item before it is returned, so that a
+        caller needs no coroutine of its own around this one. Cancellable."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self._items:
             if deadline is not None and loop.time() >= deadline:
-                return TIMED_OUT
+                return None
             getter: asyncio.Future[None] = loop.create_future()
             if self._getters is None:
                 self._getters = []
@@ -261,11 +263,10 @@ class _LineQueue:
                     timer.cancel()
                 if self._getters is not None and getter in self._getters:
                     self._getters.remove(getter)
-        return self.get_nowait()
-
-
-#: What :meth:`_LineQueue.get` returns when its timeout passed first.
-TIMED_OUT: Final = object()
+        item = self.get_nowait()
+        if taken is not None:
+            taken(item)
+        return item
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -279,10 +280,58 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     time out; a greeting that is not IMAP is a :class:`ProtocolError`; responses of any
     length are parsed iteratively within :data:`MAX_LINE`, :data:`MAX_LITERAL` and
     ``max_response`` (:data:`MAX_RESPONSE`), else :class:`LimitExceededError`; bytes
-    after a STARTTLS go-ahead are never parsed."""
+    after a STARTTLS go-ahead are never parsed.
+
+    Slotted, aioimaplib's attributes included: no instance ``__dict__`` is made (with
+    ~40 attributes it is a 1.5 KB table per connection).
+    """
+
+    # Every attribute, aioimaplib's (IMAP4ClientProtocol.__init__) and mailoauth's.
+    __slots__ = (
+        "_greeting",
+        "_held",
+        "_held_size",
+        "_idle_batches",
+        "_idle_bytes",
+        "_idle_ended",
+        "_idle_event",
+        "_idle_unread",
+        "_injected",
+        "_pipelined",
+        "_reading_paused",
+        "_response_size",
+        "_state_condition",
+        "_tasks",
+        "_tls_pending",
+        "_welcomed",
+        "_wire_lines",
+        "bye",
+        "capabilities",
+        "conn_lost_cb",
+        "current_command",
+        "fatal_error",
+        "greeting_error",
+        "idle_queue",
+        "imap_version",
+        "incomplete_line",
+        "limit_error",
+        "literal_data",
+        "loop",
+        "lost",
+        "max_response",
+        "pending_async_commands",
+        "pending_sync_command",
+        "state",
+        "tagnum",
+        "tagpre",
+        "transport",
+        "unsolicited",
+    )
 
     current_command: _aio.Command | None
     pending_sync_command: _aio.Command | None
+    _state_condition: asyncio.Condition | None
+    _tasks: set[asyncio.Future[Any]] | None
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, *, max_response: int = MAX_RESPONSE
@@ -309,7 +358,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._response_size = 0
         #: Bytes of IDLE lines counted but not yet queued, and of each queued batch.
         self._idle_bytes = 0
-        self._idle_batches: collections.deque[int] = collections.deque()
+        self._idle_batches: list[int] = []
         #: Bytes of the queued batches (what the caller has not taken yet).
         self._idle_unread = 0
         #: The IDLE for which DONE was sent (its completion must be read).
@@ -319,27 +368,42 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._tls_pending = False
         self._injected = 0
         self._welcomed = False
-        #: Done when the greeting came (or the connection ended before it).
-        self._greeting: asyncio.Future[None] = loop.create_future()
+        #: Set when the greeting came (or the connection ended before it).
+        self._greeting = _Signal()
         #: Commands sent after :attr:`pending_sync_command` without waiting for it
         #: (:meth:`pipeline`), in the order sent: each becomes the pending one in turn.
-        self._pipelined: collections.deque[_aio.Command] = collections.deque()
-        self._wire_lines: dict[str, str] = {}
+        #: (Lists, not deques: an empty deque holds a 760-byte block.)
+        self._pipelined: list[_aio.Command] = []
+        #: RawCommand lines to send, by their str(); None while there are none.
+        self._wire_lines: dict[str, str] | None = None
 
     @property
     def state_condition(self) -> asyncio.Condition:
         """aioimaplib's lock around its state-changing commands (LOGIN, SELECT, CLOSE,
         LOGOUT methods, which mailoauth does not call): made on first use, not for
         every connection (~1 KB each)."""
-        condition: asyncio.Condition | None = self.__dict__.get("_state_condition")
+        condition: asyncio.Condition | None = self._state_condition
         if condition is None:
-            condition = self.__dict__["_state_condition"] = asyncio.Condition()
+            condition = self._state_condition = asyncio.Condition()
         return condition
 
     @state_condition.setter
     def state_condition(self, condition: asyncio.Condition) -> None:
         # aioimaplib's __init__ assigns one: dropped, made again when first used.
-        self.__dict__["_state_condition"] = None
+        self._state_condition = None
+
+    @property
+    def tasks(self) -> set[asyncio.Future[Any]]:
+        """aioimaplib's tasks of this connection (mailoauth's paths start none): made on
+        first use, not an empty set (216 bytes) on every connection."""
+        tasks: set[asyncio.Future[Any]] | None = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        return tasks
+
+    @tasks.setter
+    def tasks(self, tasks: set[asyncio.Future[Any]]) -> None:
+        self._tasks = tasks or None
 
     def _greet(self, line: bytes) -> None:
         """Take the greeting, in the callback that received it (aioimaplib starts a task
@@ -359,8 +423,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._greeted()
 
     def _greeted(self) -> None:
-        if not self._greeting.done():
-            self._greeting.set_result(None)
+        self._greeting.set()
 
     async def wait_greeting(self) -> None:
         """Wait for the greeting and the server's capabilities: those it sent with the
@@ -368,7 +431,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         :class:`ConnectionLostError` if the server hangs up first and
         :class:`ProtocolError` if the greeting is not IMAP (or the server is not
         IMAP4rev1)."""
-        await self._greeting
+        await self._greeting.wait()
         if self.greeting_error is not None:
             raise self.greeting_error
         if self.state not in (NONAUTH, AUTH):
@@ -379,6 +442,19 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 await self.capability()
             except _aio.AioImapException as exc:  # no IMAP4rev1 among them
                 raise ProtocolError(f"the IMAP greeting failed: {exc}") from exc
+
+    async def capability(self) -> None:
+        """aioimaplib's CAPABILITY, keeping the set shared with every connection that
+        read the same list (:func:`capability_set`: Gmail and Exchange Online send none
+        with their greeting) instead of ~40 strings and a set per connection. Raises
+        aioimaplib's ``Error`` when the server is not IMAP4."""
+        response = await self.execute(_aio.Command("CAPABILITY", self.new_tag(), loop=self.loop))
+        capabilities = capability_set(bytes(response.lines[0]))
+        versions = {c.upper() for c in capabilities} & set(_aio.AllowedVersions)
+        if not versions:
+            raise _aio.Error("server not IMAP4 compliant")
+        self.capabilities = capabilities
+        self.imap_version = min(versions, key=_aio.AllowedVersions.index)  # IMAP4rev1 first
 
     def _untagged_response(self, line: bytes) -> _aio.Command | None:
         if line.startswith(b"* BYE"):
@@ -423,7 +499,7 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             self._queue_idle_lines(command)
         super()._response_done(line)
         if self._pipelined and self.pending_sync_command is None:
-            self.pending_sync_command = self._pipelined.popleft()  # the next one answers
+            self.pending_sync_command = self._pipelined.pop(0)  # the next one answers
         self._response_size = 0
         self._flow()  # an IDLE that ended reads again
         if command is not None and command.name == "STARTTLS" and command.response.result == "OK":
@@ -434,11 +510,19 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     async def execute(self, command: _aio.Command, scrub: str | None = None) -> _aio.Response:
         # aioimaplib sends str(command), which a RawCommand keeps free of secrets.
         if isinstance(command, RawCommand):
+            if self._wire_lines is None:
+                self._wire_lines = {}
             self._wire_lines[str(command)] = command.wire_line()
         try:
             return await super().execute(command, scrub=scrub)
         finally:
-            self._wire_lines.pop(str(command), None)
+            if self._wire_lines is not None:
+                self._wire_lines.pop(str(command), None)
+                if not self._wire_lines:
+                    self._wire_lines = None
+            if not self.pending_async_commands:
+                # An emptied dict keeps its table (184 bytes); clear() lets it go.
+                self.pending_async_commands.clear()
 
     async def fetch(
         self,
@@ -458,7 +542,8 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         return await self.execute(command)
 
     def send(self, line: str, scrub: str | None = None) -> None:
-        line = self._wire_lines.pop(line, line)
+        if self._wire_lines is not None:
+            line = self._wire_lines.pop(line, line)
         if _aio.log.isEnabledFor(logging.DEBUG):
             super().send(line, scrub=scrub)  # logs the line (scrubbed) as aioimaplib does
         else:  # aioimaplib formats its DEBUG message before the logger can skip it
@@ -670,20 +755,24 @@ class ImapProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self._idle_unread = 0
         self._flow()
 
-    async def next_idle_lines(self, timeout: float | None = None) -> list[bytes] | None:
+    def next_idle_lines(
+        self, timeout: float | None = None
+    ) -> Coroutine[Any, Any, list[bytes] | None]:
         """The next batch of lines the server pushed during IDLE (empty when the
         connection is gone: check :attr:`lost` and :attr:`fatal_error`); None when
-        ``timeout`` seconds pass first."""
-        lines = await self.idle_queue.get(timeout)
-        if lines is TIMED_OUT:
-            return None
-        lines = cast("list[bytes]", lines)
+        ``timeout`` seconds pass first. (The queue's own coroutine: an idle connection
+        holds one coroutine frame less.)"""
+        return cast(
+            "Coroutine[Any, Any, list[bytes] | None]",
+            self.idle_queue.get(timeout, self._took_idle_lines),
+        )
+
+    def _took_idle_lines(self, lines: list[bytes]) -> None:
         if lines and self._idle_batches:
-            taken = self._idle_batches.popleft()
+            taken = self._idle_batches.pop(0)
             self._response_size = max(0, self._response_size - taken)
             self._idle_unread -= taken
             self._flow()
-        return lines
 
     # -- giving up ----------------------------------------------------------------------
 

@@ -338,10 +338,11 @@ async def tls_connection(**options: bool) -> tuple[Connection, FakeSocket, TlsPe
 
 async def test_aclose_sends_tls_close_notify_then_closes_the_socket() -> None:
     conn, sock, peer = await tls_connection()
+    assert conn._lost is None  # no future per open connection: aclose() makes it
     await conn.aclose()
     assert peer.got_close_notify()
     assert sock.closed and not sock.aborted and conn.closed
-    assert conn._lost.done()  # aclose() returned once the socket was gone
+    assert conn._gone  # aclose() returned once the socket was gone
 
 
 async def test_abort_sends_no_close_notify() -> None:
@@ -379,7 +380,7 @@ async def test_close_gives_up_on_a_peer_that_takes_nothing(monkeypatch: pytest.M
     monkeypatch.setattr(connection_module, "CLOSE_TIMEOUT", 0.05)
     conn, sock, peer = await tls_connection(peer_reads=False)
     await asyncio.wait_for(conn.aclose(), 5)  # bounded by CLOSE_TIMEOUT, then aborted
-    assert sock.aborted and conn._lost.done()
+    assert sock.aborted and conn._gone
     assert peer.got_close_notify()  # it was written before the wait
     conn, sock = connect(peer_reads=False)
     conn.close()  # an abort does not wait, but does not leave the socket open either

@@ -5,6 +5,7 @@ IDLE that runs with no task waiting on it."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import sys
 
@@ -71,7 +72,7 @@ async def test_no_asyncio_queue_event_or_condition_per_connection() -> None:
     protocol, _ = selected()
     assert type(protocol.idle_queue) is _LineQueue
     assert type(protocol._idle_event) is _Signal
-    assert protocol.__dict__["_state_condition"] is None  # made on first use only
+    assert protocol._state_condition is None  # made on first use only
     condition = protocol.state_condition
     assert isinstance(condition, asyncio.Condition) and protocol.state_condition is condition
 
@@ -159,3 +160,49 @@ async def test_next_idle_lines_times_out_with_a_timer_and_keeps_later_lines() ->
     protocol.connection_lost(None)
     with pytest.raises(ConnectionLostError):
         await protocol.end_idle(idle)
+
+
+async def test_the_protocol_is_slotted_and_holds_no_deque_or_empty_collection() -> None:
+    protocol, transport = selected()
+    idle = await protocol.start_idle()
+    protocol.data_received(b"+ idling\r\n")
+    protocol.data_received(b"* 3 EXISTS\r\n")
+    assert await protocol.next_idle_lines() == [b"3 EXISTS"]
+    assert protocol.__dict__ == {}  # every attribute, aioimaplib's too, is in a slot
+    held = [getattr(protocol, name) for name in ImapProtocol.__slots__]
+    assert not any(isinstance(value, collections.deque) for value in held)
+    assert protocol._tasks is None and protocol._wire_lines is None  # made when used
+    assert protocol.tasks == set() and protocol._tasks is not None
+    protocol.idle_done()
+    tag = bytes(transport.written).split(b" ", 1)[0]
+    protocol.data_received(tag + b" OK done\r\n")
+    await asyncio.wait_for(protocol.end_idle(idle), 5)
+
+
+async def test_capability_answers_share_one_set_and_leave_no_emptied_table() -> None:
+    sets = []
+    for _ in range(2):
+        protocol, transport = selected()
+        protocol.capabilities = frozenset()
+        asking = asyncio.ensure_future(protocol.capability())
+        await asyncio.sleep(0)
+        tag = bytes(transport.written).split(b" ", 1)[0]
+        protocol.data_received(
+            b"* CAPABILITY IMAP4 IMAP4rev1 IDLE X-ONE\r\n" + tag + b" OK done\r\n"
+        )
+        await asyncio.wait_for(asking, 5)
+        assert protocol.imap_version == "IMAP4REV1"
+        sets.append(protocol.capabilities)
+        # the async command's dict was emptied: its table went with clear()
+        assert sys.getsizeof(protocol.pending_async_commands) == sys.getsizeof({})
+    assert sets[0] is sets[1] is capability_set(b"IMAP4 IMAP4rev1 IDLE X-ONE")
+
+
+async def test_capability_refuses_a_server_that_is_not_imap4() -> None:
+    protocol, transport = selected()
+    asking = asyncio.ensure_future(protocol.capability())
+    await asyncio.sleep(0)
+    tag = bytes(transport.written).split(b" ", 1)[0]
+    protocol.data_received(b"* CAPABILITY POP3 IDLE\r\n" + tag + b" OK done\r\n")
+    with pytest.raises(_aio.Error, match="not IMAP4"):
+        await asyncio.wait_for(asking, 5)
